@@ -1,0 +1,313 @@
+"""Triton kernels for nested Hydragen tree attention, and their thin launchers.
+
+Three kernels, a constant number of launches per layer whatever the tree:
+  _shared_kernel  all shared (segment, KV split) tiles of one tile class in one launch; a tile's M dimension is
+                  (query rows x the g query heads of one KV head), so a node's KV is read once for every sequence
+                  below it and the work is a matrix-matrix product on tensor cores. Writes fp32 partials + LSE.
+  _own_kernel     each query-sequence's own segment (decode: its suffix; prefill: the node itself, causal). When the
+                  own KV is not split it also merges the row's shared partials in its epilogue and writes the final
+                  output (decode: 1 shared launch per class + this one).
+  _merge_kernel   the merge of all partial slots of each row, used when own segments are split.
+Scores are kept in base 2 (scale * log2 e folded into one multiply, exp2 on the hardware unit); LSEs leave the
+kernels in natural log. Accumulation is fp32; P is rounded to the input dtype for the P @ V product, as in
+FlashAttention-2. The pure-torch equivalents are kernels/reference.py (ground truth) and kernels/torch_path.py.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .meta import TreeAttentionMeta
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+SPLIT_ALIGN = 64  # own-segment split chunks are multiples of this (must match kernels/torch_path.py)
+
+
+@triton.jit
+def _shared_kernel(
+    Q, K, V,  # Q: [T, Hq, D]; K, V: [S, Hkv, D]
+    Tiles,  # [n_tiles, 5] int32: row_lo, row_hi, kv_lo, kv_hi, slot
+    OPart, LPart,  # OPart: [T, SLOTS, Hq, D] fp32; LPart: [T, SLOTS, Hq] fp32
+    qk_scale,  # softmax scale * log2(e)
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+    stride_pt, stride_ps, stride_lt, stride_ls,
+    G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    h = tl.program_id(1)  # kv head
+    row_lo = tl.load(Tiles + tile * 5 + 0)
+    row_hi = tl.load(Tiles + tile * 5 + 1)
+    kv_lo = tl.load(Tiles + tile * 5 + 2)
+    kv_hi = tl.load(Tiles + tile * 5 + 3)
+    slot = tl.load(Tiles + tile * 5 + 4)
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    rows = row_lo + offs_m // G  # query row of each M index
+    heads = h * G + offs_m % G  # query head of each M index
+    m_valid = offs_m < (row_hi - row_lo) * G
+    d_valid = offs_d < HEAD_DIM
+
+    q_ptrs = Q + rows.to(tl.int64)[:, None] * stride_qt + heads[:, None] * stride_qh + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=m_valid[:, None] & d_valid[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    k_ptrs = K + (kv_lo + offs_n).to(tl.int64)[:, None] * stride_kt + h * stride_kh + offs_d[None, :]
+    v_ptrs = V + (kv_lo + offs_n).to(tl.int64)[:, None] * stride_vt + h * stride_vh + offs_d[None, :]
+    for start in range(kv_lo, kv_hi, BLOCK_N):
+        n_valid = (start + offs_n) < kv_hi
+        k = tl.load(k_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+        v = tl.load(v_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = tl.where(n_valid[None, :], s * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+        k_ptrs += BLOCK_N * stride_kt
+        v_ptrs += BLOCK_N * stride_vt
+
+    has = l_i > 0.0  # an empty split (kv_lo == kv_hi) leaves l_i = 0: output 0, lse -inf
+    o = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, (m_i + tl.math.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    row64 = rows.to(tl.int64)
+    p_ptrs = OPart + row64[:, None] * stride_pt + slot * stride_ps + heads[:, None] * HEAD_DIM + offs_d[None, :]
+    tl.store(p_ptrs, o, mask=m_valid[:, None] & d_valid[None, :])
+    tl.store(LPart + row64 * stride_lt + slot * stride_ls + heads, lse, mask=m_valid)
+
+
+@triton.jit
+def _own_kernel(
+    Q, K, V,  # Q: [T, Hq, D]; K, V: [S, Hkv, D]
+    OwnTiles,  # [n_tiles, 3] int32: seq, row_lo, row_hi
+    SeqQStart, SeqQLen, OwnStart, OwnLen, SeqSharedSlots,  # [NB] int32 each
+    OPart, LPart,  # fp32 partial workspace (see _shared_kernel)
+    Out, LseOut,  # Out: [T, Hq, D] q.dtype; LseOut: [T, Hq] fp32
+    qk_scale,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+    stride_pt, stride_ps, stride_lt, stride_ls, stride_ot, stride_oh, stride_lot,
+    G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, NSPLIT: tl.constexpr, SPLIT_ALIGN_: tl.constexpr, CAUSAL: tl.constexpr,
+    FUSE_MERGE: tl.constexpr, WRITE_LSE: tl.constexpr, IEEE: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    h = tl.program_id(1)
+    split = tl.program_id(2)
+    b = tl.load(OwnTiles + tile * 3 + 0)
+    row_lo = tl.load(OwnTiles + tile * 3 + 1)
+    row_hi = tl.load(OwnTiles + tile * 3 + 2)
+    q_start = tl.load(SeqQStart + b)
+    q_len = tl.load(SeqQLen + b)
+    kv_base = tl.load(OwnStart + b)
+    n = tl.load(OwnLen + b)
+    shared_slots = tl.load(SeqSharedSlots + b)
+
+    chunk = tl.cdiv(tl.cdiv(n, NSPLIT), SPLIT_ALIGN_) * SPLIT_ALIGN_
+    lo = split * chunk
+    hi = tl.minimum(n, lo + chunk)
+
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    rows = row_lo + offs_m // G
+    heads = h * G + offs_m % G
+    m_valid = offs_m < (row_hi - row_lo) * G
+    d_valid = offs_d < HEAD_DIM
+    q_pos = n - q_len + (rows - q_start)  # each query's position inside its own segment
+    if CAUSAL:
+        hi = tl.minimum(hi, n - q_len + (row_hi - q_start))  # keys past the last query of the tile are unseen
+
+    q = tl.load(Q + rows.to(tl.int64)[:, None] * stride_qt + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=m_valid[:, None] & d_valid[None, :], other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    k_ptrs = K + (kv_base + lo + offs_n).to(tl.int64)[:, None] * stride_kt + h * stride_kh + offs_d[None, :]
+    v_ptrs = V + (kv_base + lo + offs_n).to(tl.int64)[:, None] * stride_vt + h * stride_vh + offs_d[None, :]
+    for start in range(lo, hi, BLOCK_N):
+        key = start + offs_n
+        n_valid = key < hi
+        k = tl.load(k_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)
+        v = tl.load(v_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        visible = n_valid[None, :]
+        if CAUSAL:
+            visible = visible & (key[None, :] <= q_pos[:, None])
+        s = tl.where(visible, s * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen nothing yet stays empty
+        alpha = tl.math.exp2(m_i - m_use)
+        p = tl.math.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+        k_ptrs += BLOCK_N * stride_kt
+        v_ptrs += BLOCK_N * stride_vt
+
+    has = l_i > 0.0
+    o = acc / tl.where(has, l_i, 1.0)[:, None]
+    lse = tl.where(has, (m_i + tl.math.log2(tl.where(has, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    row64 = rows.to(tl.int64)
+    mask2 = m_valid[:, None] & d_valid[None, :]
+    if FUSE_MERGE:
+        # Merge with the shared partials of this sequence: m = max of all LSEs, O = sum w_i O_i / sum w_i.
+        mx = lse
+        for k in range(0, shared_slots):
+            lk = tl.load(LPart + row64 * stride_lt + k * stride_ls + heads, mask=m_valid, other=float("-inf"))
+            mx = tl.maximum(mx, lk)
+        mx = tl.where(mx == float("-inf"), 0.0, mx)
+        w = tl.exp(lse - mx)
+        wsum = w
+        acc = o * w[:, None]
+        for k in range(0, shared_slots):
+            lk = tl.load(LPart + row64 * stride_lt + k * stride_ls + heads, mask=m_valid, other=float("-inf"))
+            ok = tl.load(OPart + row64[:, None] * stride_pt + k * stride_ps + heads[:, None] * HEAD_DIM
+                         + offs_d[None, :], mask=mask2, other=0.0)
+            wk = tl.exp(lk - mx)
+            acc += ok * wk[:, None]
+            wsum += wk
+        out = acc / tl.where(wsum > 0.0, wsum, 1.0)[:, None]
+        tl.store(Out + row64[:, None] * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+                 out.to(Out.dtype.element_ty), mask=mask2)
+        if WRITE_LSE:
+            lse_out = tl.where(wsum > 0.0, mx + tl.log(tl.where(wsum > 0.0, wsum, 1.0)), float("-inf"))
+            tl.store(LseOut + row64 * stride_lot + heads, lse_out, mask=m_valid)
+    else:
+        slot = shared_slots + split
+        tl.store(OPart + row64[:, None] * stride_pt + slot * stride_ps + heads[:, None] * HEAD_DIM
+                 + offs_d[None, :], o, mask=mask2)
+        tl.store(LPart + row64 * stride_lt + slot * stride_ls + heads, lse, mask=m_valid)
+
+
+@triton.jit
+def _merge_kernel(
+    OPart, LPart,  # [T, SLOTS, Hq, D] fp32, [T, SLOTS, Hq] fp32
+    RowSeq, SeqSharedSlots,  # [T] int32, [NB] int32
+    Out, LseOut,  # [T, Hq, D] out dtype, [T, Hq] fp32
+    stride_pt, stride_ps, stride_lt, stride_ls, stride_ot, stride_oh, stride_lot,
+    NUM_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, EXTRA_SLOTS: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, WRITE_LSE: tl.constexpr,
+):
+    """Merge slots 0 .. shared_slots + EXTRA_SLOTS - 1 of one row, BLOCK_H heads at a time."""
+    t = tl.program_id(0)
+    hb = tl.program_id(1)
+    offs_h = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, BLOCK_D)
+    h_valid = offs_h < NUM_HEADS
+    mask2 = h_valid[:, None] & (offs_d[None, :] < HEAD_DIM)
+    n = tl.load(SeqSharedSlots + tl.load(RowSeq + t)) + EXTRA_SLOTS
+    t64 = t.to(tl.int64)
+    mx = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    for k in range(0, n):
+        mx = tl.maximum(mx, tl.load(LPart + t64 * stride_lt + k * stride_ls + offs_h, mask=h_valid,
+                                    other=float("-inf")))
+    mx = tl.where(mx == float("-inf"), 0.0, mx)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    wsum = tl.zeros([BLOCK_H], tl.float32)
+    for k in range(0, n):
+        lk = tl.load(LPart + t64 * stride_lt + k * stride_ls + offs_h, mask=h_valid, other=float("-inf"))
+        ok = tl.load(OPart + t64 * stride_pt + k * stride_ps + offs_h[:, None] * HEAD_DIM + offs_d[None, :],
+                     mask=mask2, other=0.0)
+        wk = tl.exp(lk - mx)
+        acc += ok * wk[:, None]
+        wsum += wk
+    out = acc / tl.where(wsum > 0.0, wsum, 1.0)[:, None]
+    tl.store(Out + t64 * stride_ot + offs_h[:, None] * stride_oh + offs_d[None, :], out.to(Out.dtype.element_ty),
+             mask=mask2)
+    if WRITE_LSE:
+        lse = tl.where(wsum > 0.0, mx + tl.log(tl.where(wsum > 0.0, wsum, 1.0)), float("-inf"))
+        tl.store(LseOut + t64 * stride_lot + offs_h, lse, mask=h_valid)
+
+
+# Launch configurations (num_warps, num_stages) per kernel and block shape. Chosen on an H100 with
+# kernels/bench.py; the interpreter ignores them.
+_SHARED_CFG = {16: (4, 3), 64: (4, 3), 128: (8, 3)}
+_OWN_CFG = {16: (4, 3), 64: (4, 3)}
+
+
+def _block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: TreeAttentionMeta,
+                          scale: float | None = None, return_lse: bool = False, out: torch.Tensor | None = None,
+                          workspace: tuple[torch.Tensor, torch.Tensor] | None = None):
+    """Launch the tree-attention kernels. Shapes and dtypes are checked by kernels.tree_attention.
+
+    q: [T, Hq, D]; k_cache, v_cache: [S, Hkv, D] (last dim contiguous). Returns o [T, Hq, D] in q.dtype (and lse
+    [T, Hq] fp32 natural log). `out` and `workspace` may be preallocated (CUDA graphs reuse them).
+    """
+    t, hq, d = q.shape
+    g = hq // meta.num_kv_heads
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    qk_scale = scale * LOG2E
+    ieee = q.dtype == torch.float32
+    block_d = _block_d(d)
+    slots = max(meta.max_slots, 1)
+    if workspace is None:
+        o_part = torch.empty((t, slots, hq, d), dtype=torch.float32, device=q.device)
+        l_part = torch.empty((t, slots, hq), dtype=torch.float32, device=q.device)
+    else:
+        o_part, l_part = workspace
+    if out is None:
+        out = torch.empty_like(q)
+    lse = torch.empty((t, hq), dtype=torch.float32, device=q.device) if return_lse else l_part
+    if t == 0:
+        return (out, lse) if return_lse else out
+
+    for cls in meta.shared_classes:
+        n_tiles = cls.tiles.shape[0]
+        if n_tiles == 0:
+            continue
+        warps, stages = _SHARED_CFG[cls.block_m]
+        _shared_kernel[(n_tiles, meta.num_kv_heads)](
+            q, k_cache, v_cache, cls.tiles, o_part, l_part, qk_scale,
+            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+            o_part.stride(0), o_part.stride(1), l_part.stride(0), l_part.stride(1),
+            G=g, HEAD_DIM=d, BLOCK_M=cls.block_m, BLOCK_N=64, BLOCK_D=block_d, IEEE=ieee,
+            num_warps=warps, num_stages=stages)
+
+    fuse = meta.own_splits == 1
+    n_own = meta.own_tiles.shape[0]
+    if n_own:
+        warps, stages = _OWN_CFG[meta.own_block_m]
+        _own_kernel[(n_own, meta.num_kv_heads, meta.own_splits)](
+            q, k_cache, v_cache, meta.own_tiles, meta.seq_q_start, meta.seq_q_len, meta.own_start, meta.own_len,
+            meta.seq_shared_slots, o_part, l_part, out, lse, qk_scale,
+            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+            o_part.stride(0), o_part.stride(1), l_part.stride(0), l_part.stride(1), out.stride(0), out.stride(1),
+            lse.stride(0),
+            G=g, HEAD_DIM=d, BLOCK_M=meta.own_block_m, BLOCK_N=64, BLOCK_D=block_d, NSPLIT=meta.own_splits,
+            SPLIT_ALIGN_=SPLIT_ALIGN, CAUSAL=meta.causal_own, FUSE_MERGE=fuse, WRITE_LSE=return_lse, IEEE=ieee,
+            num_warps=warps, num_stages=stages)
+    if not fuse:
+        block_h = min(triton.next_power_of_2(hq), max(1, 4096 // block_d))
+        _merge_kernel[(t, triton.cdiv(hq, block_h))](
+            o_part, l_part, meta.row_seq, meta.seq_shared_slots, out, lse,
+            o_part.stride(0), o_part.stride(1), l_part.stride(0), l_part.stride(1), out.stride(0), out.stride(1),
+            lse.stride(0),
+            NUM_HEADS=hq, HEAD_DIM=d, EXTRA_SLOTS=meta.own_splits, BLOCK_H=block_h, BLOCK_D=block_d,
+            WRITE_LSE=return_lse, num_warps=4)
+    return (out, lse) if return_lse else out

@@ -1,0 +1,1 @@
+"""APPS-style evaluation on top of prompt-tree's public API."""
