@@ -69,7 +69,7 @@ def naive_tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.
     q: [T, Hq, D] rows packed by query-sequence b (q_lens[b] rows each); k_cache, v_cache: [S, Hkv, D].
     Sequence b sees, in order, the KV of every segment (kv_start, kv_len, seq_lo, seq_hi) with seq_lo <= b < seq_hi
     (non-causal), then its own slots own_starts[b] .. own_starts[b] + own_lens[b] - 1, of which its q rows are the
-    last q_lens[b] (causal). Nothing is shared: each sequence gathers its own copy. Returns (o [T, Hq, D],
+    last q_lens[b] (causal; an empty own segment leaves the rows with the shared keys only). Nothing is shared: each sequence gathers its own copy. Returns (o [T, Hq, D],
     lse [T, Hq]) in `dtype`.
     """
     t, hq, d = q.shape

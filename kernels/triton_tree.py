@@ -241,10 +241,25 @@ def _merge_kernel(
         tl.store(LseOut + t64 * stride_lot + offs_h, lse, mask=h_valid)
 
 
-# Launch configurations (num_warps, num_stages) per kernel and block shape. Chosen on an H100 with
-# kernels/bench.py; the interpreter ignores them.
-_SHARED_CFG = {16: (4, 3), 64: (4, 3), 128: (8, 3)}
-_OWN_CFG = {16: (4, 3), 64: (4, 3)}
+# Launch configurations (BLOCK_N, num_warps, num_stages) per kernel and query-block height. Chosen on an H100
+# with kernels/tune.py (numbers in docs/benchmarks/); the interpreter ignores warps and stages.
+SHARED_CFG = {16: (64, 4, 3), 64: (64, 4, 3), 128: (64, 8, 3)}
+OWN_CFG = {16: (64, 4, 2), 64: (64, 4, 3)}
+# Run the own (suffix) kernel on a side stream while the shared kernels run, then merge: the shared work is
+# tensor-core bound for large groups and the own work is bandwidth bound, so the two overlap on the SMs.
+# Measured on an H100 (docs/benchmarks/tune_v2.json): launching the shared kernels first and the own kernel on a
+# side stream saves 19% at 32/8, B=256, 16K prefix and 8% at 40/40, B=1024, 16K; launching the own kernel
+# first lets its thousands of small programs take every SM and nothing overlaps.
+OVERLAP = {"enabled": True, "own_first": False}
+
+_side_streams: dict[int, torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _side_streams:
+        _side_streams[idx] = torch.cuda.Stream(device=idx)
+    return _side_streams[idx]
 
 
 def _block_d(head_dim: int) -> int:
@@ -253,7 +268,7 @@ def _block_d(head_dim: int) -> int:
 
 def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: TreeAttentionMeta,
                           scale: float | None = None, return_lse: bool = False, out: torch.Tensor | None = None,
-                          workspace: tuple[torch.Tensor, torch.Tensor] | None = None):
+                          workspace: tuple[torch.Tensor, torch.Tensor] | None = None, overlap: bool | None = None):
     """Launch the tree-attention kernels. Shapes and dtypes are checked by kernels.tree_attention.
 
     q: [T, Hq, D]; k_cache, v_cache: [S, Hkv, D] (last dim contiguous). Returns o [T, Hq, D] in q.dtype (and lse
@@ -277,33 +292,57 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     if t == 0:
         return (out, lse) if return_lse else out
 
-    for cls in meta.shared_classes:
-        n_tiles = cls.tiles.shape[0]
-        if n_tiles == 0:
-            continue
-        warps, stages = _SHARED_CFG[cls.block_m]
-        _shared_kernel[(n_tiles, meta.num_kv_heads)](
-            q, k_cache, v_cache, cls.tiles, o_part, l_part, qk_scale,
-            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
-            o_part.stride(0), o_part.stride(1), l_part.stride(0), l_part.stride(1),
-            G=g, HEAD_DIM=d, BLOCK_M=cls.block_m, BLOCK_N=64, BLOCK_D=block_d, IEEE=ieee,
-            num_warps=warps, num_stages=stages)
+    has_shared = any(c.tiles.shape[0] for c in meta.shared_classes)
+    overlap = OVERLAP["enabled"] if overlap is None else overlap
+    overlap = overlap and has_shared and q.device.type == "cuda"
+    fuse = meta.own_splits == 1 and not overlap
 
-    fuse = meta.own_splits == 1
-    n_own = meta.own_tiles.shape[0]
-    if n_own:
-        warps, stages = _OWN_CFG[meta.own_block_m]
+    def launch_own():
+        n_own = meta.own_tiles.shape[0]
+        if not n_own:
+            return
+        block_n, warps, stages = OWN_CFG[meta.own_block_m]
         _own_kernel[(n_own, meta.num_kv_heads, meta.own_splits)](
             q, k_cache, v_cache, meta.own_tiles, meta.seq_q_start, meta.seq_q_len, meta.own_start, meta.own_len,
             meta.seq_shared_slots, o_part, l_part, out, lse, qk_scale,
             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
             o_part.stride(0), o_part.stride(1), l_part.stride(0), l_part.stride(1), out.stride(0), out.stride(1),
             lse.stride(0),
-            G=g, HEAD_DIM=d, BLOCK_M=meta.own_block_m, BLOCK_N=64, BLOCK_D=block_d, NSPLIT=meta.own_splits,
+            G=g, HEAD_DIM=d, BLOCK_M=meta.own_block_m, BLOCK_N=block_n, BLOCK_D=block_d, NSPLIT=meta.own_splits,
             SPLIT_ALIGN_=SPLIT_ALIGN, CAUSAL=meta.causal_own, FUSE_MERGE=fuse, WRITE_LSE=return_lse, IEEE=ieee,
             num_warps=warps, num_stages=stages)
+
+    own_first = OVERLAP["own_first"]
+    if overlap:
+        main = torch.cuda.current_stream(q.device)
+        side = _side_stream(q.device)
+        side.wait_stream(main)
+        if own_first:
+            with torch.cuda.stream(side):
+                launch_own()
+    for cls in meta.shared_classes:
+        n_tiles = cls.tiles.shape[0]
+        if n_tiles == 0:
+            continue
+        block_n, warps, stages = SHARED_CFG[cls.block_m]
+        _shared_kernel[(n_tiles, meta.num_kv_heads)](
+            q, k_cache, v_cache, cls.tiles, o_part, l_part, qk_scale,
+            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+            o_part.stride(0), o_part.stride(1), l_part.stride(0), l_part.stride(1),
+            G=g, HEAD_DIM=d, BLOCK_M=cls.block_m, BLOCK_N=block_n, BLOCK_D=block_d, IEEE=ieee,
+            num_warps=warps, num_stages=stages)
+    if overlap:
+        if not own_first:
+            with torch.cuda.stream(side):
+                launch_own()
+        main.wait_stream(side)
+    else:
+        launch_own()
     if not fuse:
+        # Enough programs to fill the GPU even for a handful of rows: fewer heads per program when T is small.
         block_h = min(triton.next_power_of_2(hq), max(1, 4096 // block_d))
+        while block_h > 1 and t * triton.cdiv(hq, block_h) < 256:
+            block_h //= 2
         _merge_kernel[(t, triton.cdiv(hq, block_h))](
             o_part, l_part, meta.row_seq, meta.seq_shared_slots, out, lse,
             o_part.stride(0), o_part.stride(1), l_part.stride(0), l_part.stride(1), out.stride(0), out.stride(1),

@@ -1,0 +1,178 @@
+"""`prompt-tree bench`: end-to-end decode throughput of tree / single / flat / none / transformers on one GPU.
+
+    prompt-tree bench --models llama3-8b --time-budget-s 480 --out $OUT
+    prompt-tree bench --quick                                   # a smoke run of a minute or two on a GPU
+    prompt-tree bench --models tiny --device cpu --dtype fp32 --prefixes 16 --batches 2 --new-tokens 4 \\
+        --preset-override '{"2a": {"few_shot": 32, "problem": 8, "samples": 3, "problems": 2}}'
+
+Writes e2e.json (re-saved after every row; --resume skips rows already there), e2e.md and PNG plots into --out.
+The logic lives in prompt_tree.benchmark; this module parses and checks the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+# --quick: a small grid for smoke runs (about a minute of measurements on an H100, plus warm-ups).
+QUICK = {"models": ("llama3-8b",), "prefixes": (1024, 4096), "batches": (32, 256), "new_tokens_1": 32,
+         "2a": {"problems": 2, "new_tokens": 64}, "2b": {"problems": 16, "new_tokens": 64}}
+_SHAPE_FIELDS = ("few_shot", "problem", "samples", "new_tokens", "problems")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", default=None,
+                   help="comma-separated model presets with random weights (default llama3-8b,codellama-7b; "
+                        "'tiny' for CPU smoke tests)")
+    p.add_argument("--workloads", default="1,2a,2b",
+                   help="comma-separated: 1 (one shared prefix), 2a and 2b (few-shot -> problems -> samples)")
+    p.add_argument("--prefixes", default=None, help="workload 1 prefix lengths (default 1024,2048,4096,8192,16384)")
+    p.add_argument("--batches", default=None, help="workload 1 batch sizes (default 32,128,512,1024,2048)")
+    p.add_argument("--modes", default="tree,single,flat,none,hf",
+                   help="comma-separated: tree (all levels shared), single (only the last level shared: the "
+                        "few-shot block copied per problem), flat (every sequence reads its whole path), none "
+                        "(attention skipped: the upper bound; always measured, the limit needs it), hf "
+                        "(transformers generate)")
+    p.add_argument("--problems-2a", type=int, default=None, help="problems P in workload 2a (default 32)")
+    p.add_argument("--new-tokens", type=int, default=None, help="override the new tokens of every workload")
+    p.add_argument("--out", default=os.environ.get("OUT") or "docs/benchmarks",
+                   help="output folder (default $OUT if set, else docs/benchmarks)")
+    p.add_argument("--time-budget-s", type=float, default=None,
+                   help="do not start a row predicted to end after this many seconds from the start (listed as "
+                        "not run; run again with --resume to do them)")
+    p.add_argument("--resume", action="store_true", help="keep the rows of an existing e2e.json and skip them")
+    p.add_argument("--quick", action="store_true",
+                   help="a small grid for smoke runs: llama3-8b, prefixes 1024,4096, batches 32,256, fewer problems "
+                        "and new tokens (explicit flags still win)")
+    p.add_argument("--device", default="cuda", help="cuda (default), cuda:N, or cpu (tests, with --models tiny)")
+    p.add_argument("--dtype", default="bf16", help="bf16 (default), fp16, fp32")
+    p.add_argument("--preset-override", default=None, metavar="JSON",
+                   help='override workload shapes, e.g. \'{"1": {"new_tokens": 4}, "2a": {"few_shot": 32, '
+                        '"problem": 8, "samples": 3, "new_tokens": 4, "problems": 2}}\' (tests)')
+    p.add_argument("--memory-budget-gib", type=float, default=None,
+                   help="memory a batch may use beyond the weights (default: free device memory)")
+    p.add_argument("--ceilings", default=None, metavar="TBS,TFLOPS",
+                   help="assume copy bandwidth (TB/s) and matmul rate (TFLOP/s) instead of measuring them")
+    p.add_argument("--dry-run", action="store_true",
+                   help="no weights, no runs: print the rows in order with predicted memory and seconds")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite e2e.md and the plots from the e2e.json in --out, then exit")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompt tokens")
+
+
+def _list(text: str, what: str, cast=str) -> tuple:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not items:
+        raise ValueError(f"--{what} is empty")
+    try:
+        return tuple(cast(x) for x in items)
+    except ValueError:
+        raise ValueError(f"--{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _shapes(overrides: dict, new_tokens: int | None, problems_2a: int | None) -> tuple[dict, int]:
+    from prompt_tree.benchmark.workloads import DEFAULT_2A, DEFAULT_2B, NEW_TOKENS_1
+
+    shapes, new_1 = {"2a": DEFAULT_2A, "2b": DEFAULT_2B}, NEW_TOKENS_1
+    for key, changes in overrides.items():
+        if key not in ("1", "2a", "2b") or not isinstance(changes, dict):
+            raise ValueError(f"--preset-override: keys are '1', '2a', '2b', each with an object, got {key!r}")
+        allowed = ("new_tokens",) if key == "1" else _SHAPE_FIELDS
+        bad = [k for k in changes if k not in allowed]
+        if bad:
+            raise ValueError(f"--preset-override: workload {key} has no field {bad[0]!r}; fields: {', '.join(allowed)}")
+        if key == "1":
+            new_1 = changes.get("new_tokens", new_1)
+        else:
+            shapes[key] = dataclasses.replace(shapes[key], **changes)
+    if problems_2a is not None:
+        shapes["2a"] = dataclasses.replace(shapes["2a"], problems=problems_2a)
+    if new_tokens is not None:
+        new_1 = new_tokens
+        shapes = {k: dataclasses.replace(v, new_tokens=new_tokens) for k, v in shapes.items()}
+    return shapes, new_1
+
+
+def config_from_args(args: argparse.Namespace):
+    """A checked BenchConfig from the parsed flags (ValueError with the flag's name for bad input)."""
+    from prompt_tree.benchmark.limit import Ceilings
+    from prompt_tree.benchmark.runner import BenchConfig
+    from prompt_tree.benchmark.workloads import BATCHES, PREFIXES
+
+    overrides: dict = {}
+    if args.quick:
+        overrides = {k: dict(QUICK[k]) for k in ("2a", "2b")}
+        overrides["1"] = {"new_tokens": QUICK["new_tokens_1"]}
+    if args.preset_override is not None:
+        try:
+            given = json.loads(args.preset_override)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--preset-override is not valid JSON: {e}") from None
+        if not isinstance(given, dict):
+            raise ValueError("--preset-override must be a JSON object")
+        for key, changes in given.items():
+            if isinstance(changes, dict) and isinstance(overrides.get(key), dict):
+                overrides[key] = {**overrides[key], **changes}
+            else:
+                overrides[key] = changes
+    for name in ("problems_2a", "new_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    shapes, new_1 = _shapes(overrides, args.new_tokens, args.problems_2a)
+    ceilings = None
+    if args.ceilings is not None:
+        parts = _list(args.ceilings, "ceilings", float)
+        if len(parts) != 2:
+            raise ValueError(f"--ceilings takes TB/s,TFLOP/s, got {args.ceilings!r}")
+        ceilings = Ceilings(parts[0] * 1e12, parts[1] * 1e12)
+    if args.memory_budget_gib is not None and not args.memory_budget_gib > 0:
+        raise ValueError(f"--memory-budget-gib must be positive, got {args.memory_budget_gib}")
+    quick = args.quick
+    default_models = QUICK["models"] if quick else ("llama3-8b", "codellama-7b")
+    return BenchConfig(
+        models=_list(args.models, "models") if args.models is not None else default_models,
+        workloads=_list(args.workloads, "workloads"),
+        prefixes=(_list(args.prefixes, "prefixes", int) if args.prefixes is not None
+                  else QUICK["prefixes"] if quick else PREFIXES),
+        batches=(_list(args.batches, "batches", int) if args.batches is not None
+                 else QUICK["batches"] if quick else BATCHES),
+        modes=_list(args.modes, "modes"),
+        new_tokens_1=new_1, shapes=shapes, out=args.out, time_budget_s=args.time_budget_s, device=args.device,
+        dtype=args.dtype, resume=args.resume, dry_run=args.dry_run,
+        memory_budget_bytes=int(args.memory_budget_gib * 2**30) if args.memory_budget_gib else None,
+        ceilings=ceilings, seed=args.seed,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.report_only:
+        from prompt_tree.benchmark.report import write_markdown, write_plots
+        from prompt_tree.benchmark.runner import JSON_NAME, MD_NAME
+
+        path = os.path.join(args.out, JSON_NAME)
+        try:
+            with open(path, encoding="utf-8") as f:
+                results = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            print(f"prompt-tree bench: cannot read {path}: {e}", file=sys.stderr)
+            return 2
+        write_markdown(results, os.path.join(args.out, MD_NAME))
+        for p in write_plots(results, args.out):
+            print(f"wrote {p}", file=sys.stderr)
+        return 0
+    from prompt_tree.benchmark.runner import BenchError, run_benchmark
+
+    try:
+        bench = config_from_args(args)
+    except ValueError as e:
+        print(f"prompt-tree bench: {e}", file=sys.stderr)
+        return 2
+    try:
+        run_benchmark(bench)
+    except BenchError as e:  # a device that is not there, an unreadable e2e.json on --resume
+        print(f"prompt-tree bench: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,207 @@
+"""`prompt-tree apps` under torchrun: problems split across data-parallel groups, each group's model possibly
+split over tensor-parallel ranks (prompt_tree.parallel).
+
+    torchrun --nproc-per-node 4 -m prompt_tree.cli apps --tp 2 --model /models/CodeLlama-34b-hf ...
+
+Per invocation:
+1. rank 0 folds group files left by an interrupted run into the normal files, then checks (or, with --force,
+   resets) the run directory exactly as one process does; the other ranks wait for its word (ctx.share);
+2. every rank reads the normal files, lists the missing (problem, sample) pairs and the completions without a
+   verdict, and splits the problems that have work left into dp groups by expected tokens (prompt tokens +
+   missing samples x max_new_tokens; greedy largest-first), the same split on every rank;
+3. each group generates its problems' missing samples (the sample tree is built over ALL selected problems, so
+   the few-shot block is the one a single process draws). Its TP rank 0 appends completions and verdicts, as
+   they come, to generations.rank<d>.jsonl and verdicts.rank<d>.jsonl and runs the checker pool; its other TP
+   ranks compute the same tokens and write nothing;
+4. rank 0 waits for every rank, merges the group files into generations.jsonl / verdicts.jsonl, and writes
+   summary.json and the report as one process would.
+
+Resuming: a killed group keeps what its file holds; the next invocation folds it in at step 1 and generates only
+what is missing, whatever the new number of groups.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable
+
+from prompt_tree.parallel.dp import expected_tokens, merge_parts, part_paths, split_by_cost
+from tasks.results import GENERATIONS_FILE, VERDICTS_FILE, RunStore, read_jsonl
+from tasks.runner import (
+    RunConfig, RunConfigError, RunReport, _default_check, _engine_options, _Executor, _generate_missing,
+    build_sample_tree, build_summary, format_report, run_identity, sampling_params, select_problems,
+)
+
+
+def part_label(dp_rank: int) -> str:
+    """The RunStore part of group dp_rank: its files are generations.rank<d>.jsonl, as dp.part_path names them."""
+    return f"rank{dp_rank}"
+
+
+def _record_key(record: dict) -> tuple[str, int]:
+    return (str(record["problem_id"]), int(record["sample_index"]))
+
+
+def fold_parts(out_dir: str) -> int:
+    """Merge every group file in out_dir into the normal files and delete them; returns the records added."""
+    added = 0
+    for name in (GENERATIONS_FILE, VERDICTS_FILE):
+        path = os.path.join(out_dir, name)
+        parts = part_paths(path)
+        if parts:
+            added += merge_parts(path, parts, key=_record_key, read=lambda p: read_jsonl(p, truncate_torn=True))
+    return added
+
+
+def _default_workers(ctx) -> int:
+    """Checker threads per group writer: the host's CPUs shared among the writers on it."""
+    writers_here = max(1, ctx.env.local_world_size // ctx.layout.tp)
+    return max(1, (os.cpu_count() or 1) // writers_here)
+
+
+def run_apps_distributed(config: RunConfig, ctx, *, check_fn: Callable | None = None,
+                         log: Callable[[str], None] | None = print) -> RunReport | None:
+    """This rank's part of the run (module docstring). Returns the report on rank 0, None on the others.
+    Wrap it in prompt_tree.parallel.env.run_guarded so that a failure anywhere stops every rank with its name."""
+    from prompt_tree.parallel.engine import engine_for_rank
+    from tasks.extract import extract_code
+
+    lay = ctx.layout
+    if config.generations is not None:
+        raise RunConfigError("generations: evaluating a generations file uses no model and is not split across "
+                             "ranks; run it without torchrun")
+    if config.tp != lay.tp:
+        raise RunConfigError(f"tp: the config asks for {config.tp} but the process groups were built for {lay.tp}")
+    main = lay.rank == 0
+    log = (log or (lambda s: None)) if main else (lambda s: None)
+    local = dataclasses.replace(config, progress=config.progress and main,
+                                workers=config.workers or _default_workers(ctx))
+    problems = select_problems(config)
+    by_id = {p.problem_id: p for p in problems}
+    if len(by_id) != len(problems):
+        raise RunConfigError("problem ids must be unique")
+    identity = run_identity(config, problems)
+    params = sampling_params(config)
+    t_start = time.perf_counter()
+
+    def prepare() -> list[int]:
+        fold_parts(config.out)  # before the config check, so that the check sees those records too
+        store = RunStore(config.out, identity, force=config.force)
+        store.close()
+        return [store.resumed_generations, store.resumed_verdicts]
+
+    resumed = ctx.share("apps/prepare", prepare)
+    if main and any(resumed):
+        log(f"resuming {config.out}: {resumed[0]} completions and {resumed[1]} verdicts already done")
+
+    # Step 2, on every rank from the same files: the work left and its split.
+    generated = {_record_key(r) for r in read_jsonl(os.path.join(config.out, GENERATIONS_FILE))}
+    verdicts = {_record_key(r) for r in read_jsonl(os.path.join(config.out, VERDICTS_FILE))}
+    wanted = [(p.problem_id, i) for p in problems for i in range(config.samples)]
+    missing: dict[str, list[int]] = {}
+    unexecuted: dict[str, int] = {}
+    for pid, i in wanted:
+        if (pid, i) not in generated:
+            missing.setdefault(pid, []).append(i)
+        elif (pid, i) not in verdicts:
+            unexecuted[pid] = unexecuted.get(pid, 0) + 1
+    engine, prompt_tokens = None, {}
+    if missing:
+        if not config.random_model and not os.path.isdir(config.model):
+            raise RunConfigError(f"model: {config.model!r} is not 'tiny', 'random:PRESET' or an existing "
+                                 f"checkpoint directory")
+        t0 = time.perf_counter()
+        engine = engine_for_rank(config.model, ctx, dtype=config.dtype, seed=0)
+        load_s = time.perf_counter() - t0
+        if engine.tokenizer is None:
+            raise RunConfigError(f"model: {config.model!r} has no tokenizer, and APPS prompts are text")
+        tree, _ = build_sample_tree(problems, missing, config)
+        plan = engine.plan(tree, params)
+        prompt_tokens = {pid: len(plan.node_tokens.get(pid, ())) for pid in missing}
+    with_work = [p.problem_id for p in problems if p.problem_id in missing or p.problem_id in unexecuted]
+    costs = [expected_tokens(prompt_tokens.get(pid, 0), len(missing.get(pid, ())), params.max_new_tokens)
+             + unexecuted.get(pid, 0) for pid in with_work]
+    mine = {with_work[i] for i in split_by_cost(costs, lay.dp)[lay.dp_rank]}
+    my_missing = {pid: idx for pid, idx in missing.items() if pid in mine}
+    my_wanted = [key for key in wanted if key[0] in mine]
+
+    # Step 3: this group's share.
+    info = {"dp_rank": lay.dp_rank, "problems": len(mine), "generated": 0, "executed": 0, "check_seconds": 0.0}
+    if lay.is_writer:
+        store = RunStore(config.out, identity, part=part_label(lay.dp_rank))
+        report = RunReport(summary={})
+        executor = _Executor(store, by_id, local, sum(1 for key in my_wanted if key not in store.verdicts),
+                             check_fn or _default_check())
+        ok = False
+        try:
+            for key in my_wanted:
+                if key in store.generations and key not in store.verdicts:
+                    executor.submit(store.generations[key])
+            if my_missing:
+                todo = [(pid, i) for pid, idx in my_missing.items() for i in idx]
+                gen_info = _generate_missing(local, params, problems, todo, store, executor, engine, extract_code,
+                                             report, log)
+                gen_info["load_s"] = load_s
+                info["generation"] = gen_info
+            executor.wait()
+            ok = True
+        finally:
+            executor.shutdown(cancel=not ok)
+            store.close()
+        info.update(generated=report.generated_now, executed=executor.executed,
+                    check_seconds=executor.check_seconds)
+        ctx.publish("apps", info)
+    elif my_missing:  # a TP peer: the same model calls as its writer, nothing recorded
+        tree, _ = build_sample_tree(problems, my_missing, config)
+        engine.generate(tree, params, progress=False, **_engine_options(config))
+    if not main:
+        return None
+
+    # Step 4: rank 0 merges and reports.
+    t_gen_end = time.perf_counter()
+    ctx.wait_for_all()
+    t_all_end = time.perf_counter()
+    groups = ctx.collect("apps", [lay.tp_ranks(d)[0] for d in range(lay.dp)])
+    groups = [groups[r] for r in sorted(groups)]
+    fold_parts(config.out)
+    store = RunStore(config.out, identity)
+    try:
+        gen_info = _combine_generation(groups)
+        summary = build_summary(config, problems, store, wanted, gen_info, timings={
+            "total_s": time.perf_counter() - t_start,
+            "generation_s": gen_info.get("wall_s", 0.0),
+            "execution_s": sum(g["check_seconds"] for g in groups),
+            "execution_after_generation_s": max(0.0, t_all_end - t_gen_end),
+        })
+        report = RunReport(summary=summary, generated_now=sum(g["generated"] for g in groups),
+                           executed_now=sum(g["executed"] for g in groups), resumed_generations=resumed[0],
+                           resumed_verdicts=resumed[1], out_dir=config.out)
+        summary["this_invocation"] = {"generated": report.generated_now, "executed": report.executed_now,
+                                      "resumed_generations": resumed[0], "resumed_verdicts": resumed[1]}
+        summary["parallel"] = {"world_size": lay.world_size, "tp": lay.tp, "dp": lay.dp, "groups": groups}
+        store.write_summary(summary)
+    finally:
+        store.close()
+    if config.export_bigcode:
+        from tasks.bigcode import export_bigcode
+
+        programs: dict[str, list[str]] = {}
+        for pid, i in wanted:
+            programs.setdefault(pid, []).append(store.generations[(pid, i)].code)
+        export_bigcode(config.export_bigcode, problems, programs)
+        log(f"wrote bigcode-format generations to {config.export_bigcode}")
+    log(format_report(summary))
+    return report
+
+
+def _combine_generation(groups: list[dict]) -> dict:
+    """The groups' generation numbers as one run's: they ran side by side, so wall time is the slowest group's."""
+    gens = [g["generation"] for g in groups if g.get("generation")]
+    if not gens:
+        return {}
+    wall = max(g["wall_s"] for g in gens)
+    tokens = sum(g["tokens_now"] for g in gens)
+    return {"wall_s": wall, "load_s": max(g.get("load_s", 0.0) for g in gens),
+            "completions": sum(g["completions"] for g in gens), "tokens_now": tokens,
+            "tokens_per_s": tokens / wall if wall > 0 else None}

@@ -1,0 +1,399 @@
+"""Tensor and data parallelism on CPU with gloo: 2 processes (torch.multiprocessing spawn, plain subprocesses with
+torchrun's variables, and torchrun itself), the tiny preset.
+
+Tolerances. Tensor parallelism changes no operation's arithmetic except the sums of o_proj and down_proj, whose
+reduction over input features is cut in two and joined by an all-reduce: the same terms added in another order.
+So (1) in float64 tp=2 must equal tp=1 to float64's rounding, i.e. the measured fp32 error of tp=1 (against
+float64) scaled by eps64 / eps32; (2) in float32, tp=2 must be as accurate as tp=1, both against float64: within
+twice tp=1's own error (same number of roundings, a different pattern), and so within 3x that of each other.
+Data parallelism changes no arithmetic at all (a sample's noise depends on (seed, key, sample index) only, a
+node's tokens on its path only), so its results must be identical.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from prompt_tree.config import PRESETS, replace
+from prompt_tree.parallel import (
+    ParallelError, ParallelLayout, TensorShard, init_distributed, merge_parts, part_path, part_paths, shard_config,
+    split_by_cost, split_tree,
+)
+from prompt_tree.parallel.env import PEER_FAILED_EXIT, TorchrunEnv
+
+TINY = PRESETS["tiny"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EPS32, EPS64 = torch.finfo(torch.float32).eps, torch.finfo(torch.float64).eps
+APPS = dict(limit=4, samples=2, max_new_tokens=12, k=(1, 2), progress=False, workers=1, timeout=2.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_env(rank: int, world: int, port: int, **extra) -> dict:
+    """The variables torchrun gives worker `rank` (rank 0 hosts the store: no launcher agent here)."""
+    return dict(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+                MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", **extra)
+
+
+def _rank_main(rank: int, port: int, tp: int, work, args) -> None:
+    """Entry of a spawned rank: torchrun's variables, the process groups, then work(ctx, *args) guarded."""
+    os.environ.update(_rank_env(rank, 2, port, PT_DIST_DEAD_AFTER="20"))
+    torch.set_num_threads(1)  # two processes on two cores
+    from prompt_tree.parallel.env import run_guarded
+
+    ctx = init_distributed(tp, "cpu")
+    run_guarded(ctx, lambda: work(ctx, *args))
+
+
+def _spawn(work, *args, tp: int = 1) -> None:
+    torch.multiprocessing.spawn(_rank_main, args=(_free_port(), tp, work, args), nprocs=2, join=True)
+
+
+# ----- pure pieces: layout, shapes, shards, splits, merges
+
+
+def test_layout_is_tp_major_and_world_must_divide():
+    lay = ParallelLayout(world_size=4, rank=3, tp=2)
+    assert (lay.dp, lay.dp_rank, lay.tp_rank, lay.is_writer) == (2, 1, 1, False)
+    assert lay.tp_ranks(0) == [0, 1] and lay.tp_ranks(1) == [2, 3]
+    with pytest.raises(ParallelError, match="world size 2 is not divisible by --tp 3"):
+        ParallelLayout(world_size=2, rank=0, tp=3)
+    with pytest.raises(ParallelError, match="world size 6 is not divisible by --tp 4"):
+        ParallelLayout(world_size=6, rank=5, tp=4)
+
+
+def test_single_process_is_unchanged_and_tp_needs_torchrun():
+    assert init_distributed(1, environ={}) is None
+    assert init_distributed(1, environ={"WORLD_SIZE": "1", "RANK": "0"}) is None  # torchrun of one process
+    with pytest.raises(ParallelError, match="--tp 2 needs 2 processes: start the command with torchrun"):
+        init_distributed(2, environ={})
+    with pytest.raises(ParallelError, match="MASTER_ADDR"):
+        TorchrunEnv.read({"WORLD_SIZE": "2", "RANK": "0", "MASTER_PORT": "1"})
+    env = TorchrunEnv.read(_rank_env(1, 2, 1234) | {"TORCHELASTIC_USE_AGENT_STORE": "True"})
+    assert (env.rank, env.world_size, env.master_port, env.agent_store) == (1, 2, 1234, True)
+
+
+def test_heads_kv_heads_and_mlp_must_divide():
+    local = shard_config(TINY, 2)
+    assert (local.num_heads, local.num_kv_heads, local.intermediate_size) == (2, 1, 128)
+    assert (local.hidden_size, local.vocab_size, local.head_dim) == (TINY.hidden_size, TINY.vocab_size, 32)
+    with pytest.raises(ParallelError, match="num_heads divisible by 3, but the model has num_heads=4"):
+        shard_config(TINY, 3)
+    with pytest.raises(ParallelError, match="num_kv_heads divisible by 2, but the model has num_kv_heads=1"):
+        shard_config(replace(TINY, num_kv_heads=1), 2)
+    with pytest.raises(ParallelError, match="intermediate_size divisible by 2"):
+        shard_config(replace(TINY, intermediate_size=255), 2)
+    from prompt_tree.loading import random_model
+
+    with pytest.raises(ParallelError, match="num_kv_heads"):  # the loaders refuse before drawing anything
+        random_model(replace(TINY, num_kv_heads=1), device="cpu", shard=TensorShard(2, 0))
+
+
+def test_random_shards_are_slices_of_the_tp1_model():
+    from prompt_tree.loading import random_model
+
+    full = dict(random_model("tiny", seed=3, device="cpu").named_parameters())
+    parts = [dict(random_model("tiny", seed=3, device="cpu", shard=TensorShard(2, r)).named_parameters())
+             for r in range(2)]
+    for name, tensor in full.items():
+        a, b = parts[0][name], parts[1][name]
+        if "q_proj" in name or "k_proj" in name or "v_proj" in name or "gate_proj" in name or "up_proj" in name:
+            assert torch.equal(torch.cat([a, b], 0), tensor), name
+        elif "o_proj" in name or "down_proj" in name:
+            assert torch.equal(torch.cat([a, b], 1), tensor), name
+        else:  # embedding, norms, lm_head: replicated
+            assert torch.equal(a, tensor) and torch.equal(b, tensor), name
+
+
+def _save_checkpoint(path, config, seed=0):
+    """A random model as an HF checkpoint directory (config.json + model.safetensors), no tokenizer."""
+    from safetensors.torch import save_file
+
+    from prompt_tree.loading import random_model
+    from prompt_tree.model import hf_name
+
+    model = random_model(config, seed=seed, device="cpu", dtype=torch.float32, std=0.1)
+    os.makedirs(path, exist_ok=True)
+    save_file({hf_name(n): p.contiguous() for n, p in model.named_parameters()}, os.path.join(path, "model.safetensors"))
+    hf = {"architectures": [config.architecture], "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+          "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_layers,
+          "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
+          "head_dim": config.head_dim, "rope_theta": config.rope_theta, "rms_norm_eps": config.rms_norm_eps,
+          "max_position_embeddings": config.max_position_embeddings, "bos_token_id": config.bos_token_id,
+          "eos_token_id": list(config.eos_token_ids), "torch_dtype": "float32"}
+    with open(os.path.join(path, "config.json"), "w") as f:
+        json.dump(hf, f)
+    return model
+
+
+# A Qwen2-style tiny model: q/k/v biases are split with their weights.
+QWEN_TINY = replace(TINY, architecture="Qwen2ForCausalLM", qkv_bias=True)
+
+
+def test_checkpoint_shards_are_read_as_slices(tmp_path):
+    from prompt_tree.loading import load_model
+
+    full = dict(_save_checkpoint(tmp_path, QWEN_TINY).named_parameters())
+    for r in range(2):
+        loaded = load_model(tmp_path, device="cpu", dtype="float32", tokenizer=False, shard=TensorShard(2, r))
+        assert loaded.config.num_heads == 4 and loaded.model.config.num_heads == 2  # checkpoint vs this rank
+        got = dict(loaded.model.named_parameters())
+        assert torch.equal(got["layers.1.self_attn.k_proj.bias"], full["layers.1.self_attn.k_proj.bias"][32 * r:32 * (r + 1)])
+        assert torch.equal(got["layers.0.mlp.down_proj.weight"], full["layers.0.mlp.down_proj.weight"][:, 128 * r:128 * (r + 1)])
+        assert torch.equal(got["embed_tokens.weight"], full["embed_tokens.weight"])
+
+
+def test_split_by_cost_is_greedy_largest_first():
+    assert split_by_cost([5, 3, 3, 2, 2, 1], 2) == [[0, 3, 5], [1, 2, 4]]  # totals 8 and 8
+    assert split_by_cost([1, 1, 1], 5) == [[0], [1], [2], [], []]
+    costs = [17, 4, 9, 30, 2, 2, 11, 8]
+    bins = split_by_cost(costs, 3)
+    assert sorted(i for b in bins for i in b) == list(range(len(costs)))
+    totals = [sum(costs[i] for i in b) for b in bins]
+    assert max(totals) <= 4 / 3 * max(sum(costs) / 3, max(costs))  # LPT's bound
+
+
+def test_split_tree_shares_the_chain_and_balances_subtrees():
+    from prompt_tree import PromptTree
+
+    tree = PromptTree()
+    shots = tree.root.add("shared instruction\n", key="sys").add("few shots\n", key="shots")
+    for i, (length, samples) in enumerate([(50, 8), (10, 1), (10, 1), (40, 2)]):
+        node = shots.add("x" * length, key=f"p{i}", samples=samples)
+        node.add("follow-up", key=f"p{i}.a", samples=1)
+    d = tree.to_dict()
+    tokens = {n["key"]: len(n["prompt"]) for n in d["nodes"]}
+    parts = split_tree(d, tokens, 2, max_new_tokens=10)
+    keys = [[n["key"] for n in p["nodes"]] for p in parts]
+    assert keys == [["sys", "shots", "p0", "p0.a"], ["sys", "shots", "p1", "p1.a", "p2", "p2.a", "p3", "p3.a"]]
+    for p in parts:
+        PromptTree.from_dict(p)  # valid trees, parents first
+    samples = [sum(n["samples"] for n in p["nodes"]) for p in parts]
+    assert sum(samples) == tree.num_samples
+
+
+def test_parts_are_named_beside_the_file_and_merged_once(tmp_path):
+    out = str(tmp_path / "out.jsonl")
+    assert part_path(out, 3) == str(tmp_path / "out.rank3.jsonl")
+    rows = [{"key": "a", "sample_index": i} for i in range(4)]
+    with open(out, "w") as f:
+        f.write(json.dumps(rows[0]) + "\n" + '{"key": "a", "sam')  # a torn last line
+    for d, chunk in ((1, rows[2:]), (0, rows[:2])):
+        with open(part_path(out, d), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in chunk)
+    assert part_paths(out) == [part_path(out, 0), part_path(out, 1)]
+    key = lambda r: (r["key"], r["sample_index"])  # noqa: E731
+    assert merge_parts(out, part_paths(out), key=key) == 3  # rows[0] was there already
+    assert [json.loads(line) for line in open(out)] == [rows[0], rows[1], rows[2], rows[3]]
+    assert part_paths(out) == []
+
+
+# ----- tensor parallelism: 2 ranks against one process
+
+
+def _tp_worker(ctx, out_dir, ckpt):
+    from prompt_tree.parallel import ParallelEngine, load_sharded, random_sharded
+
+    shard = TensorShard(2, ctx.layout.tp_rank)
+    ids = torch.tensor([256] + list(b"def solve(n):\n    return n * (n + 1)"))
+    result = {}
+    with torch.inference_mode():
+        for dtype in (torch.float32, torch.float64):  # float64: the same (float32-drawn) weights, upcast
+            model = random_sharded("tiny", shard, ctx.tp_group, seed=0, device="cpu", dtype=torch.float32, std=0.1)
+            result[f"logits_{dtype}"] = model.to(dtype).forward_dense(ids)
+        qwen = load_sharded(ckpt, shard, ctx.tp_group, device="cpu", dtype="float32", tokenizer=False)
+        result["qwen_logits"] = qwen.model.forward_dense(ids)
+    model = random_sharded("tiny", shard, ctx.tp_group, seed=0, device="cpu", dtype=torch.float32, std=0.1)
+    engine = ParallelEngine(model, model.config, _byte_tokenizer(), TINY.eos_token_ids, tp_group=ctx.tp_group)
+    for name, params in _tp_params().items():
+        # max_batch_sequences=2 forces sub-batches: the ranks must also agree on those
+        res = engine.generate(_tp_tree(), params, progress=False, max_batch_sequences=2)
+        result[name] = {f"{k}/{i}": c.token_ids for k, cs in res.items() for i, c in enumerate(cs)}
+    torch.save(result, os.path.join(out_dir, f"rank{ctx.rank}.pt"))
+
+
+def _byte_tokenizer():
+    from prompt_tree.tokenizer import ByteTokenizer
+
+    return ByteTokenizer()
+
+
+def _tp_tree():
+    from prompt_tree import PromptTree
+
+    tree = PromptTree()
+    shared = tree.root.add("Shared prefix of every prompt.\n", key="shared")
+    shared.add("First question?\n", samples=2, key="a")
+    shared.add("Second, longer question about something?\n", samples=3, key="b")
+    return tree
+
+
+def _tp_params():
+    from prompt_tree import SamplingParams
+
+    return {"greedy": SamplingParams(max_new_tokens=16, temperature=0.0),
+            "sampled": SamplingParams(max_new_tokens=16, temperature=0.8, top_p=0.95, seed=5)}
+
+
+def test_tp2_logits_and_generations_equal_tp1(tmp_path):
+    from prompt_tree.engine import Engine
+    from prompt_tree.loading import load_model, random_model
+
+    ckpt = str(tmp_path / "qwen")
+    _save_checkpoint(ckpt, QWEN_TINY)
+    _spawn(_tp_worker, str(tmp_path), ckpt, tp=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for key, value in ranks[0].items():  # both ranks hold the same (replicated) logits and tokens: lockstep
+        other = ranks[1][key]
+        assert torch.equal(value, other) if torch.is_tensor(value) else value == other, key
+    got = ranks[0]
+    ids = torch.tensor([256] + list(b"def solve(n):\n    return n * (n + 1)"))
+    with torch.inference_mode():
+        ref = {dtype: random_model("tiny", seed=0, device="cpu", std=0.1).to(dtype).forward_dense(ids)
+               for dtype in (torch.float32, torch.float64)}
+        qwen_ref = load_model(ckpt, device="cpu", dtype="float32", tokenizer=False).model.forward_dense(ids)
+    truth = ref[torch.float64]
+    err_tp1 = (ref[torch.float32].double() - truth).abs().max().item()  # fp32's own error on this model
+    err_tp2 = (got[f"logits_{torch.float32}"].double() - truth).abs().max().item()
+    assert 0 < err_tp1 < 1e-4
+    assert err_tp2 <= 2 * err_tp1, (err_tp2, err_tp1)
+    assert (got[f"logits_{torch.float32}"] - ref[torch.float32]).abs().max().item() <= 3 * err_tp1
+    assert (got[f"logits_{torch.float64}"] - truth).abs().max().item() <= 2 * err_tp1 * EPS64 / EPS32
+    assert (got["qwen_logits"] - qwen_ref).abs().max().item() <= 3 * err_tp1 * max(1.0, qwen_ref.abs().max().item()
+                                                                                 / truth.abs().max().item())
+    engine = Engine(random_model("tiny", seed=0, device="cpu", dtype=torch.float32, std=0.1), TINY,
+                    _byte_tokenizer(), TINY.eos_token_ids)
+    for name, params in _tp_params().items():
+        res = engine.generate(_tp_tree(), params, progress=False)
+        want = {f"{k}/{i}": c.token_ids for k, cs in res.items() for i, c in enumerate(cs)}
+        assert got[name] == want, name
+
+
+# ----- data parallelism: the APPS job split over 2 groups
+
+
+def _apps_worker(ctx, config_kwargs):
+    from tasks.dp_runner import run_apps_distributed
+    from tasks.runner import RunConfig
+
+    run_apps_distributed(RunConfig(**config_kwargs), ctx, log=None)
+
+
+def _records(out):
+    from tasks.results import read_jsonl
+
+    return tuple({(r["problem_id"], r["sample_index"]): r for r in read_jsonl(os.path.join(out, name))}
+                 for name in ("generations.jsonl", "verdicts.jsonl"))
+
+
+def test_dp2_apps_equals_one_process_and_resumes_a_group(tmp_path):
+    from tasks.runner import RunConfig, run_apps
+
+    single, dp = str(tmp_path / "single"), str(tmp_path / "dp")
+    run_apps(RunConfig(out=single, **APPS), log=None)
+    _spawn(_apps_worker, dict(APPS, out=dp))
+    want_gens, want_vers = _records(single)
+    gens, vers = _records(dp)
+    assert len(want_gens) == len(want_vers) == 8
+    assert gens == want_gens and vers == want_vers  # identical records, merged complete
+    assert sorted(os.listdir(dp)) == ["config.json", "generations.jsonl", "summary.json", "verdicts.jsonl"]
+    summary, want = (json.load(open(os.path.join(d, "summary.json"))) for d in (dp, single))
+    assert summary["metrics"] == want["metrics"] and summary["generated"] == summary["executed"] == 8
+    groups = summary["parallel"]["groups"]
+    assert [g["problems"] for g in groups] == [2, 2] and sum(g["generated"] for g in groups) == 8
+
+    # A run killed mid-way: nothing merged yet, each group's file holds what it finished. Group 1 finished one
+    # completion and was torn mid-way through writing a second; group 0 finished all but a verdict.
+    order = sorted(want_gens)
+    g0, g1 = order[:4], order[4:]
+    os.remove(os.path.join(dp, "summary.json"))
+    for name, records in (("generations", want_gens), ("verdicts", want_vers)):
+        os.remove(os.path.join(dp, f"{name}.jsonl"))
+        keep0 = g0 if name == "generations" else g0[:3]
+        for d, keys in ((0, keep0), (1, g1[:1])):
+            with open(os.path.join(dp, f"{name}.rank{d}.jsonl"), "w") as f:
+                f.writelines(json.dumps(records[k]) + "\n" for k in keys)
+                if d == 1:
+                    f.write('{"problem_id": "emb-')
+    _spawn(_apps_worker, dict(APPS, out=dp))
+    gens, vers = _records(dp)
+    assert gens == want_gens and vers == want_vers
+    summary = json.load(open(os.path.join(dp, "summary.json")))
+    assert summary["this_invocation"] == {"generated": 3, "executed": 8 - 4, "resumed_generations": 5,
+                                          "resumed_verdicts": 4}
+    assert summary["metrics"] == want["metrics"] and not part_paths(os.path.join(dp, "generations.jsonl"))
+
+
+# ----- a rank that dies or fails: the other stops, naming it, in bounded time
+
+_FAILING_RANK = """
+import os, sys, time, torch, torch.distributed as dist
+from prompt_tree.parallel.env import init_distributed, run_guarded, RankFailedError, PEER_FAILED_EXIT
+ctx = init_distributed(1, "cpu")
+def work():
+    if ctx.rank == 1:
+        time.sleep(0.5)
+        if sys.argv[1] == "raise":
+            raise ValueError("boom")
+        os._exit(9)  # as a kill would: no status, no goodbye
+    dist.all_reduce(torch.ones(1))  # rank 0 waits in a collective for a peer that never comes
+try:
+    run_guarded(ctx, work)
+except RankFailedError as e:
+    print(f"rank {ctx.rank} stops: {e}", file=sys.stderr)
+    sys.exit(PEER_FAILED_EXIT)
+"""
+
+
+@pytest.mark.parametrize("how", ["raise", "exit"])
+def test_a_failed_or_dead_rank_stops_the_other_with_its_name(how):
+    port = _free_port()
+    env = lambda r: dict(os.environ, PYTHONPATH=REPO, PT_DIST_HEARTBEAT="0.25", PT_DIST_DEAD_AFTER="2",  # noqa: E731
+                         PT_DIST_TIMEOUT="60", **_rank_env(r, 2, port))
+    t0 = time.monotonic()
+    procs = [subprocess.Popen([sys.executable, "-c", _FAILING_RANK, how], env=env(r), stderr=subprocess.PIPE,
+                              text=True) for r in range(2)]
+    errs = [p.communicate(timeout=60)[1] for p in procs]
+    elapsed = time.monotonic() - t0
+    assert procs[1].returncode == (1 if how == "raise" else 9)
+    assert procs[0].returncode == PEER_FAILED_EXIT, errs[0]
+    if how == "raise":
+        assert "rank 0 stops: rank 1 failed: ValueError: boom" in errs[0]
+    else:
+        assert "rank 1 stopped responding: no heartbeat for 2 s" in errs[0]
+    assert elapsed < 30  # the collective's own timeout is 60 s: the heartbeat stopped it, not that
+
+
+# ----- the command line under torchrun
+
+
+def test_torchrun_generate_dp2_and_apps_tp2_match_one_process(tmp_path, capsys):
+    from prompt_tree.cli import main
+
+    _tp_tree().save(str(tmp_path / "tree.json"))
+    gen = ["generate", "--model", "tiny", "--tree", str(tmp_path / "tree.json"), "--max-new-tokens", "10",
+           "--temperature", "0.8", "--no-progress"]
+    apps = ["apps", "--limit", "2", "--samples", "2", "--max-new-tokens", "10", "--k", "1,2", "--no-progress",
+            "--workers", "1", "--timeout", "2"]
+    assert main(gen + ["--out", str(tmp_path / "one.jsonl")]) == 0
+    assert main(apps + ["--out", str(tmp_path / "apps1")]) == 0
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "prompt_tree.cli"]
+    env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+    for argv in (gen + ["--out", str(tmp_path / "dp.jsonl")], apps + ["--tp", "2", "--out", str(tmp_path / "apps2")]):
+        done = subprocess.run(torchrun + argv, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+    rows = lambda p: {(r["key"], r["sample_index"]): r for r in map(json.loads, open(p))}  # noqa: E731
+    assert rows(tmp_path / "dp.jsonl") == rows(tmp_path / "one.jsonl") and len(rows(tmp_path / "one.jsonl")) == 5
+    assert not part_paths(str(tmp_path / "dp.jsonl"))
+    assert _records(str(tmp_path / "apps2")) == _records(str(tmp_path / "apps1"))

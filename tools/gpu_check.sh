@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One GPU call: versions, the CUDA tests, the attention benchmark against its peers, the engine benchmark.
+# Run through the device tool from the repo root, carrying .whl (the FlashInfer wheel of
+# ../shared/tools/build_flashinfer_wheel.sh). Everything it writes lands in $OUT.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+if ls .whl/flashinfer*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site:$PWD
+    export CUDA_HOME=$(dirname "$(dirname "$(which nvcc)")") TORCH_CUDA_ARCH_LIST=9.0a FLASHINFER_CUDA_ARCH_LIST=9.0a MAX_JOBS=16
+fi
+export PYTHONPATH=${PYTHONPATH:-$PWD}
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+stages=${STAGES:-tests,attention,engine}
+if [[ $stages == *tests* ]]; then
+    python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels.py tests/test_engine_cuda.py -m cuda 2>&1 | tee "$OUT/cuda_tests.log" | tail -5
+fi
+if [[ $stages == *attention* ]]; then
+    python3 -m kernels.bench --out "$OUT" 2>&1 | tee "$OUT/attention.log" | tail -45
+fi
+if [[ $stages == *engine* ]]; then
+    python3 examples/bench_engine.py --out "$OUT" 2>&1 | tail -3
+fi
