@@ -125,6 +125,7 @@ def run_apps_distributed(config: RunConfig, ctx, *, check_fn: Callable | None = 
     mine = {with_work[i] for i in split_by_cost(costs, lay.dp)[lay.dp_rank]}
     my_missing = {pid: idx for pid, idx in missing.items() if pid in mine}
     my_wanted = [key for key in wanted if key[0] in mine]
+    log(f"{len(with_work)} problems with work left, split over {lay.dp} data-parallel group(s) of {lay.tp} rank(s)")
 
     # Step 3: this group's share.
     info = {"dp_rank": lay.dp_rank, "problems": len(mine), "generated": 0, "executed": 0, "check_seconds": 0.0}

@@ -5,6 +5,9 @@ Layout of a run directory (`--out`):
     generations.jsonl   one line per completion: problem_id, sample_index, completion, code, finish_reason, tokens
     verdicts.jsonl      one line per executed program: problem_id, sample_index, results (per test), passed
     summary.json        written at the end (see tasks.runner)
+    generations.rank<d>.jsonl, verdicts.rank<d>.jsonl
+                        under torchrun, data-parallel group d's records (RunStore(part=...)); rank 0 merges them
+                        into the two files above at the end (tasks.dp_runner)
 
 Crash safety: records are only ever appended. Every write is flushed to the OS at once (so a killed process loses
 nothing it reported done) and fsynced at most every `fsync_interval` seconds and on close (so a power loss loses at

@@ -336,6 +336,10 @@ def run_apps(
         wanted = [(p.problem_id, i) for p in problems for i in range(config.samples)]
 
     params = sampling_params(config) if from_file is None else None  # bad values fail before --out is touched
+    if os.path.isdir(config.out):  # records of a torchrun run's groups (tasks.dp_runner) count as done too
+        from tasks.dp_runner import fold_parts
+
+        fold_parts(config.out)
     store = RunStore(config.out, run_identity(config, problems), force=config.force)
     report = RunReport(summary={}, resumed_generations=store.resumed_generations,
                        resumed_verdicts=store.resumed_verdicts, out_dir=config.out)

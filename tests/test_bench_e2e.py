@@ -41,7 +41,7 @@ def workload(shape=SHAPE) -> HierarchicalWorkload:
     return HierarchicalWorkload(shape, CONFIG.vocab_size, CONFIG.bos_token_id)
 
 
-def bench(args: list, capsys=None) -> int:
+def bench(args: list) -> int:
     return cli.main(["bench", "--models", "tiny", "--device", "cpu", "--dtype", "fp32"] + args)
 
 
@@ -154,6 +154,24 @@ def test_transformers_generate_matches_the_engine():
     assert len({len(p) for p in sequence_prompts(workload().tree(8).flatten())}) > 1  # left padding was exercised
 
 
+def test_transformers_generate_can_pick_the_eos_token_like_the_engine():
+    """With EOS disabled the engine may emit an EOS id; transformers must not suppress it (min_new_tokens would,
+    if generate filled in the model's EOS)."""
+    pytest.importorskip("transformers")
+    from prompt_tree.benchmark.hf_baseline import hf_generate, hf_model
+
+    model = random_model(CONFIG, seed=1, std=0.1, device="cpu", dtype=torch.float32)
+    eos = CONFIG.eos_token_ids[0]
+    with torch.no_grad():
+        model.lm_head.weight[eos] *= 30  # EOS wins wherever its logit is positive and large
+    eng = Engine(model, CONFIG, None, eos_ids=())
+    plan = eng.plan(workload().tree(6))
+    ours = eng.generate(plan, SamplingParams(max_new_tokens=8, temperature=0.0), progress=False)
+    want = [ours[k][s].token_ids for k, s in plan.sequences]
+    assert any(eos in t for t in want) and any(t != eos for ts in want for t in ts)
+    assert hf_generate(hf_model(model, CONFIG), sequence_prompts(plan), 8).token_ids == want
+
+
 # ----- the command end to end
 
 ROW_KEYS = {"model", "workload", "shape", "prefix", "problems", "batch", "mode", "roles", "new_tokens",
@@ -253,6 +271,24 @@ def test_e2e_workload_2_runs_the_same_batch_and_each_modes_largest(e2e):
     assert none_at_hf["roles"] == ["limit"] and largest["hf"]["limit_s"] > none_at_hf["seconds"]
 
 
+def test_report_only_rewrites_the_report_from_the_json(e2e, tmp_path):
+    out, results, _ = e2e
+    (tmp_path / "e2e.json").write_text(json.dumps(results))
+    assert cli.main(["bench", "--report-only", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "e2e.md").read_text() == (out / "e2e.md").read_text()
+
+
+def test_dry_run_plans_without_weights_or_files(tmp_path, capsys):
+    rc = bench(["--workloads", "1,2b", "--prefixes", "16", "--batches", "2", "--ceilings", "1,1", "--dry-run",
+                "--preset-override", json.dumps({"2b": E2E_SHAPES["2b"]}), "--out", str(tmp_path)])
+    assert rc == 0
+    err = capsys.readouterr().err
+    planned = [line for line in err.splitlines() if line.startswith("plan ")]
+    assert any(" w1 prefix 16 batch 2 none:" in line for line in planned)
+    assert any(" w2b " in line and " single:" in line for line in planned)
+    assert not os.listdir(tmp_path)
+
+
 def test_rows_that_do_not_fit_are_recorded_as_skipped(tmp_path):
     tree = shared_prefix_tree(24, 3, CONFIG.vocab_size, CONFIG.bos_token_id)
     budget = _cost(tree, 4) - 1024
@@ -307,9 +343,9 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys, tmp_path):
 
 
 def test_quick_and_overrides_resolve_in_order():
-    from prompt_tree.commands.bench import add_arguments, config_from_args
-
     import argparse
+
+    from prompt_tree.commands.bench import add_arguments, config_from_args
 
     p = argparse.ArgumentParser()
     add_arguments(p)

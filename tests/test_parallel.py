@@ -125,7 +125,8 @@ def _save_checkpoint(path, config, seed=0):
 
     model = random_model(config, seed=seed, device="cpu", dtype=torch.float32, std=0.1)
     os.makedirs(path, exist_ok=True)
-    save_file({hf_name(n): p.contiguous() for n, p in model.named_parameters()}, os.path.join(path, "model.safetensors"))
+    tensors = {hf_name(n): p.contiguous() for n, p in model.named_parameters()}
+    save_file(tensors, os.path.join(path, "model.safetensors"))
     hf = {"architectures": [config.architecture], "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
           "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_layers,
           "num_attention_heads": config.num_heads, "num_key_value_heads": config.num_kv_heads,
@@ -149,8 +150,9 @@ def test_checkpoint_shards_are_read_as_slices(tmp_path):
         loaded = load_model(tmp_path, device="cpu", dtype="float32", tokenizer=False, shard=TensorShard(2, r))
         assert loaded.config.num_heads == 4 and loaded.model.config.num_heads == 2  # checkpoint vs this rank
         got = dict(loaded.model.named_parameters())
-        assert torch.equal(got["layers.1.self_attn.k_proj.bias"], full["layers.1.self_attn.k_proj.bias"][32 * r:32 * (r + 1)])
-        assert torch.equal(got["layers.0.mlp.down_proj.weight"], full["layers.0.mlp.down_proj.weight"][:, 128 * r:128 * (r + 1)])
+        k_bias, down = "layers.1.self_attn.k_proj.bias", "layers.0.mlp.down_proj.weight"
+        assert torch.equal(got[k_bias], full[k_bias][32 * r:32 * (r + 1)])  # one KV head of 32 per rank
+        assert torch.equal(got[down], full[down][:, 128 * r:128 * (r + 1)])  # half the 256 MLP columns
         assert torch.equal(got["embed_tokens.weight"], full["embed_tokens.weight"])
 
 
@@ -262,7 +264,8 @@ def test_tp2_logits_and_generations_equal_tp1(tmp_path):
     with torch.inference_mode():
         ref = {dtype: random_model("tiny", seed=0, device="cpu", std=0.1).to(dtype).forward_dense(ids)
                for dtype in (torch.float32, torch.float64)}
-        qwen_ref = load_model(ckpt, device="cpu", dtype="float32", tokenizer=False).model.forward_dense(ids)
+        qwen_ref = {dtype: load_model(ckpt, device="cpu", dtype=dtype, tokenizer=False).model.forward_dense(ids)
+                    for dtype in (torch.float32, torch.float64)}
     truth = ref[torch.float64]
     err_tp1 = (ref[torch.float32].double() - truth).abs().max().item()  # fp32's own error on this model
     err_tp2 = (got[f"logits_{torch.float32}"].double() - truth).abs().max().item()
@@ -270,8 +273,9 @@ def test_tp2_logits_and_generations_equal_tp1(tmp_path):
     assert err_tp2 <= 2 * err_tp1, (err_tp2, err_tp1)
     assert (got[f"logits_{torch.float32}"] - ref[torch.float32]).abs().max().item() <= 3 * err_tp1
     assert (got[f"logits_{torch.float64}"] - truth).abs().max().item() <= 2 * err_tp1 * EPS64 / EPS32
-    assert (got["qwen_logits"] - qwen_ref).abs().max().item() <= 3 * err_tp1 * max(1.0, qwen_ref.abs().max().item()
-                                                                                 / truth.abs().max().item())
+    # the checkpoint path (slices read from the file, q/k/v biases split): the same argument, its own error scale
+    err_qwen = (qwen_ref[torch.float32].double() - qwen_ref[torch.float64]).abs().max().item()
+    assert (got["qwen_logits"].double() - qwen_ref[torch.float64]).abs().max().item() <= 2 * err_qwen
     engine = Engine(random_model("tiny", seed=0, device="cpu", dtype=torch.float32, std=0.1), TINY,
                     _byte_tokenizer(), TINY.eos_token_ids)
     for name, params in _tp_params().items():
@@ -333,6 +337,15 @@ def test_dp2_apps_equals_one_process_and_resumes_a_group(tmp_path):
     assert summary["this_invocation"] == {"generated": 3, "executed": 8 - 4, "resumed_generations": 5,
                                           "resumed_verdicts": 4}
     assert summary["metrics"] == want["metrics"] and not part_paths(os.path.join(dp, "generations.jsonl"))
+
+    # Group files left by a torchrun run also count as done for a later single-process run.
+    for name, records in (("generations", want_gens), ("verdicts", want_vers)):
+        with open(os.path.join(dp, f"{name}.jsonl"), "w") as f:
+            f.writelines(json.dumps(records[k]) + "\n" for k in order[:6])
+        with open(os.path.join(dp, f"{name}.rank1.jsonl"), "w") as f:
+            f.writelines(json.dumps(records[k]) + "\n" for k in order[6:])
+    report = run_apps(RunConfig(out=dp, **APPS), log=None)
+    assert (report.generated_now, report.executed_now) == (0, 0) and _records(dp) == (want_gens, want_vers)
 
 
 # ----- a rank that dies or fails: the other stops, naming it, in bounded time

@@ -37,7 +37,8 @@ def hf_unavailable_reason(config) -> str | None:
 
 
 def hf_config(config):
-    """A transformers LlamaConfig equal to our ModelConfig (legacy rope keys: read by transformers 4 and 5)."""
+    """A transformers LlamaConfig of our ModelConfig's shapes, without EOS (legacy rope keys: read by transformers 4
+    and 5)."""
     from transformers import LlamaConfig
 
     rope_scaling = None
@@ -53,7 +54,7 @@ def hf_config(config):
         num_key_value_heads=config.num_kv_heads, head_dim=config.head_dim, rope_theta=config.rope_theta,
         rope_scaling=rope_scaling, rms_norm_eps=config.rms_norm_eps, tie_word_embeddings=config.tie_word_embeddings,
         max_position_embeddings=config.max_position_embeddings, bos_token_id=config.bos_token_id,
-        eos_token_id=list(config.eos_token_ids) or None, attention_bias=False, mlp_bias=False,
+        eos_token_id=None, attention_bias=False, mlp_bias=False,  # no EOS: the benchmark runs rows to length
     )
     cfg._attn_implementation = "sdpa"  # what users get by default on a GPU
     return cfg
@@ -89,6 +90,9 @@ def hf_model(model, config):
     left = [n for n, t in list(hf.named_parameters()) + list(hf.named_buffers()) if t.is_meta]
     if left:
         raise RuntimeError(f"transformers model tensors left on the meta device: {left[:3]}")
+    # generate fills a GenerationConfig's unset fields from the model's: an EOS left there would be suppressed by
+    # min_new_tokens, so greedy decoding could never pick it while the engine (eos_ids=()) can.
+    hf.generation_config.eos_token_id = None
     hf.eval()
     hf.requires_grad_(False)
     return hf

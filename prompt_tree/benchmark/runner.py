@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterator
 
@@ -500,6 +500,15 @@ class Runner:
         except _OOM as e:
             predicted = _size(row.predicted_gib * 2**30)
             row.skipped = f"out of memory despite the prediction ({predicted}): {str(e)[:160]}"
+        except Exception as e:  # noqa: BLE001 - one failing row must not cost the rest of a 10-minute GPU call
+            # Not a row: --resume retries it. The traceback goes to the log, where the failure can be read.
+            traceback.print_exc()
+            reason = f"error: {type(e).__name__}: {str(e)[:200]}"
+            self.results["not_run"].append({"model": row.model, "workload": row.workload, "shape": row.shape,
+                                            "batch": row.batch, "mode": row.mode, "reason": reason})
+            self.log(f"failed {label}: {reason}")
+            self.save()
+            return
         finally:
             self._free()
         self._limit(cell, config)

@@ -11,8 +11,8 @@ S samples:
 root per node that asks for samples, holding its whole path's tokens (so the few-shot block is stored and read
 once per problem instead of once in all). Keys are kept, so results of both trees compare key by key.
 
-Everything here is pure Python on token ids; the first token of every prompt is the model's BOS (when it has one)
-so the trees look like tokenized text to the engine.
+Everything here is host-side token ids (no model, no device; torch only draws the random ids). Every sequence's
+prompt starts with the model's BOS (when it has one), so the trees look like tokenized text to the engine.
 """
 from __future__ import annotations
 

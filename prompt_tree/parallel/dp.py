@@ -88,7 +88,7 @@ PART_LABEL = "rank{}"
 
 
 def part_path(path: str, dp_rank: int) -> str:
-    """The file data-parallel group `dp_rank` writes instead of `path`: x/generations.jsonl -> x/generations.rank1.jsonl."""
+    """The file data-parallel group `dp_rank` writes instead of `path` (x/out.jsonl -> x/out.rank1.jsonl)."""
     root, ext = os.path.splitext(path)
     return f"{root}.{PART_LABEL.format(dp_rank)}{ext}"
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -165,8 +164,8 @@ class DistTimeouts:
         return cls(**values)
 
 
-def pick_device(requested: str | None, local_rank: int):
-    """This rank's device: cuda:LOCAL_RANK when CUDA is there (or asked for without an index), else cpu."""
+def pick_device(requested: str | None, env: TorchrunEnv):
+    """This rank's device: cuda:LOCAL_RANK when CUDA is there (or "cuda" is asked for), else cpu."""
     import torch
 
     if requested is None:
@@ -175,11 +174,14 @@ def pick_device(requested: str | None, local_rank: int):
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ParallelError(f"device {requested!r} requested but CUDA is not available; use --device cpu")
+        if device.index is not None and env.local_world_size > 1:
+            raise ParallelError(f"--device {requested} names one GPU for {env.local_world_size} processes on this "
+                                f"host; pass --device cuda and each rank takes cuda:LOCAL_RANK")
         if device.index is None:  # one GPU per process, by local rank (torchrun's convention)
-            if local_rank >= torch.cuda.device_count():
-                raise ParallelError(f"local rank {local_rank} has no GPU: this host has {torch.cuda.device_count()}"
-                                    f"; start at most that many processes per node")
-            device = torch.device("cuda", local_rank)
+            if env.local_rank >= torch.cuda.device_count():
+                raise ParallelError(f"local rank {env.local_rank} has no GPU: this host has "
+                                    f"{torch.cuda.device_count()}; start at most that many processes per node")
+            device = torch.device("cuda", env.local_rank)
     return device
 
 
@@ -200,9 +202,6 @@ class DistContext:
     @property
     def rank(self) -> int:
         return self.layout.rank
-
-    def log(self, message: str) -> None:
-        print(f"[rank {self.rank}] {message}", file=sys.stderr, flush=True)
 
     # ----- rank 0 decides, everyone learns
 
@@ -239,7 +238,14 @@ class DistContext:
 
         waiting = [r for r in range(self.layout.world_size) if r != self.rank]
         while waiting:
-            waiting = [r for r in waiting if (read_status(self.store, r) or {}).get("state") != "done"]
+            still = []
+            for r in waiting:
+                status = read_status(self.store, r) or {"state": "running"}
+                if status["state"] == "failed":
+                    raise RankFailedError(int(status.get("rank", r)), status.get("why") or f"rank {r} failed")
+                if status["state"] != "done":
+                    still.append(r)
+            waiting = still
             if waiting:
                 time.sleep(poll_s)
 
@@ -274,9 +280,10 @@ class DistContext:
 
         communication = isinstance(exc, getattr(dist, "DistError", ())) or any(
             word in str(exc) for word in ("Connection", "gloo", "NCCL", "Socket", "socket", "timed out"))
+        if not communication:  # this rank's own error (the others may have hit the same one: each reports it)
+            return exc
         # A failed peer posts its status within a heartbeat; a dead one is only known after dead_after_s.
-        wait = self.timeouts.dead_after_s + 2 * self.timeouts.heartbeat_s if communication else 0.0
-        found = self._find_failure(wait)
+        found = self._find_failure(self.timeouts.dead_after_s + 2 * self.timeouts.heartbeat_s)
         if found is None:
             return exc
         rank, why = found
@@ -325,7 +332,7 @@ def init_distributed(tp: int = 1, device: str | None = None, timeouts: DistTimeo
 
     from .health import Monitor
 
-    device = pick_device(device, env.local_rank)
+    device = pick_device(device, env)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -337,8 +344,10 @@ def init_distributed(tp: int = 1, device: str | None = None, timeouts: DistTimeo
                         wait_for_workers=False)
     prefix = f"prompt_tree/attempt_{env.restart_count}/"
     store = dist.PrefixStore(prefix, tcp)
+    # device_id binds NCCL's communicator to this rank's GPU (no guessing the GPU from the rank).
     dist.init_process_group(backend, store=dist.PrefixStore("pg", store), rank=env.rank,
-                            world_size=env.world_size, timeout=timeout)
+                            world_size=env.world_size, timeout=timeout,
+                            device_id=device if device.type == "cuda" else None)
     tp_group = None
     if tp > 1:
         for d in range(layout.dp):  # every rank creates every group, in the same order (new_group's contract)
