@@ -61,14 +61,15 @@ class GenerationSummary:
     generated_tokens: int
     prefill_tokens: int  # tokens run through the model in prefill (each node once)
     prefill_seconds: float
-    decode_seconds: float
-    tokens_per_second: float  # generated tokens / (prefill + decode seconds)
+    decode_seconds: float  # decode steps, CUDA-graph capture excluded (see capture_seconds)
+    tokens_per_second: float  # generated tokens / (prefill + decode + capture seconds)
     decode_tokens_per_second: float  # tokens sampled in decode steps / decode seconds
     prefill_calls: int
     decode_steps: int  # model calls in decode
     decode_rows: int  # sum of decode batch sizes (rows of finished sequences not yet compacted away included)
     kv_bytes: int
     peak_memory_bytes: int
+    capture_seconds: float = 0.0  # one-off CUDA-graph captures (warm-up forward + capture), once per batch shape
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +111,7 @@ class _BosEncoder:
 class _Stats:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
+    capture_seconds: float = 0.0
     prefill_tokens: int = 0
     prefill_calls: int = 0
     decode_steps: int = 0
@@ -253,7 +255,7 @@ class Engine:
             peak = torch.cuda.max_memory_allocated(self.device)
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        total = stats.prefill_seconds + stats.decode_seconds
+        total = stats.prefill_seconds + stats.decode_seconds + stats.capture_seconds
         summary = GenerationSummary(
             attention=attention, num_sequences=plan.num_sequences, sub_batches=len(batches),
             generated_tokens=stats.generated_tokens, prefill_tokens=stats.prefill_tokens,
@@ -261,7 +263,7 @@ class Engine:
             tokens_per_second=stats.generated_tokens / total if total > 0 else 0.0,
             decode_tokens_per_second=stats.decode_tokens / stats.decode_seconds if stats.decode_seconds > 0 else 0.0,
             prefill_calls=stats.prefill_calls, decode_steps=stats.decode_steps, decode_rows=stats.decode_rows,
-            kv_bytes=stats.kv_bytes, peak_memory_bytes=int(peak))
+            kv_bytes=stats.kv_bytes, peak_memory_bytes=int(peak), capture_seconds=stats.capture_seconds)
         return GenerationResult(results, summary)
 
     def cost(self, tree_or_plan, params: SamplingParams):
@@ -414,6 +416,7 @@ class _BatchRun:
         e = self.e
         e._sync()
         t0 = time.perf_counter()
+        capture0 = self.stats.capture_seconds
         members = [i for i in range(self.plan.num_sequences) if not self.finished[i]]
         step = 1  # tokens generated so far by every unfinished sequence (they advance in lockstep)
         active = members
@@ -432,7 +435,7 @@ class _BatchRun:
             step += 1
             active = [i for i in members if not self.finished[i]]
         e._sync()
-        self.stats.decode_seconds += time.perf_counter() - t0
+        self.stats.decode_seconds += time.perf_counter() - t0 - (self.stats.capture_seconds - capture0)
         self.graph = None
 
     def _build_decode(self, members: list[int], step: int) -> None:
@@ -476,7 +479,13 @@ class _BatchRun:
         if not (self.e.cuda_graphs and self.e.device.type == "cuda"):
             return self._forward_decode()
         if self.graph is None:
+            # A one-off cost per batch composition, kept out of decode_seconds so that throughput measures the
+            # steady state (the capture's own warm-up forward is not a decode step: replay computes the step).
+            self.e._sync()
+            t0 = time.perf_counter()
             self._capture()
+            self.e._sync()
+            self.stats.capture_seconds += time.perf_counter() - t0
         self.graph.replay()
         return self.logits_buf
 
