@@ -1,5 +1,5 @@
 """Tensor and data parallelism on CPU with gloo: 2 processes (torch.multiprocessing spawn, plain subprocesses with
-torchrun's variables, and torchrun itself), the tiny preset.
+torchrun's variables, and torchrun itself) and 4 (tp=2 x dp=2, spawned), the tiny preset.
 
 Tolerances. Tensor parallelism changes no operation's arithmetic except the sums of o_proj and down_proj, whose
 reduction over input features is cut in two and joined by an all-reduce: the same terms added in another order.
@@ -46,18 +46,23 @@ def _rank_env(rank: int, world: int, port: int, **extra) -> dict:
                 MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1", **extra)
 
 
-def _rank_main(rank: int, port: int, tp: int, work, args) -> None:
-    """Entry of a spawned rank: torchrun's variables, the process groups, then work(ctx, *args) guarded."""
-    os.environ.update(_rank_env(rank, 2, port, PT_DIST_DEAD_AFTER="20"))
-    torch.set_num_threads(1)  # two processes on two cores
+def _rank_main(rank: int, port: int, tp: int | None, work, args, world: int = 2) -> None:
+    """Entry of a spawned rank: torchrun's variables, the process groups, then work(ctx, *args) guarded.
+    tp=None: work(None, *args) joins the run itself (a command line, as a torchrun worker runs it)."""
+    # a collective whose peer never comes (ranks out of step) fails in 120 s, not the default 600
+    os.environ.update(_rank_env(rank, world, port, PT_DIST_DEAD_AFTER="20", PT_DIST_TIMEOUT="120"))
+    torch.set_num_threads(1)  # one thread per process: 2 or 4 processes on two cores
+    if tp is None:
+        work(None, *args)
+        return
     from prompt_tree.parallel.env import run_guarded
 
     ctx = init_distributed(tp, "cpu")
     run_guarded(ctx, lambda: work(ctx, *args))
 
 
-def _spawn(work, *args, tp: int = 1) -> None:
-    torch.multiprocessing.spawn(_rank_main, args=(_free_port(), tp, work, args), nprocs=2, join=True)
+def _spawn(work, *args, tp: int | None = 1, world: int = 2) -> None:
+    torch.multiprocessing.spawn(_rank_main, args=(_free_port(), tp, work, args, world), nprocs=world, join=True)
 
 
 # ----- pure pieces: layout, shapes, shards, splits, merges
@@ -410,3 +415,118 @@ def test_torchrun_generate_dp2_and_apps_tp2_match_one_process(tmp_path, capsys):
     assert rows(tmp_path / "dp.jsonl") == rows(tmp_path / "one.jsonl") and len(rows(tmp_path / "one.jsonl")) == 5
     assert not part_paths(str(tmp_path / "dp.jsonl"))
     assert _records(str(tmp_path / "apps2")) == _records(str(tmp_path / "apps1"))
+
+
+# ----- tensor x data parallelism: 4 ranks, 2 data-parallel groups of 2 tensor-parallel ranks
+
+
+def _cli_rank_worker(_ctx, argv, obs_dir):
+    """`prompt-tree ARGV` as a torchrun worker runs it (it joins the run itself), recording in obs_dir/rank<r>.json
+    its exit status, the layout it got, its TP group, its engine's per-rank head counts, and the tokens of every
+    sequence it generated (all engine.generate calls)."""
+    import torch.distributed as dist
+
+    import prompt_tree.parallel.env as env
+    from prompt_tree.cli import main
+    from prompt_tree.engine import Engine
+
+    seen = {"generated": {}, "calls": 0}
+    init, generate = env.init_distributed, Engine.generate
+
+    def observed_init(*args, **kwargs):
+        ctx = init(*args, **kwargs)
+        lay = ctx.layout
+        seen.update(world=lay.world_size, tp=lay.tp, dp=lay.dp, tp_rank=lay.tp_rank, dp_rank=lay.dp_rank,
+                    tp_group=dist.get_process_group_ranks(ctx.tp_group) if ctx.tp_group is not None else None)
+        return ctx
+
+    def observed_generate(self, tree, params=None, **kwargs):
+        result = generate(self, tree, params, **kwargs)
+        seen["calls"] += 1
+        seen["engine"] = [type(self).__name__, self.config.num_heads, self.config.num_kv_heads,
+                          self.config.intermediate_size]
+        seen["generated"].update({f"{k}/{i}": c.token_ids for k, cs in result.items() for i, c in enumerate(cs)})
+        return result
+
+    env.init_distributed, Engine.generate = observed_init, observed_generate
+    rc = main(argv)
+    with open(os.path.join(obs_dir, f"rank{os.environ['RANK']}.json"), "w") as f:
+        json.dump(dict(seen, rc=rc), f)
+
+
+def _tp2_dp2_groups(obs_dir) -> list[dict]:
+    """Check that the 4 ranks ran as 2 groups of 2 tensor-parallel ranks (each a half model, in lockstep with its
+    peer) that split the work between them, both doing some; returns each group's generated tokens."""
+    ranks = [json.load(open(os.path.join(obs_dir, f"rank{r}.json"))) for r in range(4)]
+    for r, seen in enumerate(ranks):
+        assert seen["rc"] == 0, (r, seen["rc"])
+        assert (seen["world"], seen["tp"], seen["dp"], seen["tp_rank"], seen["dp_rank"]) == (4, 2, 2, r % 2, r // 2)
+        assert seen["tp_group"] == [r - r % 2, r - r % 2 + 1], (r, seen["tp_group"])
+        # per rank: half of tiny's 4 heads, 2 KV heads and 256 MLP columns
+        assert seen["engine"] == ["ParallelEngine", 2, 1, 128] and seen["calls"] >= 1, (r, seen)
+    for d in range(2):  # TP peers make the same calls and draw the same tokens (only their writer records them)
+        assert ranks[2 * d]["generated"] == ranks[2 * d + 1]["generated"], d
+    groups = [ranks[0]["generated"], ranks[2]["generated"]]
+    keys = [sorted(g) for g in groups]
+    assert keys[0] and keys[1] and not set(keys[0]) & set(keys[1]), keys  # both groups worked, nothing twice
+    return groups
+
+
+SAMPLING = {"greedy": ["--temperature", "0"], "sampled": ["--temperature", "0.8", "--top-p", "0.95", "--seed", "5"]}
+
+
+@pytest.mark.parametrize("sampling", SAMPLING.values(), ids=SAMPLING.keys())
+def test_tp2_dp2_generate_equals_one_process(tmp_path, sampling):
+    from prompt_tree.cli import main
+
+    tree = str(tmp_path / "tree.json")
+    _tp_tree().save(tree)
+    # --max-batch-sequences 2 forces sub-batches, which each group's TP ranks must agree on
+    argv = ["generate", "--model", "tiny", "--tree", tree, "--max-new-tokens", "10", "--max-batch-sequences", "2",
+            "--no-progress"] + sampling
+    one, out = str(tmp_path / "one.jsonl"), str(tmp_path / "tpdp.jsonl")
+    assert main(argv + ["--out", one]) == 0
+    _spawn(_cli_rank_worker, argv + ["--tp", "2", "--out", out], str(tmp_path), tp=None, world=4)
+    groups = _tp2_dp2_groups(tmp_path)
+    want = [json.loads(line) for line in open(one)]
+    got = [json.loads(line) for line in open(out)]
+    assert len(want) == len(got) == 5  # no row lost or written twice (the TP peers write nothing)
+    key = lambda r: (r["key"], r["sample_index"])  # noqa: E731
+    assert {key(r): r for r in got} == {key(r): r for r in want}  # same text, tokens and finish reasons
+    # the subtrees (a: 2 samples, b: 3) went to different groups, and the merged file holds group 0's rows first
+    assert sorted(len(g) for g in groups) == [2, 3]
+    order = [f"{r['key']}/{r['sample_index']}" for r in got]  # within a group: the order sequences finished in
+    assert set(order[:len(groups[0])]) == set(groups[0]) and set(order[len(groups[0]):]) == set(groups[1])
+    assert {k: r["token_ids"] for r in want for k in [f"{r['key']}/{r['sample_index']}"]} == groups[0] | groups[1]
+    assert not part_paths(out) and sorted(os.listdir(tmp_path)) == sorted(
+        ["tree.json", "one.jsonl", "tpdp.jsonl"] + [f"rank{r}.json" for r in range(4)])
+
+
+def test_tp2_dp2_apps_equals_one_process(tmp_path):
+    from prompt_tree.cli import main
+    from tasks.runner import SAMPLE_KEY_SEP
+
+    # --max-batch-sequences 2: sub-batches, which a group's writer and its TP peer (different code paths) must agree on
+    apps = ["apps", "--limit", "4", "--samples", "2", "--max-new-tokens", "12", "--k", "1,2", "--no-progress",
+            "--workers", "1", "--timeout", "2", "--max-batch-sequences", "2"]
+    single, out = str(tmp_path / "single"), str(tmp_path / "tpdp")
+    assert main(apps + ["--out", single]) == 0
+    _spawn(_cli_rank_worker, apps + ["--tp", "2", "--out", out], str(tmp_path), tp=None, world=4)
+    groups = _tp2_dp2_groups(tmp_path)
+    want_gens, want_vers = _records(single)
+    assert len(want_gens) == len(want_vers) == 8
+    assert _records(out) == (want_gens, want_vers)  # identical per-problem records, merged complete
+    for name in ("generations.jsonl", "verdicts.jsonl"):  # ... each exactly once
+        assert sum(1 for _ in open(os.path.join(out, name))) == 8, name
+    assert sorted(os.listdir(out)) == ["config.json", "generations.jsonl", "summary.json", "verdicts.jsonl"]
+    summary, want = (json.load(open(os.path.join(d, "summary.json"))) for d in (out, single))
+    assert summary["metrics"] == want["metrics"] and summary["generated"] == summary["executed"] == 8
+    par = summary["parallel"]
+    assert (par["world_size"], par["tp"], par["dp"]) == (4, 2, 2)
+    # whole problems per group, both groups busy, and what each group's writer reported is what its ranks ran
+    problems = [{k.split("/")[0].rsplit(SAMPLE_KEY_SEP, 1)[0] for k in g} for g in groups]
+    assert problems[0] and problems[1] and not problems[0] & problems[1]
+    assert problems[0] | problems[1] == {pid for pid, _ in want_gens}
+    assert [(g["dp_rank"], g["problems"], g["generated"], g["executed"]) for g in par["groups"]] == [
+        (d, len(problems[d]), len(groups[d]), len(groups[d])) for d in range(2)]
+    assert sum(len(g) for g in groups) == 8
