@@ -94,6 +94,11 @@ class TreeAttentionMeta:
     seq_shared_slots: torch.Tensor  # [NB] int32: partial slots of shared work on the sequence's path
     row_seq: torch.Tensor  # [T] int32: the query-sequence of each row
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # One past the highest KV slot any segment or own segment (at its capacity) may read: the op checks the
+    # cache holds it, because the kernels do not bound-check slots (an overrun would read other memory).
+    kv_extent: int = 0
+    # (kind, index) of what reaches kv_extent, for the error message
+    kv_extent_owner: tuple = ("", -1)
 
     def set_own_lens(self, lens) -> None:
         """In-place update of the own segment lengths (decode: one more token per step). CUDA-graph safe."""
@@ -277,6 +282,14 @@ def build_tree_meta(q_lens: Sequence[int], own_starts: Sequence[int], own_lens: 
         return torch.tensor(rows, **i32) if rows else torch.zeros((0, width), **i32)
 
     row_seq = [b for b in range(nb) for _ in range(q_lens[b])]
+    extent, owner = 0, ("", -1)
+    for i, sg in enumerate(segments):
+        sg = Segment(*(int(x) for x in sg))
+        if sg.kv_len > 0 and sg.seq_hi > sg.seq_lo and sg.kv_start + sg.kv_len > extent:
+            extent, owner = sg.kv_start + sg.kv_len, ("segment", i)
+    for b in range(nb):
+        if cap[b] > 0 and own_starts[b] + cap[b] > extent:
+            extent, owner = own_starts[b] + cap[b], ("own segment of query-sequence", b)
     return TreeAttentionMeta(
         num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, num_rows=t, num_seqs=nb,
         max_slots=max_slots, own_splits=own_splits, own_block_m=own_block_m, causal_own=causal_own,
@@ -285,4 +298,5 @@ def build_tree_meta(q_lens: Sequence[int], own_starts: Sequence[int], own_lens: 
         own_tiles=tens(own_tiles, 3),
         seq_q_start=torch.tensor(q_start[:nb], **i32), seq_q_len=torch.tensor(q_lens, **i32),
         own_start=torch.tensor(own_starts, **i32), own_len=torch.tensor(own_lens, **i32),
-        seq_shared_slots=torch.tensor(seq_slots, **i32), row_seq=torch.tensor(row_seq, **i32), device=device)
+        seq_shared_slots=torch.tensor(seq_slots, **i32), row_seq=torch.tensor(row_seq, **i32), device=device,
+        kv_extent=extent, kv_extent_owner=owner)

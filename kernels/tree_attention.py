@@ -30,8 +30,12 @@ def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: 
     if q.device != k_cache.device or q.device != v_cache.device:
         raise ValueError(f"q, k_cache and v_cache must be on one device: {q.device}, {k_cache.device}, "
                          f"{v_cache.device}")
-    if q.device.type != meta.own_len.device.type:
+    if q.device != meta.own_len.device:
         raise ValueError(f"metadata lives on {meta.own_len.device} but q on {q.device}: build it with device=q.device")
+    if meta.kv_extent > k_cache.shape[0]:
+        kind, idx = meta.kv_extent_owner
+        raise ValueError(f"the metadata reads KV slots up to {meta.kv_extent - 1} ({kind} {idx}) but the cache has "
+                         f"only {k_cache.shape[0]} slots: grow the cache or fix that range")
     for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
         if x.stride(2) != 1:
             raise ValueError(f"{name} must be contiguous in its last (head_dim) dimension")

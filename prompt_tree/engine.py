@@ -142,6 +142,9 @@ class Engine:
         self.eos_ids = tuple(config.eos_token_ids if eos_ids is None else eos_ids)
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        if self.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise ValueError(f"the engine runs models in bfloat16, float16 or float32, not {self.dtype}: load the "
+                             f"model with dtype='bf16', 'fp16' or 'fp32' (the attention kernels have no fp64 path)")
         self.memory_budget_bytes = memory_budget_bytes
         self.cuda_graphs = cuda_graphs
         self.prefill_chunk_tokens = prefill_chunk_tokens
@@ -189,14 +192,22 @@ class Engine:
             raise TypeError(f"generate takes a PromptTree or a Plan, not {type(tree_or_plan).__name__}")
         max_new = params.max_new_tokens if params else 0
         limit = self.config.max_position_embeddings
+        vocab = self.config.vocab_size
+        for key, ids in plan.node_tokens.items():
+            bad = next((t for t in ids if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise ValueError(f"node {key!r} has token id {bad}, outside the model's vocabulary of {vocab} ids "
+                                 f"(0..{vocab - 1}): token-id prompts must come from this model's tokenizer")
         for i in range(plan.num_sequences):
             n = sum(g.num_tokens for g in plan.path(i))
             if n == 0:
                 raise ValueError(f"sequence {plan.sequences[i]} has an empty prompt: give its path at least one "
                                  f"token")
-            if n + max_new > limit:
+            # The last sampled token is never fed back: positions 0 .. n + max_new - 2 are used.
+            if n + max_new - 1 > limit:
                 raise ValueError(f"sequence {plan.sequences[i]}: prompt of {n} tokens + max_new_tokens {max_new} "
-                                 f"exceeds the model's context of {limit} positions")
+                                 f"exceeds the model's context of {limit} positions (at most {limit + 1 - n} new "
+                                 f"tokens fit)")
         return plan
 
     def budget_bytes(self) -> int:

@@ -204,10 +204,12 @@ def sample(
 class StopChecker:
     """Incremental stop-string matching on each sequence's generated text.
 
-    Each step decodes only a tail window of the sequence's tokens, long enough to hold any stop string: with a
-    byte-level tokenizer every token carries at least one byte and a character at most four, so a stop string of c
-    characters lies within the last 4c + 2 tokens. A match in the window is new (an older one would have stopped
-    the sequence earlier). The final cut (`cut`) decodes the whole completion once and cuts at the earliest match.
+    Each step decodes only a tail window of the sequence's tokens, long enough to hold any stop string: a stop
+    string of c characters that ends in the newest token starts at most c characters before that token's text
+    ends, so the window grows (doubling) until its text is that long. It starts at 4c + 2 tokens (a byte-level
+    token carries at least one byte, a character at most four) and only grows past tokens that decode to nothing
+    (BOS, PAD, other special tokens). A match in the window is new (an older one would have stopped the sequence
+    earlier). The final cut (`cut`) decodes the whole completion once and cuts at the earliest match.
     """
 
     stops: Sequence[str]
@@ -215,12 +217,18 @@ class StopChecker:
     window: int = field(init=False)
 
     def __post_init__(self):
-        self.window = 4 * max((len(s) for s in self.stops), default=0) + 2
+        self.longest = max((len(s) for s in self.stops), default=0)
+        self.window = 4 * self.longest + 2
 
     def hit(self, token_ids: list[int]) -> bool:
         if not self.stops:
             return False
-        tail = self.decode(token_ids[-self.window :])
+        need = self.longest + len(self.decode(token_ids[-1:])) + 1
+        w = self.window
+        tail = self.decode(token_ids[-w:])
+        while len(tail) < need and w < len(token_ids):
+            w *= 2
+            tail = self.decode(token_ids[-w:])
         return any(s in tail for s in self.stops)
 
     def cut(self, text: str, include: bool) -> str:

@@ -253,7 +253,7 @@ def test_errors():
     with pytest.raises(TypeError, match="SamplingParams"):
         eng.generate(tree, {"max_new_tokens": 2}, progress=False)
     with pytest.raises(ValueError, match="context"):
-        eng.generate(tree, SamplingParams(max_new_tokens=CONFIG.max_position_embeddings), progress=False)
+        eng.generate(tree, SamplingParams(max_new_tokens=CONFIG.max_position_embeddings + 1), progress=False)
     with pytest.raises(ValueError, match="max_batch_sequences"):
         eng.generate(tree, SamplingParams(max_new_tokens=2), max_batch_sequences=0, progress=False)
 
@@ -286,3 +286,30 @@ def test_one_new_token_needs_no_decode_step():
     assert res.summary.decode_steps == 0
     assert all(len(c.token_ids) == 1 and c.finish_reason == "length" for c in res.all())
     dense_check(eng, eng.plan(tree), res)
+
+
+def test_context_boundary_is_exact():
+    """The last sampled token is never fed back: a prompt of n tokens fits max_position_embeddings + 1 - n new
+    tokens, one more does not."""
+    limit = CONFIG.max_position_embeddings
+    eng = engine(eos_ids=())
+    tree = PromptTree()
+    n = 5
+    tree.root.add(list(range(1, n + 1)), samples=1, key="p")
+    eng.plan(tree, SamplingParams(max_new_tokens=limit + 1 - n))
+    with pytest.raises(ValueError, match=f"at most {limit + 1 - n} new tokens fit"):
+        eng.plan(tree, SamplingParams(max_new_tokens=limit + 2 - n))
+
+
+def test_token_ids_outside_the_vocabulary_are_refused():
+    eng = engine()
+    tree = PromptTree()
+    tree.root.add([1, 2, CONFIG.vocab_size], samples=1, key="bad")
+    with pytest.raises(ValueError, match=f"node 'bad' has token id {CONFIG.vocab_size}, outside the model's vocab"):
+        eng.generate(tree, SamplingParams(max_new_tokens=2), progress=False)
+
+
+def test_fp64_model_is_refused_with_the_fix():
+    model64 = random_model(CONFIG, seed=0, device="cpu", dtype=torch.float64)
+    with pytest.raises(ValueError, match="bfloat16, float16 or float32"):
+        Engine(model64, CONFIG, ByteTokenizer())

@@ -153,3 +153,8 @@ def test_stop_checker_window_and_cut():
     assert checker.cut(text, include=True) == "a END"
     assert checker.cut("nothing here", include=False) == "nothing here"
     assert checker.window == 4 * 3 + 2
+    # tokens that decode to nothing (PAD 258, BOS 256) between the text and the stop string: the window grows
+    q = StopChecker(("\nQUESTION:",), tok.decode)
+    assert q.hit(tok.encode("x=1\n") + [258] * 40 + tok.encode("QUESTION:"))
+    assert not q.hit(tok.encode("x=1\n") + [258] * 40 + tok.encode("QUESTION"))
+    assert q.hit([256] * 100 + tok.encode("\nQUESTION:"))
