@@ -35,6 +35,25 @@ def export_bigcode(path: str, problems: Sequence[Problem], programs: Mapping[str
     os.replace(tmp, path)
 
 
+def export_path_problem(path: str) -> str | None:
+    """Why export_bigcode could not write `path` (checked before a run, so that it does not fail at the end), or
+    None. Missing parent directories are fine (they are created) as long as the nearest existing one is a
+    writable directory."""
+    if os.path.isdir(path):
+        return "is a directory; pass the path of a .json file to write"
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        up = os.path.dirname(parent)
+        if up == parent:
+            break
+        parent = up
+    if not os.path.isdir(parent):
+        return f"{parent!r} is a file, not a directory; pass a path in a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"directory {parent!r} is not writable; pass a path in a directory you can write"
+    return None
+
+
 def load_bigcode(path: str, problems: Sequence[Problem]) -> dict[str, list[str]]:
     """Read a bigcode-format file and pair list i with problems[i]: returns problem_id -> programs.
 

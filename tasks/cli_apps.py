@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tasks.runner import RunConfig, RunConfigError, run_apps
+from prompt_tree.commands.generate import DTYPE_CHOICES, dtype_arg
+from tasks.runner import RunConfig, RunConfigError, preflight, run_apps
 
 
 def _ks(text: str) -> tuple[int, ...]:
@@ -31,8 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = RunConfig()
     g = p.add_argument_group("what to evaluate")
     g.add_argument("--model", default=d.model,
-                   help="'tiny' (random CPU-sized model), 'random:PRESET' (random weights of a preset such as "
-                        "llama3-8b), or a local HF checkpoint directory (default: %(default)s)")
+                   help="'tiny' (random CPU-sized model with a byte tokenizer), 'random:tiny' (the same), or a "
+                        "local HF checkpoint directory; other random:PRESET models have no tokenizer, and APPS "
+                        "prompts are text (default: %(default)s)")
     g.add_argument("--source", default=d.source,
                    help="'embedded' (problems shipped with prompt-tree), a local .jsonl/.json/.parquet file or "
                         "APPS folder, or a hub dataset name such as codeparrot/apps (default: %(default)s)")
@@ -45,6 +47,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--k", type=_ks, default=d.k, help="pass@k values, comma-separated (default: 1,5,10)")
     g.add_argument("--few-shot", type=int, default=d.few_shot,
                    help="solved examples in the shared prompt prefix (default: %(default)s)")
+    g.add_argument("--few-shot-source", default=d.few_shot_source, metavar="SOURCE",
+                   help="where the few-shot examples are drawn from (its train split, problems under evaluation "
+                        "excluded): any value --source accepts (default: %(default)s)")
     g.add_argument("--instruction", default=None, help="text put before the few-shot examples (default: none)")
     g.add_argument("--max-new-tokens", type=int, default=None,
                    help="tokens per completion (default: 512, the paper's setting; 64 for tiny/random models)")
@@ -62,7 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="programs executed at once, overlapping generation (default: CPU count)")
     g = p.add_argument_group("engine")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    g.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bf16 on GPU, fp32 on CPU)")
+    g.add_argument("--dtype", type=dtype_arg, default=None, metavar="{" + ",".join(DTYPE_CHOICES) + "}",
+                   help="weights and KV dtype, one the attention kernels run in (default: bf16 on GPU, fp32 on CPU)")
     g.add_argument("--attention", default=d.attention, choices=("tree", "flat"),
                    help="tree: shared prompt KV read once per group; flat: the no-sharing baseline "
                         "(default: %(default)s)")
@@ -87,7 +93,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         model=args.model, source=args.source, split=args.split, difficulty=args.difficulty, limit=args.limit,
-        samples=args.samples, k=tuple(args.k), few_shot=args.few_shot, instruction=args.instruction,
+        samples=args.samples, k=tuple(args.k), few_shot=args.few_shot, few_shot_source=args.few_shot_source,
+        instruction=args.instruction,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         seed=args.seed, timeout=args.timeout, memory_mb=args.memory_mb, workers=args.workers, device=args.device,
         dtype=args.dtype, attention=args.attention, max_batch_sequences=args.max_batch_sequences, tp=args.tp,
@@ -104,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = config_from_args(args)
+        preflight(config, generating=config.generations is None)  # before any model, rank or run directory
         ctx = init_distributed(config.tp, config.device)  # None: one process, as without torchrun
         if ctx is None:
             report = run_apps(config)
@@ -122,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except ValueError as e:  # bad sampling values, unknown preset, bad source: all name the field
         print(f"prompt-tree apps: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the run directory (--out) or a file it names cannot be read or written
+        print(f"prompt-tree apps: error: {e} (check --out {args.out!r} and the paths given)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"\nprompt-tree apps: interrupted; what finished is saved in {args.out}: run the same command again "

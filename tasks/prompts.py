@@ -61,24 +61,32 @@ def draw_few_shot(k: int, seed: int = 0, source: str = "embedded", exclude: Sequ
         return []
     from tasks.apps import load_problems  # lazy: tasks.apps re-exports this module's names
 
-    pool = [p for p in load_problems(source, split="train") if p.solutions and p.problem_id not in set(exclude)]
+    excluded = set(exclude)
+    solved = [p for p in load_problems(source, split="train") if p.solutions]
+    pool = [p for p in solved if p.problem_id not in excluded]
     if k > len(pool):
+        n_excluded = len(solved) - len(pool)
+        why = (f"{len(solved)} problems with a reference solution, {n_excluded} of them excluded because they are "
+               f"under evaluation, leaving {len(pool)}") if n_excluded else \
+            f"only {len(solved)} problems with a reference solution"
         raise ValueError(
-            f"asked for {k} few-shot examples but the train split of {source!r} has only {len(pool)} problems "
-            "with a reference solution; lower k or pass another source"
+            f"asked for {k} few-shot examples but the train split of few-shot source {source!r} has {why}; lower "
+            f"the number of examples (--few-shot) or draw them from another source (--few-shot-source, any source "
+            f"--source accepts)"
         )
     # sorting first makes the draw depend on the seed and the pool's contents, not on file order
     pool.sort(key=lambda p: p.problem_id)
     return random.Random(seed).sample(pool, k)
 
 
-def _few_shot_text(few_shot: int | Sequence[Problem] | str, seed: int, exclude: Sequence[str]) -> str:
+def _few_shot_text(few_shot: int | Sequence[Problem] | str, seed: int, exclude: Sequence[str],
+                   source: str = "embedded") -> str:
     if isinstance(few_shot, str):
         return few_shot
     if isinstance(few_shot, bool):
         raise TypeError("few_shot must be an int k, a list of Problems, or a ready string, not a bool")
     if isinstance(few_shot, int):
-        return format_few_shot(draw_few_shot(few_shot, seed=seed, exclude=exclude))
+        return format_few_shot(draw_few_shot(few_shot, seed=seed, source=source, exclude=exclude))
     examples = list(few_shot)
     if not all(isinstance(p, Problem) for p in examples):
         raise TypeError("few_shot as a list must hold Problem objects")
@@ -91,11 +99,13 @@ def build_tree(
     few_shot: int | Sequence[Problem] | str = 2,
     instruction: str | None = None,
     seed: int = 0,
+    few_shot_source: str = "embedded",
 ) -> "PromptTree":
     """The prompt tree of an evaluation: root -> [instruction] -> [few-shot] -> problems x samples.
 
-    few_shot: k examples drawn with `seed` from the embedded train split (problems under evaluation excluded),
-    or a list of Problems to show, or a ready string. An empty instruction or few-shot text adds no node.
+    few_shot: k examples drawn with `seed` from the train split of `few_shot_source` (default: the embedded set;
+    problems under evaluation excluded), or a list of Problems to show, or a ready string. An empty instruction or
+    few-shot text adds no node.
     Problem nodes are keyed by problem_id (which must be unique) and each asks for `samples` completions.
     """
     from prompt_tree import PromptTree
@@ -116,7 +126,7 @@ def build_tree(
     parent = tree.root
     if instruction:
         parent = parent.add(instruction, key=INSTRUCTION_KEY)
-    shots = _few_shot_text(few_shot, seed, exclude=ids)
+    shots = _few_shot_text(few_shot, seed, exclude=ids, source=few_shot_source)
     if shots:
         parent = parent.add(shots, key=FEW_SHOT_KEY)
     for problem in problems:

@@ -28,6 +28,9 @@ CONFIG_FILE = "config.json"
 GENERATIONS_FILE = "generations.jsonl"
 VERDICTS_FILE = "verdicts.jsonl"
 SUMMARY_FILE = "summary.json"
+# Run-config fields added after runs were already being written, with the value a config.json that lacks one
+# meant: such a run resumes as before (config_differences fills them in when the wanted config has them).
+CONFIG_FIELD_DEFAULTS = {"few_shot_source": "embedded"}
 
 
 class RunDirError(ValueError):
@@ -145,13 +148,32 @@ class JsonlAppender:
 
 
 def config_differences(saved: dict, wanted: dict) -> list[str]:
-    """Fields whose values differ between two configs, as 'name: saved -> wanted' strings (sorted by name)."""
+    """Fields whose values differ between two configs, as 'name: saved -> wanted' strings (sorted by name). A
+    field of CONFIG_FIELD_DEFAULTS missing from `saved` (written before it existed) counts as its default."""
+    saved = dict(saved)
+    for name, default in CONFIG_FIELD_DEFAULTS.items():
+        if name in wanted and name not in saved:
+            saved[name] = default
     out = []
     for name in sorted(set(saved) | set(wanted)):
         a, b = saved.get(name, "<absent>"), wanted.get(name, "<absent>")
         if a != b:
             out.append(f"{name}: {a!r} -> {b!r}")
     return out
+
+
+def make_run_dir(out_dir: str) -> None:
+    """Create the run directory (and its parents) if needed; RunDirError naming --out if that cannot be done."""
+    if os.path.isdir(out_dir):
+        return
+    if os.path.exists(out_dir):
+        raise RunDirError(f"--out {out_dir!r} is a file, not a directory; pass --out a directory path (an existing "
+                          f"run directory to resume, or a new one)")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"--out {out_dir!r}: cannot create the run directory ({e.strerror or e}); pass --out a "
+                          f"directory path whose parents are directories you can write") from None
 
 
 class RunStore:
@@ -170,7 +192,7 @@ class RunStore:
                  part: str | None = None):
         self.out_dir = out_dir
         self.config = json.loads(json.dumps(config))  # normalize (tuples -> lists) so it compares as saved
-        os.makedirs(out_dir, exist_ok=True)
+        make_run_dir(out_dir)
         self.config_path = os.path.join(out_dir, CONFIG_FILE)
         suffix = f".{part}" if part else ""
         self.generations_path = os.path.join(out_dir, GENERATIONS_FILE.replace(".jsonl", suffix + ".jsonl"))

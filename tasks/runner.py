@@ -36,9 +36,12 @@ DEFAULT_MAX_NEW_TOKENS_TINY = 64
 # The RunConfig fields that decide what a run's files contain: a resume must agree on all of them. The others
 # (workers, device, attention, batching, tp, progress, out, export) change how fast, not what.
 IDENTITY_FIELDS = (
-    "model", "source", "split", "difficulty", "limit", "samples", "few_shot", "instruction", "max_new_tokens",
-    "temperature", "top_p", "top_k", "seed", "timeout", "memory_mb", "dtype",
+    "model", "source", "split", "difficulty", "limit", "samples", "few_shot", "few_shot_source", "instruction",
+    "max_new_tokens", "temperature", "top_p", "top_k", "seed", "timeout", "memory_mb", "dtype",
 )
+# A config.json written before few_shot_source existed lacks it and meant the embedded set (tasks.results fills
+# in tasks.results.CONFIG_FIELD_DEFAULTS before comparing, so such runs resume as before).
+DEFAULT_FEW_SHOT_SOURCE = "embedded"
 
 
 class RunConfigError(ValueError):
@@ -57,6 +60,7 @@ class RunConfig:
     samples: int = 16
     k: tuple[int, ...] = (1, 5, 10)
     few_shot: int = 2
+    few_shot_source: str = DEFAULT_FEW_SHOT_SOURCE  # the few-shot examples are drawn from its train split
     instruction: str | None = None
     max_new_tokens: int | None = None  # None: DEFAULT_MAX_NEW_TOKENS (tiny / random models: ..._TINY)
     temperature: float = 0.8
@@ -94,6 +98,8 @@ class RunConfig:
             fail("limit", "must be an int >= 1 or None")
         if not (isinstance(self.few_shot, int) and self.few_shot >= 0):
             fail("few_shot", "must be an int >= 0")
+        if not (isinstance(self.few_shot_source, str) and self.few_shot_source):
+            fail("few_shot_source", "must name a problem source ('embedded', a local path or a hub dataset)")
         if self.max_new_tokens is not None and not pos_int(self.max_new_tokens):
             fail("max_new_tokens", "must be an int >= 1 or None (the default for the model)")
         if not (self.timeout > 0):
@@ -142,8 +148,8 @@ def run_identity(config: RunConfig, problems: Sequence[Problem]) -> dict:
     ident["problem_ids"] = [p.problem_id for p in problems]
     if config.generations is not None:
         # Programs come from a file: the model and sampling settings did not make them, the file did.
-        for name in ("model", "few_shot", "instruction", "max_new_tokens", "temperature", "top_p", "top_k",
-                     "seed", "samples", "dtype"):
+        for name in ("model", "few_shot", "few_shot_source", "instruction", "max_new_tokens", "temperature",
+                     "top_p", "top_k", "seed", "samples", "dtype"):
             ident.pop(name)
         ident["generations_file_sha256"] = file_sha256(config.generations)
     return ident
@@ -161,37 +167,88 @@ def select_problems(config: RunConfig) -> list[Problem]:
     return problems
 
 
+def _random_preset(config: RunConfig) -> str | None:
+    if not config.random_model:
+        return None
+    return "tiny" if config.model == "tiny" else config.model.split(":", 1)[1]
+
+
+def check_model(config: RunConfig) -> None:
+    """Refuse a model the run cannot generate with, before any weights are built or any file is written: an
+    unknown preset, a preset without a tokenizer (APPS prompts are text; only byte-vocabulary presets such as
+    'tiny' get one), or a checkpoint directory that does not exist. Raises RunConfigError naming --model."""
+    from prompt_tree.config import ConfigError, get_preset
+    from prompt_tree.tokenizer import ByteTokenizer
+
+    preset = _random_preset(config)
+    if preset is not None:
+        try:
+            model_config = get_preset(preset)
+        except ConfigError as e:
+            raise RunConfigError(f"--model {config.model}: {e}") from None
+        if model_config.vocab_size != ByteTokenizer().vocab_size:
+            raise RunConfigError(
+                f"--model {config.model}: preset {preset!r} has no tokenizer (only byte-vocabulary presets such as "
+                f"'tiny' get one), and APPS prompts are text; use --model tiny or a checkpoint directory"
+            )
+    elif not os.path.isdir(config.model):
+        raise RunConfigError(
+            f"--model {config.model!r} is not 'tiny', 'random:PRESET' or an existing checkpoint directory"
+        )
+
+
+def check_export_path(config: RunConfig) -> None:
+    """Refuse an --export-bigcode path that could not be written at the end of the run (checked before it)."""
+    from tasks.bigcode import export_path_problem
+
+    if config.export_bigcode is not None:
+        why = export_path_problem(config.export_bigcode)
+        if why:
+            raise RunConfigError(f"--export-bigcode {config.export_bigcode!r}: {why}")
+
+
+def preflight(config: RunConfig, generating: bool = True) -> None:
+    """The checks that need neither problems nor a model: the model (when generating) and the export path."""
+    if generating:
+        check_model(config)
+    check_export_path(config)
+
+
 def load_engine(config: RunConfig):
     """The engine the config names: "tiny" or "random:PRESET" (random weights, seed 0, so the same model every
     run), or a local checkpoint directory."""
     from prompt_tree import Engine
 
+    check_model(config)  # before building anything
     kwargs = dict(device=config.device, dtype=config.dtype)
-    if config.random_model:
-        preset = "tiny" if config.model == "tiny" else config.model.split(":", 1)[1]
-        engine = Engine.random(preset, seed=0, **kwargs)
-        if engine.tokenizer is None:
-            raise RunConfigError(
-                f"model: preset {preset!r} has no tokenizer (only byte-vocabulary presets such as 'tiny' get one), "
-                f"and APPS prompts are text; use --model tiny or a checkpoint directory"
-            )
-        return engine
-    if not os.path.isdir(config.model):
-        raise RunConfigError(
-            f"model: {config.model!r} is not 'tiny', 'random:PRESET' or an existing checkpoint directory"
-        )
+    preset = _random_preset(config)
+    if preset is not None:
+        return Engine.random(preset, seed=0, **kwargs)
     return Engine.from_pretrained(config.model, **kwargs)
 
 
-def build_sample_tree(problems: Sequence[Problem], missing: dict[str, list[int]], config: RunConfig):
+def draw_examples(config: RunConfig, problems: Sequence[Problem]) -> list[Problem]:
+    """The run's few-shot examples: config.few_shot drawn with config.seed from the train split of
+    config.few_shot_source, the problems under evaluation excluded. ValueError if there are not enough."""
+    from tasks.prompts import draw_few_shot
+
+    return draw_few_shot(config.few_shot, seed=config.seed, source=config.few_shot_source,
+                         exclude=[p.problem_id for p in problems])
+
+
+def build_sample_tree(problems: Sequence[Problem], missing: dict[str, list[int]], config: RunConfig,
+                      examples: Sequence[Problem] | None = None):
     """The prompt tree for the missing samples: build_tree over ALL selected problems (so the few-shot draw, which
     excludes the problems under evaluation, is the same in every run), then each problem node asks for no samples
     itself and gets one 0-token child per missing sample (see the module docstring); problems without missing
-    samples are dropped. Returns (tree, child key -> (problem_id, sample_index))."""
+    samples are dropped. examples: the few-shot examples if already drawn (draw_examples), else drawn here.
+    Returns (tree, child key -> (problem_id, sample_index))."""
     from prompt_tree import PromptTree
     from tasks.apps import build_tree
 
-    base = build_tree(problems, samples=1, few_shot=config.few_shot, instruction=config.instruction, seed=config.seed)
+    few_shot = list(examples) if examples is not None else config.few_shot
+    base = build_tree(problems, samples=1, few_shot=few_shot, instruction=config.instruction, seed=config.seed,
+                      few_shot_source=config.few_shot_source)
     pids = {p.problem_id for p in problems}
     nodes = base.to_dict()["nodes"]
     out_nodes, keymap = [], {}
@@ -336,6 +393,9 @@ def run_apps(
         wanted = [(p.problem_id, i) for p in problems for i in range(config.samples)]
 
     params = sampling_params(config) if from_file is None else None  # bad values fail before --out is touched
+    # Everything else that can be checked fails before --out is touched and before a model is built too.
+    preflight(config, generating=from_file is None and engine is None)
+    examples = draw_examples(config, problems) if from_file is None else None
     if os.path.isdir(config.out):  # records of a torchrun run's groups (tasks.dp_runner) count as done too
         from tasks.dp_runner import fold_parts
 
@@ -364,8 +424,8 @@ def run_apps(
                     store.add_generations([rec])
                     executor.submit(rec)
         else:
-            gen_info = _generate_missing(config, params, problems, wanted, store, executor, engine, extract_code, report,
-                                         log)
+            gen_info = _generate_missing(config, params, problems, wanted, store, executor, engine, extract_code,
+                                         report, log, examples=examples)
         t_gen_end = time.perf_counter()
         executor.wait()
         ok = True
@@ -396,7 +456,8 @@ def run_apps(
     return report
 
 
-def _generate_missing(config, params, problems, wanted, store, executor, engine, extract_code, report, log) -> dict:
+def _generate_missing(config, params, problems, wanted, store, executor, engine, extract_code, report, log,
+                      examples=None) -> dict:
     missing: dict[str, list[int]] = {}
     for pid, i in wanted:
         if (pid, i) not in store.generations:
@@ -407,7 +468,7 @@ def _generate_missing(config, params, problems, wanted, store, executor, engine,
     if engine is None:
         engine = load_engine(config)
     load_s = time.perf_counter() - t0
-    tree, keymap = build_sample_tree(problems, missing, config)
+    tree, keymap = build_sample_tree(problems, missing, config, examples)
     n_missing = sum(len(v) for v in missing.values())
     log(f"generating {n_missing} completions for {len(missing)} problems (max {params.max_new_tokens} new tokens)")
 

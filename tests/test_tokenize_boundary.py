@@ -138,6 +138,6 @@ def test_describe_command(bpe, tmp_path, capsys):
     assert f"c: 'world' | {n - len(ids(bpe, 'Hello.'))} tok x3" in out
     assert f"flat {3 * n} tokens = " in out and "GiB" in out
     assert main(["describe", str(tree_path)]) == 2  # string prompts, no tokenizer
-    assert "node 'p' has a str prompt" in capsys.readouterr().err
+    assert "node 'p' has a text prompt; pass --tokenizer" in capsys.readouterr().err
     assert main(["describe", str(tree_path), "--tokenizer", str(tok_path), "--max-len", "2"]) == 2
     assert "longer than max_len=2" in capsys.readouterr().err

@@ -14,9 +14,54 @@ import os
 import sys
 
 
+# The dtypes the attention kernels run in (prompt_tree.loading also knows fp64, which the kernels refuse).
+DTYPE_CHOICES = ("bf16", "bfloat16", "fp16", "float16", "fp32", "float32")
+
+
+def dtype_arg(text: str) -> str:
+    """argparse type of --dtype: one of DTYPE_CHOICES (any case)."""
+    name = text.strip().lower()
+    if name not in DTYPE_CHOICES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a dtype the attention kernels support; use one of {', '.join(DTYPE_CHOICES)}, or leave "
+            f"--dtype out (bf16 on a GPU, fp32 on the CPU)")
+    return name
+
+
+def random_preset(spec: str) -> str | None:
+    """The preset name of a `tiny` / `random:PRESET` model spec; None for a checkpoint directory."""
+    if spec == "tiny":
+        return "tiny"
+    if spec.startswith("random:"):
+        return spec[len("random:"):]
+    return None
+
+
+def preset_has_tokenizer(preset: str) -> bool:
+    """Whether Engine.random(preset) gets a tokenizer (only byte-vocabulary presets such as tiny do). Resolves the
+    preset's config only, building nothing; an unknown preset raises ConfigError (a ValueError) listing them."""
+    from prompt_tree.config import get_preset
+    from prompt_tree.tokenizer import ByteTokenizer
+
+    return get_preset(preset).vocab_size == ByteTokenizer().vocab_size
+
+
+def text_node_needing_tokenizer(tree) -> str | None:
+    """The key of the first node with a str prompt that flattening the tree tokenizes (one with samples at or
+    below it), or None when every such prompt is token ids."""
+    below: dict[str, int] = {}
+    for node in reversed(tree.nodes()):
+        below[node.key] = node.samples + sum(below[c.key] for c in node.children)
+    for node in tree.nodes():
+        if below[node.key] and node.is_text:
+            return node.key
+    return None
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
-                   help="a local HF checkpoint directory, or random:PRESET (random weights; 'tiny' = random:tiny)")
+                   help="a local HF checkpoint directory, or random:PRESET (random weights; 'tiny' = random:tiny; "
+                        "presets other than tiny have no tokenizer, so their trees need token-id prompts)")
     p.add_argument("--tree", required=True, help="prompt tree JSON (as written by PromptTree.save)")
     p.add_argument("--out", required=True, help="output JSONL: key, sample_index, text, token_ids, finish_reason")
     p.add_argument("--samples", type=int, default=None,
@@ -36,7 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-batch-sequences", type=int, default=None,
                    help="run at most this many sequences at once (default: the largest batch that fits memory)")
     p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
-    p.add_argument("--dtype", default=None, help="bfloat16, float16, float32 (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--dtype", type=dtype_arg, default=None, metavar="{" + ",".join(DTYPE_CHOICES) + "}",
+                   help="weights and KV dtype, one the attention kernels run in (default: bf16 on GPU, fp32 on CPU)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="run decode steps eagerly on CUDA")
     p.add_argument("--tp", type=int, default=1,
                    help="tensor-parallel ranks per model under torchrun; the world size / tp data-parallel groups "
@@ -66,56 +112,99 @@ def override_samples(tree_dict: dict, samples: int) -> dict:
     return tree_dict
 
 
+def _fail(message: str) -> int:
+    print(f"prompt-tree generate: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _check_out(path: str) -> str | None:
+    """Why --out cannot be written (checked before the model is loaded), or None."""
+    if os.path.isdir(path):
+        return f"--out {path!r} is a directory; pass the path of a .jsonl file to write"
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        return f"--out {path!r}: directory {parent!r} does not exist; create it first or pass another --out path"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"--out {path!r}: directory {parent!r} is not writable; pass another --out path"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     from prompt_tree.parallel.env import PEER_FAILED_EXIT, RankFailedError, init_distributed, run_guarded
     from prompt_tree.sampling import SamplingParams
     from prompt_tree.tree import PromptTree
 
     if not os.path.isfile(args.tree):
-        print(f"prompt-tree generate: no tree file {args.tree!r}", file=sys.stderr)
-        return 2
+        return _fail(f"--tree: no tree file {args.tree!r}")
     if args.samples is not None and args.samples < 1:
-        print("prompt-tree generate: --samples must be >= 1", file=sys.stderr)
-        return 2
+        return _fail(f"--samples must be >= 1 (got {args.samples})")
+    if args.max_batch_sequences is not None and args.max_batch_sequences < 1:
+        return _fail(f"--max-batch-sequences must be >= 1, or left out to fit batches to memory "
+                     f"(got {args.max_batch_sequences})")
+    why = _check_out(args.out)
+    if why:
+        return _fail(why)
     try:
         with open(args.tree, encoding="utf-8") as f:
             tree_dict = json.load(f)
+        tree = PromptTree.from_dict(tree_dict)  # a clear error for anything that is not a saved tree
+    except (ValueError, OSError) as e:  # json.JSONDecodeError and PromptTreeError are ValueErrors
+        return _fail(f"--tree {args.tree!r}: {e}")
+    try:
         if args.samples is not None:
-            tree_dict = override_samples(tree_dict, args.samples)
-        tree = PromptTree.from_dict(tree_dict)
+            tree = PromptTree.from_dict(override_samples(tree.to_dict(), args.samples))
         params = SamplingParams(
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
             min_p=args.min_p, stop=tuple(args.stop), stop_token_ids=tuple(args.stop_token_id), seed=args.seed,
             logprobs=args.logprobs)
         if tree.num_samples == 0:
-            print("prompt-tree generate: the tree asks for no samples (set samples on its nodes or pass --samples)",
-                  file=sys.stderr)
-            return 2
+            return _fail("the tree asks for no samples (set samples on its nodes or pass --samples)")
+        preset = random_preset(args.model)
+        if preset is not None and not preset_has_tokenizer(preset):  # refuse before building any weights
+            text_key = text_node_needing_tokenizer(tree)
+            if text_key is not None:
+                return _fail(
+                    f"--model {args.model}: preset {preset!r} has no tokenizer (only byte-vocabulary presets such as "
+                    f"'tiny' get one), but node {text_key!r} of --tree has a text prompt; give the tree token-id "
+                    f"prompts, or use --model tiny or a checkpoint directory with a tokenizer.json")
+            if args.stop:
+                return _fail(f"--stop needs a tokenizer to decode text, and preset {preset!r} has none; use "
+                             f"--stop-token-id instead")
         ctx = init_distributed(args.tp, args.device)  # None: one process, as without torchrun
         if ctx is not None:
             from prompt_tree.parallel.dp_generate import run_distributed
 
             return run_guarded(ctx, lambda: run_distributed(args, ctx, tree, params))
         engine = load_engine(args.model, args.device, args.dtype, cuda_graphs=not args.no_cuda_graphs)
+        if args.stop and engine.tokenizer is None:
+            return _fail(f"--stop needs a tokenizer to decode text, and model {args.model!r} has none; use "
+                         f"--stop-token-id instead")
+        plan = engine.plan(tree, params)  # tokenizes and checks the context before --out is touched
     except RankFailedError as e:
         print(f"prompt-tree generate: {e}", file=sys.stderr)
         return PEER_FAILED_EXIT
-    except (ValueError, OSError, json.JSONDecodeError) as e:
-        print(f"prompt-tree generate: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, OSError) as e:  # json.JSONDecodeError and PromptTreeError are ValueErrors
+        return _fail(str(e))
 
-    with open(args.out, "w", encoding="utf-8") as out:
-        def write(key, sample_index, c):
-            row = {"key": key, "sample_index": sample_index, "text": c.text, "token_ids": c.token_ids,
-                   "finish_reason": c.finish_reason}
-            if c.logprobs is not None:
-                row["logprobs"] = c.logprobs
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            out.flush()
+    try:
+        out = open(args.out, "w", encoding="utf-8")
+    except OSError as e:
+        return _fail(f"cannot write --out {args.out!r}: {e}")
+    try:
+        with out:
+            def write(key, sample_index, c):
+                row = {"key": key, "sample_index": sample_index, "text": c.text, "token_ids": c.token_ids,
+                       "finish_reason": c.finish_reason}
+                if c.logprobs is not None:
+                    row["logprobs"] = c.logprobs
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                out.flush()
 
-        result = engine.generate(tree, params, attention=args.attention,
-                                 max_batch_sequences=args.max_batch_sequences, progress=not args.no_progress,
-                                 on_complete=write)
+            result = engine.generate(plan, params, attention=args.attention,
+                                     max_batch_sequences=args.max_batch_sequences, progress=not args.no_progress,
+                                     on_complete=write)
+    except (ValueError, OSError) as e:
+        return _fail(str(e))
     s = result.summary
     print(f"{s.num_sequences} sequences, {s.generated_tokens} tokens in {s.sub_batches} sub-batch(es): prefill "
           f"{s.prefill_seconds:.2f} s, decode {s.decode_seconds:.2f} s, {s.tokens_per_second:.0f} tokens/s, "
