@@ -195,6 +195,11 @@ def build_tree_meta(q_lens: Sequence[int], own_starts: Sequence[int], own_lens: 
                              f"{own_lens[b]} slots: the queries' own keys must be the last slots of the segment "
                              f"(or the segment empty, when the queries see only shared KV)")
         cap[b] = max(cap[b], own_lens[b])
+    # extent: one past the highest slot read, and what reads it (checked against the cache by the op)
+    extent, owner = 0, ("", -1)
+    for b in range(nb):
+        if cap[b] > 0 and own_starts[b] + cap[b] > extent:
+            extent, owner = own_starts[b] + cap[b], ("own segment of query-sequence", b)
     segs = []
     for i, s in enumerate(segments):
         s = Segment(*(int(x) for x in s))
@@ -202,6 +207,8 @@ def build_tree_meta(q_lens: Sequence[int], own_starts: Sequence[int], own_lens: 
             raise ValueError(f"segment {i} = {tuple(s)} is out of range for {nb} query-sequences")
         if s.kv_len == 0 or s.seq_lo == s.seq_hi:
             continue  # contributes nothing (an empty node): no work, no slot
+        if s.kv_start + s.kv_len > extent:
+            extent, owner = s.kv_start + s.kv_len, ("segment", i)
         if share:
             segs.append(s)
         else:
@@ -282,14 +289,6 @@ def build_tree_meta(q_lens: Sequence[int], own_starts: Sequence[int], own_lens: 
         return torch.tensor(rows, **i32) if rows else torch.zeros((0, width), **i32)
 
     row_seq = [b for b in range(nb) for _ in range(q_lens[b])]
-    extent, owner = 0, ("", -1)
-    for i, sg in enumerate(segments):
-        sg = Segment(*(int(x) for x in sg))
-        if sg.kv_len > 0 and sg.seq_hi > sg.seq_lo and sg.kv_start + sg.kv_len > extent:
-            extent, owner = sg.kv_start + sg.kv_len, ("segment", i)
-    for b in range(nb):
-        if cap[b] > 0 and own_starts[b] + cap[b] > extent:
-            extent, owner = own_starts[b] + cap[b], ("own segment of query-sequence", b)
     return TreeAttentionMeta(
         num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, num_rows=t, num_seqs=nb,
         max_slots=max_slots, own_splits=own_splits, own_block_m=own_block_m, causal_own=causal_own,

@@ -271,19 +271,18 @@ class RunStore:
     # ---- appending (thread-safe) -----------------------------------------------------------------------------
     def add_generations(self, records: list[GenerationRecord]) -> list[GenerationRecord]:
         """Record completions (those already recorded are skipped); returns the ones newly written."""
-        with self._lock:
-            new = [r for r in records if r.key not in self.generations]
-            for r in new:
-                self.generations[r.key] = r
-        self._gen_out.write(asdict(r) for r in new)
-        return new
+        return self._add(records, self.generations, self._gen_out)
 
     def add_verdicts(self, records: list[VerdictRecord]) -> list[VerdictRecord]:
+        """Record verdicts (those already recorded are skipped); returns the ones newly written."""
+        return self._add(records, self.verdicts, self._ver_out)
+
+    def _add(self, records: list, table: dict, out) -> list:
         with self._lock:
-            new = [r for r in records if r.key not in self.verdicts]
+            new = [r for r in records if r.key not in table]
             for r in new:
-                self.verdicts[r.key] = r
-        self._ver_out.write(asdict(r) for r in new)
+                table[r.key] = r
+        out.write(asdict(r) for r in new)
         return new
 
     def write_summary(self, summary: dict) -> None:

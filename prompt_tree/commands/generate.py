@@ -129,6 +129,21 @@ def _check_out(path: str) -> str | None:
     return None
 
 
+def completion_writer(out):
+    """An on_complete callback writing each finished completion to `out` as one JSON line, flushed at once (a
+    killed run keeps what it finished). The format of --out, shared with the data-parallel path."""
+
+    def write(key, sample_index, c) -> None:
+        row = {"key": key, "sample_index": sample_index, "text": c.text, "token_ids": c.token_ids,
+               "finish_reason": c.finish_reason}
+        if c.logprobs is not None:
+            row["logprobs"] = c.logprobs
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        out.flush()
+
+    return write
+
+
 def run(args: argparse.Namespace) -> int:
     from prompt_tree.parallel.env import PEER_FAILED_EXIT, RankFailedError, init_distributed, run_guarded
     from prompt_tree.sampling import SamplingParams
@@ -192,17 +207,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"cannot write --out {args.out!r}: {e}")
     try:
         with out:
-            def write(key, sample_index, c):
-                row = {"key": key, "sample_index": sample_index, "text": c.text, "token_ids": c.token_ids,
-                       "finish_reason": c.finish_reason}
-                if c.logprobs is not None:
-                    row["logprobs"] = c.logprobs
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                out.flush()
-
             result = engine.generate(plan, params, attention=args.attention,
                                      max_batch_sequences=args.max_batch_sequences, progress=not args.no_progress,
-                                     on_complete=write)
+                                     on_complete=completion_writer(out))
     except (ValueError, OSError) as e:
         return _fail(str(e))
     s = result.summary

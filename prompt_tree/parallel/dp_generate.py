@@ -10,7 +10,6 @@ group files (group 0's rows first) and prints the combined summary.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from .dp import merge_parts, part_path, split_tree
@@ -18,6 +17,7 @@ from .env import DistContext
 
 
 def run_distributed(args: argparse.Namespace, ctx: DistContext, tree, params) -> int:
+    from ..commands.generate import completion_writer
     from ..tree import PromptTree
     from .engine import engine_for_rank
 
@@ -31,16 +31,9 @@ def run_distributed(args: argparse.Namespace, ctx: DistContext, tree, params) ->
     summary = None
     if lay.is_writer:
         with open(part_path(args.out, lay.dp_rank), "w", encoding="utf-8") as out:
-            def write(key, sample_index, c):
-                row = {"key": key, "sample_index": sample_index, "text": c.text, "token_ids": c.token_ids,
-                       "finish_reason": c.finish_reason}
-                if c.logprobs is not None:
-                    row["logprobs"] = c.logprobs
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-                out.flush()
-
             if mine.num_samples:
-                summary = engine.generate(mine, params, on_complete=write, **options).summary.as_dict()
+                summary = engine.generate(mine, params, on_complete=completion_writer(out),
+                                          **options).summary.as_dict()
         ctx.publish("generate", summary)
     elif mine.num_samples:
         engine.generate(mine, params, **dict(options, progress=False))
