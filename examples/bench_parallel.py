@@ -9,7 +9,11 @@ generate first compiles the kernels. Runs, in order, under torchrun:
 
     llama3-8b  1 GPU    rank 0 alone (rank 1 waits): the baseline
     llama3-8b  tp=2     both GPUs hold half of every layer; 2 all-reduces per layer per step
-    llama3-8b  dp=2     each GPU holds the whole model and decodes --batch / 2 of the samples
+    llama3-8b  dp=2     each GPU holds the whole model and decodes --batch / 2 of the samples (strong scaling:
+                        the same job on twice the GPUs)
+    llama3-8b  dp=2     each GPU decodes --batch samples, 2 x --batch in all (weak scaling: the same batch per
+                        GPU, the usual measure of data-parallel efficiency; one GPU's throughput grows with its
+                        batch, so strong scaling at a small batch cannot reach 2x for any engine)
     codellama-34b tp=2  68 GB of bf16 weights: does not fit one 80 GB GPU with its KV, so no baseline
 
 tp=2 llama3-8b draws exactly the baseline's weights (each rank slices the full draw), so its logits on a probe
@@ -105,14 +109,13 @@ def run_tp(args, ctx, preset: str, exact: bool) -> tuple[dict, list[list[int]], 
     return dict(model=preset, mode="tp=2", gpus=2, tp=2, dp=1, batch=args.batch, **row), tokens, logits
 
 
-def run_dp(args, ctx) -> dict:
+def run_dp(args, ctx, per_gpu: int) -> dict:
     from prompt_tree.loading import random_model
 
     config = config_of("llama3-8b", args.layers)
     model = random_model(config, seed=0, device=ctx.device, dtype=torch.bfloat16)
     engine = Engine(model, config, None, ())
-    share = args.batch // 2  # this group's samples of the same prefix
-    row, _ = timed_generate(engine, make_tree(config.vocab_size, args.prefix, share), args.new)
+    row, _ = timed_generate(engine, make_tree(config.vocab_size, args.prefix, per_gpu), args.new)
     free(engine, model)
     rows = [None, None]
     dist.all_gather_object(rows, row)
@@ -121,7 +124,8 @@ def run_dp(args, ctx) -> dict:
     decode = max(r["decode_s"] for r in rows)
     tokens = sum(r["generated_tokens"] for r in rows)
     decode_tokens = sum(r["decode_tok_s"] * r["decode_s"] for r in rows)
-    return dict(model="llama3-8b", mode="dp=2", gpus=2, tp=1, dp=2, batch=args.batch,
+    mode = "dp=2, same samples" if 2 * per_gpu == args.batch else "dp=2, same batch per GPU"
+    return dict(model="llama3-8b", mode=mode, gpus=2, tp=1, dp=2, batch=2 * per_gpu,
                 wall_s=max(r["wall_s"] for r in rows), prefill_s=max(r["prefill_s"] for r in rows), decode_s=decode,
                 generated_tokens=tokens, decode_tok_s=decode_tokens / decode, tok_s=tokens / wall,
                 peak_gib=max(r["peak_gib"] for r in rows), kv_gib=max(r["kv_gib"] for r in rows))
@@ -180,9 +184,14 @@ def write(args, rows: list[dict], extra: dict) -> None:
             lines[-1] += (" Random weights give a nearly flat next-token distribution, so a rounding change flips "
                           "the first token and the continuation then differs (tree vs flat attention on one GPU "
                           "agrees as little: docs/benchmarks/engine.json).")
-    lines += ["", "dp=2 runs --batch / 2 samples per GPU, each group prefilling the prefix itself; one GPU at the "
-                  "full batch is more efficient than at half of it, so dp=2's gain over 1 GPU is below 2x.", "",
-              "codellama-34b needs tp=2: 68 GB of bf16 weights plus its KV exceed one 80 GB GPU."]
+    lines += ["", "The batch column is the samples of the whole run. 'dp=2, same samples' runs --batch / 2 samples "
+                  "per GPU (strong scaling): one GPU at the full batch is more efficient than at half of it, so its "
+                  "gain is below 2x. 'dp=2, same batch per GPU' runs --batch samples on each GPU (weak scaling): "
+                  "what data parallelism adds when a job has more samples than one GPU's batch. Each group "
+                  "prefills the prefix itself.", "",
+              ]
+    if any(r["model"] == "codellama-34b" for r in rows):
+        lines += ["codellama-34b needs tp=2: 68 GB of bf16 weights plus its KV exceed one 80 GB GPU."]
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
@@ -197,6 +206,7 @@ def main() -> None:
     ap.add_argument("--single", action="store_true", help="only the one-GPU baseline, without torchrun")
     ap.add_argument("--skip-single", action="store_true", help="under torchrun: skip the one-GPU baseline")
     ap.add_argument("--skip-34b", action="store_true", help="skip codellama-34b")
+    ap.add_argument("--skip-weak", action="store_true", help="skip dp=2 at --batch samples per GPU")
     ap.add_argument("--layers", type=int, default=None, help="override every model's layer count (smoke tests)")
     args = ap.parse_args()
     if args.single:
@@ -229,7 +239,9 @@ def main() -> None:
         extra["tp2_vs_1gpu"] = agreement(single_tokens, tp_tokens, single_logits, tp_logits)
         print(json.dumps(extra["tp2_vs_1gpu"]), flush=True)
     del single_logits, tp_logits
-    note(run_dp(args, ctx))
+    note(run_dp(args, ctx, args.batch // 2))
+    if not args.skip_weak:
+        note(run_dp(args, ctx, args.batch))
     if not args.skip_34b:
         row, _, _ = run_tp(args, ctx, "codellama-34b", exact=False)
         note(row)

@@ -59,6 +59,8 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     kwargs: `out=` / `workspace=` preallocated buffers for the Triton path (CUDA graphs).
     """
     _check(q, k_cache, v_cache, meta)
+    if scale is not None and not scale > 0:  # the kernels take the row max before scaling: needs scale > 0
+        raise ValueError(f"scale must be a positive number, not {scale!r}")
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', not {backend!r}")
     if backend == "triton" or (backend == "auto" and use_triton(q.device)):

@@ -28,6 +28,34 @@ SPLIT_ALIGN = 64  # own-segment split chunks are multiples of this (must match k
 
 
 @triton.jit
+def _softmax_block(acc, m_i, l_i, q, k, v, qk_scale, key_ok, MASKED: tl.constexpr, IEEE: tl.constexpr):
+    """One KV block of the online softmax, in the order of FlashAttention-2 and Triton's fused-attention tutorial.
+
+    q [BLOCK_M, BLOCK_D], k and v [BLOCK_N, BLOCK_D]; acc [BLOCK_M, BLOCK_D] fp32; m_i (base-2 running max of the
+    scaled scores) and l_i [BLOCK_M]. The scale is applied inside exp2's argument (one fused multiply-add per score
+    instead of a separate multiply) and P @ V accumulates into acc in place (the tensor-core accumulator), which
+    saves a BLOCK_M x BLOCK_D add and its registers every step. Needs qk_scale > 0 (max commutes with the scale)
+    and, when MASKED, at least one true key_ok column, so that no row's max is -inf.
+    """
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    if MASKED:
+        s = tl.where(key_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+    p = tl.math.exp2(s * qk_scale - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if IEEE:
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _shared_kernel(
     Q, K, V,  # Q: [T, Hq, D]; K, V: [S, Hkv, D]
     Tiles,  # [n_tiles, 5] int32: row_lo, row_hi, kv_lo, kv_hi, slot
@@ -53,6 +81,7 @@ def _shared_kernel(
     heads = h * G + offs_m % G  # query head of each M index
     m_valid = offs_m < (row_hi - row_lo) * G
     d_valid = offs_d < HEAD_DIM
+    EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
 
     q_ptrs = Q + rows.to(tl.int64)[:, None] * stride_qt + heads[:, None] * stride_qh + offs_d[None, :]
     q = tl.load(q_ptrs, mask=m_valid[:, None] & d_valid[None, :], other=0.0)  # [BLOCK_M, BLOCK_D]
@@ -62,26 +91,24 @@ def _shared_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     k_ptrs = K + (kv_lo + offs_n).to(tl.int64)[:, None] * stride_kt + h * stride_kh + offs_d[None, :]
     v_ptrs = V + (kv_lo + offs_n).to(tl.int64)[:, None] * stride_vt + h * stride_vh + offs_d[None, :]
-    for start in range(kv_lo, kv_hi, BLOCK_N):
-        n_valid = (start + offs_n) < kv_hi
-        k = tl.load(k_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-        v = tl.load(v_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    # Whole blocks without masks (splits are BLOCK_N-aligned, so only a segment's last block is partial).
+    n_full = (kv_hi - kv_lo) // BLOCK_N
+    for i in range(0, n_full):
+        if EVEN_D:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
         else:
-            s = tl.dot(q, tl.trans(k))
-        s = tl.where(n_valid[None, :], s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+            k = tl.load(k_ptrs, mask=d_valid[None, :], other=0.0)
+            v = tl.load(v_ptrs, mask=d_valid[None, :], other=0.0)
+        acc, m_i, l_i = _softmax_block(acc, m_i, l_i, q, k, v, qk_scale, offs_n, False, IEEE)
         k_ptrs += BLOCK_N * stride_kt
         v_ptrs += BLOCK_N * stride_vt
+    tail_lo = kv_lo + n_full * BLOCK_N
+    if tail_lo < kv_hi:  # the partial last block: masked loads (the slots past kv_hi may hold anything)
+        n_valid = (tail_lo + offs_n) < kv_hi
+        k = tl.load(k_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)
+        v = tl.load(v_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)
+        acc, m_i, l_i = _softmax_block(acc, m_i, l_i, q, k, v, qk_scale, n_valid, True, IEEE)
 
     has = l_i > 0.0  # an empty split (kv_lo == kv_hi) leaves l_i = 0: output 0, lse -inf
     o = acc / tl.where(has, l_i, 1.0)[:, None]
@@ -158,10 +185,11 @@ def _own_kernel(
         alpha = tl.math.exp2(m_i - m_use)
         p = tl.math.exp2(s - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
         if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+            acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
         else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
         k_ptrs += BLOCK_N * stride_kt
         v_ptrs += BLOCK_N * stride_vt
@@ -242,7 +270,10 @@ def _merge_kernel(
 
 
 # Launch configurations (BLOCK_N, num_warps, num_stages) per kernel and query-block height. Chosen on an H100
-# with kernels/tune.py (numbers in docs/benchmarks/); the interpreter ignores warps and stages.
+# with kernels/tune.py (numbers in docs/benchmarks/); the interpreter ignores warps and stages. Measured and
+# rejected (docs/benchmarks/tune_v3.json, triton 3.6): BLOCK_N=128 for the 128-row class (13x slower: the
+# 128 x 128 fp32 score tile spills), 4 warps for it (19x), and TMA descriptor loads of whole KV blocks (2.6-3x
+# slower: Triton 3.6 does not pipeline host-descriptor loads in this loop).
 SHARED_CFG = {16: (64, 4, 3), 64: (64, 4, 3), 128: (64, 8, 3)}
 OWN_CFG = {16: (64, 4, 2), 64: (64, 4, 3)}
 # Run the own (suffix) kernel on a side stream while the shared kernels run, then merge: the shared work is

@@ -278,6 +278,18 @@ def test_report_only_rewrites_the_report_from_the_json(e2e, tmp_path):
     assert (tmp_path / "e2e.md").read_text() == (out / "e2e.md").read_text()
 
 
+def test_report_names_rows_merged_from_a_later_call(e2e, tmp_path):
+    _, results, _ = e2e
+    merged = json.loads(json.dumps(results))
+    merged["rows"][0]["run"] = "2026-01-02 03:04"
+    merged["merged_runs"] = [dict(date="2026-01-02 03:04", copy_bw_tbs=2.5, matmul_tflops=600.0, rows="one row")]
+    (tmp_path / "e2e.json").write_text(json.dumps(merged))
+    assert cli.main(["bench", "--report-only", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "e2e.md").read_text()
+    assert "Merged from a later call (2026-01-02 03:04; its own ceilings: copy 2.5 TB/s, matmul 600 TFLOP/s)" in md
+    assert md.count("measured 2026-01-02 03:04") == 1
+
+
 def test_dry_run_plans_without_weights_or_files(tmp_path, capsys):
     rc = bench(["--workloads", "1,2b", "--prefixes", "16", "--batches", "2", "--ceilings", "1,1", "--dry-run",
                 "--preset-override", json.dumps({"2b": E2E_SHAPES["2b"]}), "--out", str(tmp_path)])

@@ -155,6 +155,7 @@ DECODE_CASES = [
     ("gqa8_depth4", (16, 2), 16, 4, [1, 17, 0], [1, 3]),
     ("empty_suffix", (8, 2), 32, 2, [17, 97], [0, 0, 1]),
     ("headdim_40", (4, 2), 40, 2, [17, 1], [1, 9]),
+    ("whole_kv_blocks", (8, 2), 32, 2, [64, 128, 65], [1, 64]),  # unmasked block loop with and without a tail
 ]
 
 
@@ -251,6 +252,8 @@ def test_op_rejects_mismatched_tensors():
         tree_attention(torch.randn(2, 8, 16), k, k, meta)
     with pytest.raises(ValueError, match="dtypes"):
         tree_attention(q.half(), k, k, meta)
+    with pytest.raises(ValueError, match="scale must be a positive"):
+        tree_attention(q, k, k, meta, scale=-0.5, backend="triton")
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

@@ -37,9 +37,12 @@ def _mode_rank(mode: str) -> int:
 def _note(row: dict) -> str:
     if row.get("skipped"):
         return row["skipped"].replace("|", "/")
+    notes = []
     if row.get("sub_batches") and row["sub_batches"] > 1:
-        return f"ran as {row['sub_batches']} sub-batches"
-    return ""
+        notes.append(f"ran as {row['sub_batches']} sub-batches")
+    if row.get("run"):
+        notes.append(f"measured {row['run']}")
+    return "; ".join(notes)
 
 
 def _max_batch(n: int | None) -> str:
@@ -65,6 +68,11 @@ def write_markdown(results: dict, path: str) -> None:
                   "no-attention decode time at the same batch + the attention floor (per step and layer, max of "
                   "bytes read once / copy bandwidth and flops / matmul rate). measured/limit = decode seconds / "
                   "limit. largest batch: the most sequences that fit the mode's memory.", ""]
+    for run in results.get("merged_runs") or []:
+        lines += [f"Merged from a later call ({run['date']}; its own ceilings: copy {run['copy_bw_tbs']:.3g} TB/s, "
+                  f"matmul {run['matmul_tflops']:.3g} TFLOP/s): {run['rows']}. Their limits are recomputed with the "
+                  "ceilings above, so every row of this file is held to the same limit; such rows say so in the "
+                  "note column, and ratios between a merged row and an older one compare different calls.", ""]
     for model in _models(rows):
         mine = [r for r in rows if r["model"] == model]
         w1 = [r for r in mine if r["workload"] == "1"]
