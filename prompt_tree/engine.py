@@ -452,7 +452,7 @@ class _BatchRun:
     def _build_decode(self, members: list[int], step: int) -> None:
         """Metadata and static buffers for this batch composition (members in plan order keeps groups
         contiguous). Called again after compaction; drops the previous CUDA graph."""
-        e, lay, dev = self.e, self.layout, self.e.device
+        lay, dev = self.layout, self.e.device
         segments = []
         for level in self.plan.levels:
             for g in level:

@@ -6,7 +6,6 @@ memory as a whole, nor in fp32 anywhere. `resolve_device_dtype` is the one place
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError, ModelConfig, get_preset
+from .jsonfile import read_json_object
 from .model import LlamaModel, hf_name
 from .tokenizer import HFTokenizer, load_tokenizer
 
@@ -330,13 +330,4 @@ def _merge_ids(first: Any, rest: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _read_json(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from e
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path} is not a JSON object")
-    return data
+    return read_json_object(path, CheckpointError, strict=True)

@@ -219,11 +219,16 @@ class StopChecker:
     def __post_init__(self):
         self.longest = max((len(s) for s in self.stops), default=0)
         self.window = 4 * self.longest + 2
+        self._token_chars: dict[int, int] = {}  # token id -> length of its text alone (a pure function of the id)
 
     def hit(self, token_ids: list[int]) -> bool:
         if not self.stops:
             return False
-        need = self.longest + len(self.decode(token_ids[-1:])) + 1
+        last = token_ids[-1]
+        chars = self._token_chars.get(last)
+        if chars is None:  # once per distinct token id: one decode per sequence and step, not two
+            chars = self._token_chars[last] = len(self.decode([last]))
+        need = self.longest + chars + 1
         w = self.window
         tail = self.decode(token_ids[-w:])
         while len(tail) < need and w < len(token_ids):

@@ -11,9 +11,10 @@ sequence per step; `decode_suffix(tokenizer, ids, prefix_len)` decodes only a sh
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Protocol, Sequence, runtime_checkable
+
+from .jsonfile import read_json_object
 
 
 class TokenizerError(ValueError):
@@ -150,11 +151,4 @@ def load_tokenizer(path: str | os.PathLike, bos_id: int | None = None, eos_ids: 
 
 
 def _read_json(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"cannot read {path}: {e}") from e
-    return data if isinstance(data, dict) else {}
+    return read_json_object(path, TokenizerError, strict=False)

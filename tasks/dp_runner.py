@@ -30,7 +30,8 @@ from prompt_tree.parallel.dp import expected_tokens, merge_parts, part_paths, sp
 from tasks.results import GENERATIONS_FILE, VERDICTS_FILE, RunStore, read_jsonl
 from tasks.runner import (
     RunConfig, RunConfigError, RunReport, _default_check, _engine_options, _Executor, _generate_missing,
-    build_sample_tree, build_summary, format_report, run_identity, sampling_params, select_problems,
+    build_sample_tree, build_summary, draw_examples, format_report, preflight, run_identity, sampling_params,
+    select_problems,
 )
 
 
@@ -83,6 +84,9 @@ def run_apps_distributed(config: RunConfig, ctx, *, check_fn: Callable | None = 
         raise RunConfigError("problem ids must be unique")
     identity = run_identity(config, problems)
     params = sampling_params(config)
+    # As in the one-process path: what can be checked fails before --out is touched (every rank checks the same).
+    preflight(config)
+    examples = draw_examples(config, problems)
     t_start = time.perf_counter()
 
     def prepare() -> list[int]:
@@ -116,7 +120,7 @@ def run_apps_distributed(config: RunConfig, ctx, *, check_fn: Callable | None = 
         load_s = time.perf_counter() - t0
         if engine.tokenizer is None:
             raise RunConfigError(f"model: {config.model!r} has no tokenizer, and APPS prompts are text")
-        tree, _ = build_sample_tree(problems, missing, config)
+        tree, _ = build_sample_tree(problems, missing, config, examples)
         plan = engine.plan(tree, params)
         prompt_tokens = {pid: len(plan.node_tokens.get(pid, ())) for pid in missing}
     with_work = [p.problem_id for p in problems if p.problem_id in missing or p.problem_id in unexecuted]
@@ -142,7 +146,7 @@ def run_apps_distributed(config: RunConfig, ctx, *, check_fn: Callable | None = 
             if my_missing:
                 todo = [(pid, i) for pid, idx in my_missing.items() for i in idx]
                 gen_info = _generate_missing(local, params, problems, todo, store, executor, engine, extract_code,
-                                             report, log)
+                                             report, log, examples=examples)
                 gen_info["load_s"] = load_s
                 info["generation"] = gen_info
             executor.wait()
@@ -154,7 +158,7 @@ def run_apps_distributed(config: RunConfig, ctx, *, check_fn: Callable | None = 
                     check_seconds=executor.check_seconds)
         ctx.publish("apps", info)
     elif my_missing:  # a TP peer: the same model calls as its writer, nothing recorded
-        tree, _ = build_sample_tree(problems, my_missing, config)
+        tree, _ = build_sample_tree(problems, my_missing, config, examples)
         engine.generate(tree, params, progress=False, **_engine_options(config))
     if not main:
         return None

@@ -187,6 +187,18 @@ def test_missing_shard(ckpt, tmp_path):
         load_model(tmp_path, device="cpu", tokenizer=False)
 
 
+def test_side_files_that_are_not_json_objects(ckpt, tmp_path):
+    """A checkpoint index must be a JSON object (named when it is not); a broken one is named too."""
+    ckpt[0].save_pretrained(tmp_path, max_shard_size="40KB")
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"model.safetensors.index.json is not a JSON object"):
+        load_model(tmp_path, device="cpu", tokenizer=False)
+    index.write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"cannot read .*model.safetensors.index.json"):
+        load_model(tmp_path, device="cpu", tokenizer=False)
+
+
 def test_corrupt_weights(broken):
     (broken / "model.safetensors").write_bytes(b"\x00\x01not a safetensors file")
     with pytest.raises(CheckpointError, match="cannot read"):

@@ -299,6 +299,28 @@ def _apps_worker(ctx, config_kwargs):
     run_apps_distributed(RunConfig(**config_kwargs), ctx, log=None)
 
 
+def _apps_error_worker(ctx, config_kwargs, marker):
+    from tasks.dp_runner import run_apps_distributed
+    from tasks.runner import RunConfig
+
+    try:
+        run_apps_distributed(RunConfig(**config_kwargs), ctx, log=None)
+    except ValueError as e:
+        with open(f"{marker}.{ctx.rank}", "w") as f:
+            f.write(str(e))
+
+
+def test_dp2_apps_refuses_a_bad_few_shot_draw_before_touching_out(tmp_path):
+    """Under torchrun, as in one process: too few few-shot examples fail on every rank, naming the fix, and
+    --out is never created."""
+    out, marker = str(tmp_path / "run"), str(tmp_path / "error")
+    _spawn(_apps_error_worker, dict(APPS, out=out, few_shot=9), marker)
+    for rank in (0, 1):
+        msg = open(f"{marker}.{rank}").read()
+        assert "asked for 9 few-shot examples" in msg and "--few-shot-source" in msg
+    assert not os.path.exists(out)
+
+
 def _records(out):
     from tasks.results import read_jsonl
 
