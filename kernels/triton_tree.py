@@ -28,24 +28,30 @@ SPLIT_ALIGN = 64  # own-segment split chunks are multiples of this (must match k
 
 
 @triton.jit
-def _softmax_block(acc, m_i, l_i, q, k, v, qk_scale, key_ok, MASKED: tl.constexpr, IEEE: tl.constexpr):
+def _softmax_block(acc, m_i, l_i, q, k, v, qk_scale, visible, MASKED: tl.constexpr, EMPTY_ROWS: tl.constexpr,
+                   IEEE: tl.constexpr):
     """One KV block of the online softmax, in the order of FlashAttention-2 and Triton's fused-attention tutorial.
 
     q [BLOCK_M, BLOCK_D], k and v [BLOCK_N, BLOCK_D]; acc [BLOCK_M, BLOCK_D] fp32; m_i (base-2 running max of the
-    scaled scores) and l_i [BLOCK_M]. The scale is applied inside exp2's argument (one fused multiply-add per score
-    instead of a separate multiply) and P @ V accumulates into acc in place (the tensor-core accumulator), which
-    saves a BLOCK_M x BLOCK_D add and its registers every step. Needs qk_scale > 0 (max commutes with the scale)
-    and, when MASKED, at least one true key_ok column, so that no row's max is -inf.
+    scaled scores) and l_i [BLOCK_M]; visible: a mask broadcastable to [BLOCK_M, BLOCK_N], used when MASKED. The
+    scale is applied inside exp2's argument (one fused multiply-add per score instead of a separate multiply) and
+    P @ V accumulates into acc in place (the tensor-core accumulator), which saves a BLOCK_M x BLOCK_D add and its
+    registers every step. Needs qk_scale > 0 (max commutes with the scale). EMPTY_ROWS: some row may have seen
+    no visible key yet (causal masks); its max stays -inf and it must stay empty instead of turning into NaN.
     """
     if IEEE:
         s = tl.dot(q, tl.trans(k), input_precision="ieee")
     else:
         s = tl.dot(q, tl.trans(k))
     if MASKED:
-        s = tl.where(key_ok[None, :], s, float("-inf"))
+        s = tl.where(visible, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-    p = tl.math.exp2(s * qk_scale - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
+    if EMPTY_ROWS:
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_use = m_new
+    p = tl.math.exp2(s * qk_scale - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     if IEEE:
@@ -100,7 +106,8 @@ def _shared_kernel(
         else:
             k = tl.load(k_ptrs, mask=d_valid[None, :], other=0.0)
             v = tl.load(v_ptrs, mask=d_valid[None, :], other=0.0)
-        acc, m_i, l_i = _softmax_block(acc, m_i, l_i, q, k, v, qk_scale, offs_n, False, IEEE)
+        # (offs_n stands in for the mask, which an unmasked block does not read)
+        acc, m_i, l_i = _softmax_block(acc, m_i, l_i, q, k, v, qk_scale, offs_n, False, False, IEEE)
         k_ptrs += BLOCK_N * stride_kt
         v_ptrs += BLOCK_N * stride_vt
     tail_lo = kv_lo + n_full * BLOCK_N
@@ -108,7 +115,7 @@ def _shared_kernel(
         n_valid = (tail_lo + offs_n) < kv_hi
         k = tl.load(k_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)
         v = tl.load(v_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)
-        acc, m_i, l_i = _softmax_block(acc, m_i, l_i, q, k, v, qk_scale, n_valid, True, IEEE)
+        acc, m_i, l_i = _softmax_block(acc, m_i, l_i, q, k, v, qk_scale, n_valid[None, :], True, False, IEEE)
 
     has = l_i > 0.0  # an empty split (kv_lo == kv_hi) leaves l_i = 0: output 0, lse -inf
     o = acc / tl.where(has, l_i, 1.0)[:, None]
@@ -172,25 +179,11 @@ def _own_kernel(
         n_valid = key < hi
         k = tl.load(k_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)
         v = tl.load(v_ptrs, mask=n_valid[:, None] & d_valid[None, :], other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
         visible = n_valid[None, :]
         if CAUSAL:
             visible = visible & (key[None, :] <= q_pos[:, None])
-        s = tl.where(visible, s * qk_scale, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that has seen nothing yet stays empty
-        alpha = tl.math.exp2(m_i - m_use)
-        p = tl.math.exp2(s - m_use[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        if IEEE:
-            acc = tl.dot(p.to(v.dtype), v, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(p.to(v.dtype), v, acc)
-        m_i = m_new
+        # A causal row may see no key of this block (and none before it): it stays empty.
+        acc, m_i, l_i = _softmax_block(acc, m_i, l_i, q, k, v, qk_scale, visible, True, CAUSAL, IEEE)
         k_ptrs += BLOCK_N * stride_kt
         v_ptrs += BLOCK_N * stride_vt
 
