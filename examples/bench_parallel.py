@@ -188,8 +188,7 @@ def write(args, rows: list[dict], extra: dict) -> None:
                   "per GPU (strong scaling): one GPU at the full batch is more efficient than at half of it, so its "
                   "gain is below 2x. 'dp=2, same batch per GPU' runs --batch samples on each GPU (weak scaling): "
                   "what data parallelism adds when a job has more samples than one GPU's batch. Each group "
-                  "prefills the prefix itself.", "",
-              ]
+                  "prefills the prefix itself.", ""]
     if any(r["model"] == "codellama-34b" for r in rows):
         lines += ["codellama-34b needs tp=2: 68 GB of bf16 weights plus its KV exceed one 80 GB GPU."]
     with open(os.path.join(args.out, f"{name}.md"), "w") as f:
