@@ -290,6 +290,38 @@ def test_report_names_rows_merged_from_a_later_call(e2e, tmp_path):
     assert md.count("measured 2026-01-02 03:04") == 1
 
 
+def test_merge_tool_replaces_rows_and_holds_them_to_the_files_ceilings(e2e):
+    """tools/merge_e2e.py: a later call's workload-1 rows replace the same keys, their floors recomputed at the
+    target file's ceilings (the later call's own floor must be reproduced first)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("merge_e2e", os.path.join(os.path.dirname(__file__), "..",
+                                                                              "tools", "merge_e2e.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    _, results, _ = e2e
+    target = json.loads(json.dumps(results))
+    later = json.loads(json.dumps(results))
+    later["rows"] = [r for r in later["rows"] if r["workload"] == "1" and r["prefix"] == 16 and r["batch"] == 2]
+    later["date"], later["matmul_tflops"] = "later", later["matmul_tflops"] / 2
+    for r in later["rows"]:  # as that call would have computed it, at its own (halved) matmul rate
+        r["attention_floor_s"] = tool.floor_s(r, torch.float32, later["copy_bw_tbs"], later["matmul_tflops"])
+        r["seconds"] *= 0.5
+    merged = tool.merge(target, later, "prefix 16, batch 2")
+    assert {r["mode"] for r in merged} >= {"none", "tree"} and len(target["rows"]) == len(results["rows"])
+    old = {tool.row_key(r): r for r in results["rows"]}
+    for r in merged:
+        assert r in target["rows"] and r["run"] == "later"
+        assert math.isclose(r["attention_floor_s"], old[tool.row_key(r)]["attention_floor_s"], rel_tol=1e-12)
+        none = next(x for x in merged if x["mode"] == "none")
+        assert math.isclose(r["limit_s"], none["seconds"] + r["attention_floor_s"], rel_tol=1e-12)
+    assert target["merged_runs"][-1]["rows"] == "prefix 16, batch 2"
+    bad = json.loads(json.dumps(later))
+    bad["rows"][0]["attention_floor_s"] *= 1.5
+    with pytest.raises(SystemExit, match="cannot reproduce the floor"):
+        tool.merge(json.loads(json.dumps(results)), bad, "x")
+
+
 def test_dry_run_plans_without_weights_or_files(tmp_path, capsys):
     rc = bench(["--workloads", "1,2b", "--prefixes", "16", "--batches", "2", "--ceilings", "1,1", "--dry-run",
                 "--preset-override", json.dumps({"2b": E2E_SHAPES["2b"]}), "--out", str(tmp_path)])
