@@ -34,7 +34,12 @@ SHARED_BLOCK_MS = (16, 64, 128)
 OWN_BLOCK_M_DECODE = 16  # decode: g query heads of one token (g <= 16 in every supported model)
 OWN_BLOCK_M_PREFILL = 64
 BLOCK_N = 64  # KV rows per inner-loop step; splits are aligned to it
-MIN_SPLIT_TOKENS = 256  # never split KV finer than this: each split costs a partial write and read
+# Never split KV finer than this: each split costs a partial write and read, and a short split is mostly
+# pipeline ramp. Shared segments: 512 measured best on the small decode rows (H100, tools/launch_overhead.py:
+# 32/8 B=16 4K prefix 16.8 us against 19.8 us at 256; equal or better on the other rows below 0.15 ms; rows with
+# more work split coarser anyway). Own segments keep 256, the value they were tuned with.
+MIN_SPLIT_TOKENS = 512
+MIN_OWN_SPLIT_TOKENS = 256
 MAX_SPLITS = 64  # bounds the workspace: slots per row <= levels * MAX_SPLITS + own splits
 # Aim for this many programs per SM when deciding splits. One wave measured best on an H100 (B=16, 16K prefix:
 # 44 us against 54 us with two): fewer, longer splits amortize the pipeline ramp and leave fewer slots to merge.
@@ -99,6 +104,9 @@ class TreeAttentionMeta:
     kv_extent: int = 0
     # (kind, index) of what reaches kv_extent, for the error message
     kv_extent_owner: tuple = ("", -1)
+    # KV slots one call reads (shared splits once each, plus every own segment at build time): sizes the call's
+    # GPU work for the launcher's plain-call choices (times Hkv x D x 2 bytes x 2 for K and V)
+    kv_tokens_read: int = 0
 
     def set_own_lens(self, lens) -> None:
         """In-place update of the own segment lengths (decode: one more token per step). CUDA-graph safe."""
@@ -269,8 +277,8 @@ def build_tree_meta(q_lens: Sequence[int], own_starts: Sequence[int], own_lens: 
             own_tiles.append((b, r, min(r + rows_per_own_tile, q_start[b + 1])))
     max_cap = max(cap) if cap else 0
     own_splits = 1
-    if own_tiles and len(own_tiles) * num_kv_heads < target and max_cap >= 2 * MIN_SPLIT_TOKENS:
-        own_splits = min(MAX_SPLITS, max_cap // MIN_SPLIT_TOKENS,
+    if own_tiles and len(own_tiles) * num_kv_heads < target and max_cap >= 2 * MIN_OWN_SPLIT_TOKENS:
+        own_splits = min(MAX_SPLITS, max_cap // MIN_OWN_SPLIT_TOKENS,
                          math.ceil(target / (len(own_tiles) * num_kv_heads)))
     max_slots = max([seq_slots[b] + own_splits for b in range(nb) if q_lens[b]] or [0])
 
@@ -298,4 +306,5 @@ def build_tree_meta(q_lens: Sequence[int], own_starts: Sequence[int], own_lens: 
         seq_q_start=torch.tensor(q_start[:nb], **i32), seq_q_len=torch.tensor(q_lens, **i32),
         own_start=torch.tensor(own_starts, **i32), own_len=torch.tensor(own_lens, **i32),
         seq_shared_slots=torch.tensor(seq_slots, **i32), row_seq=torch.tensor(row_seq, **i32), device=device,
-        kv_extent=extent, kv_extent_owner=owner)
+        kv_extent=extent, kv_extent_owner=owner,
+        kv_tokens_read=sum(sp.kv_hi - sp.kv_lo for sp in splits) + sum(own_lens))

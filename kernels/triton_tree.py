@@ -20,6 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import DirectLauncher
 from .meta import TreeAttentionMeta
 
 LOG2E = 1.4426950408889634
@@ -274,8 +275,15 @@ OWN_CFG = {16: (64, 4, 2), 64: (64, 4, 3)}
 # Measured on an H100 (docs/benchmarks/tune_v2.json): launching the shared kernels first and the own kernel on a
 # side stream saves 19% at 32/8, B=256, 16K prefix and 8% at 40/40, B=1024, 16K; launching the own kernel
 # first lets its thousands of small programs take every SM and nothing overlaps.
-OVERLAP = {"enabled": True, "own_first": False}
+# Plain (uncaptured) calls switch streams only when the step's KV is at least `plain_min_bytes`: the switch
+# costs ~30 us of host time (tools/launch_overhead.py) and, with the own kernel unsplit, a merge launch that is
+# otherwise fused. Below that the GPU work (< ~90 us at 3 TB/s) is shorter than the host time of the call,
+# so overlap on the GPU would only add to the host time; under CUDA-graph capture the host cost is paid once.
+OVERLAP = {"enabled": True, "own_first": False, "plain_min_bytes": 256 * 2**20}
 
+_LAUNCH_SHARED = DirectLauncher(_shared_kernel)
+_LAUNCH_OWN = DirectLauncher(_own_kernel)
+_LAUNCH_MERGE = DirectLauncher(_merge_kernel)
 _side_streams: dict[int, torch.cuda.Stream] = {}
 
 
@@ -317,7 +325,9 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         return (out, lse) if return_lse else out
 
     has_shared = any(c.tiles.shape[0] for c in meta.shared_classes)
-    overlap = OVERLAP["enabled"] if overlap is None else overlap
+    overlap = overlap if overlap is not None else OVERLAP["enabled"] and q.device.type == "cuda" and (
+        torch.cuda.is_current_stream_capturing()
+        or meta.kv_tokens_read * meta.num_kv_heads * d * q.element_size() * 2 >= OVERLAP["plain_min_bytes"])
     overlap = overlap and has_shared and q.device.type == "cuda"
     fuse = meta.own_splits == 1 and not overlap
 
@@ -326,15 +336,16 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         if not n_own:
             return
         block_n, warps, stages = OWN_CFG[meta.own_block_m]
-        _own_kernel[(n_own, meta.num_kv_heads, meta.own_splits)](
-            q, k_cache, v_cache, meta.own_tiles, meta.seq_q_start, meta.seq_q_len, meta.own_start, meta.own_len,
-            meta.seq_shared_slots, o_part, l_part, out, lse, qk_scale,
-            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
-            o_part.stride(0), o_part.stride(1), l_part.stride(0), l_part.stride(1), out.stride(0), out.stride(1),
-            lse.stride(0),
-            G=g, HEAD_DIM=d, BLOCK_M=meta.own_block_m, BLOCK_N=block_n, BLOCK_D=block_d, NSPLIT=meta.own_splits,
-            SPLIT_ALIGN_=SPLIT_ALIGN, CAUSAL=meta.causal_own, FUSE_MERGE=fuse, WRITE_LSE=return_lse, IEEE=ieee,
-            num_warps=warps, num_stages=stages)
+        _LAUNCH_OWN(
+            (n_own, meta.num_kv_heads, meta.own_splits),
+            (q, k_cache, v_cache, meta.own_tiles, meta.seq_q_start, meta.seq_q_len, meta.own_start, meta.own_len,
+             meta.seq_shared_slots, o_part, l_part, out, lse, qk_scale,
+             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+             o_part.stride(0), o_part.stride(1), l_part.stride(0), l_part.stride(1), out.stride(0), out.stride(1),
+             lse.stride(0)),
+            dict(G=g, HEAD_DIM=d, BLOCK_M=meta.own_block_m, BLOCK_N=block_n, BLOCK_D=block_d, NSPLIT=meta.own_splits,
+                 SPLIT_ALIGN_=SPLIT_ALIGN, CAUSAL=meta.causal_own, FUSE_MERGE=fuse, WRITE_LSE=return_lse, IEEE=ieee),
+            warps, stages)
 
     own_first = OVERLAP["own_first"]
     if overlap:
@@ -349,12 +360,13 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         if n_tiles == 0:
             continue
         block_n, warps, stages = SHARED_CFG[cls.block_m]
-        _shared_kernel[(n_tiles, meta.num_kv_heads)](
-            q, k_cache, v_cache, cls.tiles, o_part, l_part, qk_scale,
-            q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
-            o_part.stride(0), o_part.stride(1), l_part.stride(0), l_part.stride(1),
-            G=g, HEAD_DIM=d, BLOCK_M=cls.block_m, BLOCK_N=block_n, BLOCK_D=block_d, IEEE=ieee,
-            num_warps=warps, num_stages=stages)
+        _LAUNCH_SHARED(
+            (n_tiles, meta.num_kv_heads),
+            (q, k_cache, v_cache, cls.tiles, o_part, l_part, qk_scale,
+             q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
+             o_part.stride(0), o_part.stride(1), l_part.stride(0), l_part.stride(1)),
+            dict(G=g, HEAD_DIM=d, BLOCK_M=cls.block_m, BLOCK_N=block_n, BLOCK_D=block_d, IEEE=ieee),
+            warps, stages)
     if overlap:
         if not own_first:
             with torch.cuda.stream(side):
@@ -367,10 +379,12 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         block_h = min(triton.next_power_of_2(hq), max(1, 4096 // block_d))
         while block_h > 1 and t * triton.cdiv(hq, block_h) < 256:
             block_h //= 2
-        _merge_kernel[(t, triton.cdiv(hq, block_h))](
-            o_part, l_part, meta.row_seq, meta.seq_shared_slots, out, lse,
-            o_part.stride(0), o_part.stride(1), l_part.stride(0), l_part.stride(1), out.stride(0), out.stride(1),
-            lse.stride(0),
-            NUM_HEADS=hq, HEAD_DIM=d, EXTRA_SLOTS=meta.own_splits, BLOCK_H=block_h, BLOCK_D=block_d,
-            WRITE_LSE=return_lse, num_warps=4)
+        _LAUNCH_MERGE(
+            (t, triton.cdiv(hq, block_h)),
+            (o_part, l_part, meta.row_seq, meta.seq_shared_slots, out, lse,
+             o_part.stride(0), o_part.stride(1), l_part.stride(0), l_part.stride(1), out.stride(0), out.stride(1),
+             lse.stride(0)),
+            dict(NUM_HEADS=hq, HEAD_DIM=d, EXTRA_SLOTS=meta.own_splits, BLOCK_H=block_h, BLOCK_D=block_d,
+                 WRITE_LSE=return_lse),
+            4)
     return (out, lse) if return_lse else out

@@ -307,8 +307,15 @@ def test_merge_tool_replaces_rows_and_holds_them_to_the_files_ceilings(e2e):
     for r in later["rows"]:  # as that call would have computed it, at its own (halved) matmul rate
         r["attention_floor_s"] = tool.floor_s(r, torch.float32, later["copy_bw_tbs"], later["matmul_tflops"])
         r["seconds"] *= 0.5
+    skipped = dict(later["rows"][0], batch=999, mode="hf", seconds=None, attention_floor_s=None, limit_s=None,
+                   measured_over_limit=None, skipped="does not fit: predicted 99 GiB > budget 1 GiB")
+    later["rows"].append(skipped)  # a row that did not fit is carried over as skipped, with no limit
     merged = tool.merge(target, later, "prefix 16, batch 2")
-    assert {r["mode"] for r in merged} >= {"none", "tree"} and len(target["rows"]) == len(results["rows"])
+    assert {r["mode"] for r in merged} >= {"none", "tree", "hf"}
+    assert skipped in target["rows"] and skipped["limit_s"] is None and skipped["run"] == "later"
+    target["rows"].remove(skipped)
+    merged.remove(skipped)
+    assert len(target["rows"]) == len(results["rows"])  # the others replaced rows of the same keys
     old = {tool.row_key(r): r for r in results["rows"]}
     for r in merged:
         assert r in target["rows"] and r["run"] == "later"

@@ -16,7 +16,7 @@ import random
 import pytest
 import torch
 
-from kernels import Segment, build_tree_meta, merge_states, naive_tree_attention, tree_attention
+from kernels import Segment, build_tree_meta, launch, merge_states, naive_tree_attention, tree_attention, triton_tree
 from kernels.reference import attention_lse, naive_tree_attention_lowp
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -183,7 +183,7 @@ def test_flat_equals_shared(backend):
 def test_kv_splits_many_sms(backend, dtype):
     """A pretend GPU of 4096 SMs forces flash-decoding splits of shared and own segments."""
     seed = random.randrange(1 << 30)
-    case = make_case(seed, 8, 2, 16, 2, [600, 300], [530], dtype)
+    case = make_case(seed, 8, 2, 16, 2, [600, 530], [530], dtype)
     meta = build_tree_meta(*case[3:], 8, 2, 16, num_sms=4096)
     assert meta.own_splits > 1 and len(meta.splits) > len([s for s in case[6] if s.kv_len])
     check_case(*case, backend, num_sms=4096)
@@ -289,3 +289,89 @@ def test_cuda_decode_and_prefill(dtype, heads):
                          q_per_seq=q_per_seq)
         check_case(*case, "triton", overlap=False)  # own kernel merges in its epilogue
         check_case(*case, "triton", overlap=True)  # own kernel on a side stream, then the merge kernel
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("raw", [True, False], ids=["launcher", "runner"])
+@pytest.mark.parametrize("overlap", [False, True])
+def test_cuda_direct_launch_runs_the_same_kernels(overlap, raw, monkeypatch):
+    """Repeat launches skip Triton's dispatcher (kernels/launch.py) and must give bit-identical results."""
+    seed = random.randrange(1 << 30)
+    q, k, v, q_lens, own_starts, own_lens, segs = make_case(seed, 32, 8, 128, 3, [1, 17, 97, 300], [1, 17, 200],
+                                                            torch.bfloat16)
+    meta = build_tree_meta(q_lens, own_starts, own_lens, segs, 32, 8, 128, q.device)
+    q2 = torch.randn_like(q)
+    monkeypatch.setitem(launch.DIRECT, "raw", raw)
+    try:
+        launch.DIRECT["enabled"] = False
+        want = [tree_attention(x, k, v, meta, overlap=overlap) for x in (q, q2)]
+        launch.DIRECT["enabled"] = True
+        got = [tree_attention(x, k, v, meta, overlap=overlap) for x in (q, q2, q, q2)]
+    finally:
+        launch.DIRECT["enabled"] = True
+    assert triton_tree._LAUNCH_OWN.compiled, "the own kernel was never launched directly"
+    for i, o in enumerate(got):
+        assert torch.equal(o, want[i % 2]), f"call {i} (seed {seed})"
+    # a q that is not 16-byte aligned goes through Triton every time, and is still right
+    buf = torch.empty(q.numel() + 1, dtype=q.dtype, device=q.device)
+    q_odd = buf[1:].view_as(q).copy_(q)
+    assert torch.equal(tree_attention(q_odd, k, v, meta, overlap=overlap), want[0])
+
+
+class _FakeCompiled:
+    function, packed_metadata = "function", "metadata"
+
+    def __init__(self, log):
+        self.log = log
+
+    def __getitem__(self, grid):  # the public runner
+        return lambda *args: self.log.append(("runner", grid, args))
+
+    def run(self, g0, g1, g2, stream, function, metadata, launch_metadata, enter, exit_, *args):  # the launcher
+        assert (function, metadata, launch_metadata, enter, exit_) == ("function", "metadata", None, None, None)
+        self.log.append(("launcher", (g0, g1, g2), args))
+
+
+class _FakeKernel:
+    """Stands in for a @triton.jit function: records dispatcher launches, returns a recording 'compiled' kernel."""
+
+    arg_names = ["X", "stride", "scale", "BLOCK"]
+
+    def __init__(self):
+        self.log = []
+
+    def __getitem__(self, grid):
+        def run(*args, **kwargs):
+            self.log.append(("dispatch", grid, args, kwargs))
+            return _FakeCompiled(self.log)
+        return run
+
+
+@pytest.mark.parametrize("raw", [True, False], ids=["launcher", "runner"])
+def test_direct_launcher_caches_per_specialization(monkeypatch, raw):
+    """The launcher's key: ints, dtypes, constexprs and options pick the compiled kernel; floats do not; a
+    misaligned pointer always goes through the dispatcher."""
+    monkeypatch.setattr(launch, "_on_gpu", lambda t: True)
+    monkeypatch.setattr(launch, "_current_stream", lambda idx: 0)
+    device = [0]
+    monkeypatch.setattr(launch, "_current_device", lambda: device[0])
+    monkeypatch.setitem(launch.DIRECT, "raw", raw)
+    kern = _FakeKernel()
+    run = launch.DirectLauncher(kern)
+    x = torch.zeros(64)
+    run((2,), (x, 16, 0.5), {"BLOCK": 32}, 4)  # compiles (dispatcher)
+    run((3, 2), (x, 16, 0.25), {"BLOCK": 32}, 4)  # same key: direct, with the new float and a padded grid
+    run((2,), (x, 17, 0.5), {"BLOCK": 32}, 4)  # another stride: dispatcher
+    run((2,), (x, 16, 0.5), {"BLOCK": 64}, 4)  # another constexpr: dispatcher
+    run((2,), (x.half(), 16, 0.5), {"BLOCK": 32}, 4)  # another dtype: dispatcher
+    run((2,), (x[1:], 16, 0.5), {"BLOCK": 32}, 4)  # misaligned: dispatcher ...
+    run((2,), (x[1:], 16, 0.5), {"BLOCK": 32}, 4)  # ... every time
+    device[0] = 1
+    run((2,), (x, 16, 0.5), {"BLOCK": 32}, 4)  # another current device: dispatcher (compiles and loads there)
+    kinds = [e[0] for e in kern.log]
+    direct = "launcher" if raw else "runner"
+    assert kinds == ["dispatch", direct, "dispatch", "dispatch", "dispatch", "dispatch", "dispatch", "dispatch"]
+    assert kern.log[1][1] == (3, 2, 1) and kern.log[1][2] == (x, 16, 0.25, 32)
+    monkeypatch.setitem(launch.DIRECT, "enabled", False)
+    run((2,), (x, 16, 0.5), {"BLOCK": 32}, 4)
+    assert kern.log[-1][0] == "dispatch"

@@ -41,6 +41,8 @@ def merge(target: dict, later: dict, what: str) -> list[dict]:
     for r in rows:
         if r["workload"] != "1":
             raise SystemExit(f"only workload-1 rows are merged here, not {r['workload']}")
+        if r.get("skipped"):  # did not fit (no time, floor or limit): recorded as such
+            continue
         # The recomputation must reproduce the later call's own floor at its own ceilings.
         own = floor_s(r, dtype, later["copy_bw_tbs"], later["matmul_tflops"])
         if abs(own - r["attention_floor_s"]) > 1e-9 * max(1.0, own):
@@ -48,9 +50,10 @@ def merge(target: dict, later: dict, what: str) -> list[dict]:
         r["attention_floor_s"] = floor_s(r, dtype, *ceilings)
     keys = {row_key(r): i for i, r in enumerate(target["rows"])}
     for r in rows:
-        none = next(x for x in rows if x["mode"] == "none" and row_key(x)[:4] == row_key(r)[:4])
-        r["limit_s"] = none["seconds"] + r["attention_floor_s"]
-        r["measured_over_limit"] = r["seconds"] / r["limit_s"]
+        if not r.get("skipped"):
+            none = next(x for x in rows if x["mode"] == "none" and row_key(x)[:4] == row_key(r)[:4])
+            r["limit_s"] = none["seconds"] + r["attention_floor_s"]
+            r["measured_over_limit"] = r["seconds"] / r["limit_s"]
         r["run"] = later["date"]
         if row_key(r) in keys:
             target["rows"][keys[row_key(r)]] = r
@@ -73,7 +76,8 @@ def main(argv: list[str]) -> int:
     target_path, later_path, what = argv
     target = json.load(open(target_path))
     for r in merge(target, json.load(open(later_path)), what):
-        print(r["model"], r["shape"], r["batch"], r["mode"], f"{r['measured_over_limit']:.3f}")
+        print(r["model"], r["shape"], r["batch"], r["mode"],
+              r["skipped"] if r.get("skipped") else f"{r['measured_over_limit']:.3f}")
     with open(target_path, "w") as f:
         json.dump(target, f, indent=1)
     return 0
