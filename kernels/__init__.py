@@ -9,7 +9,7 @@ and benchmarked alone.
 """
 from .meta import Segment, TreeAttentionMeta, build_tree_meta
 from .reference import attention_lse, merge_states, naive_tree_attention
-from .tree_attention import tree_attention
+from .tree_attention import cuda_graph_path, tree_attention
 
-__all__ = ["Segment", "TreeAttentionMeta", "build_tree_meta", "tree_attention", "attention_lse", "merge_states",
-           "naive_tree_attention"]
+__all__ = ["Segment", "TreeAttentionMeta", "build_tree_meta", "tree_attention", "cuda_graph_path", "attention_lse",
+           "merge_states", "naive_tree_attention"]

@@ -17,21 +17,45 @@ specializes on in these launches:
   and the 32-bit range, and equal values specialize equally;
 - whether every pointer is 16-byte aligned. Only the all-aligned case is cached; any other goes through Triton
   every time, as before.
-Floats are never specialized. Off CUDA (the interpreter) and with `DIRECT["enabled"]` false, every call goes
-through Triton.
+Floats are never specialized; an argument of any other kind (bool, None, tuple) sends the call through Triton.
+So do calls off CUDA (the interpreter), with `DIRECT["enabled"]` false, on Triton < 3.3, with Triton's debug or
+instrumentation switches changed since import, and for a kernel with pre-run hooks.
 """
 from __future__ import annotations
 
 import torch
+import triton
 
 DIRECT = {"enabled": True, "raw": True}
 MAX_CACHED = 256  # compiled kernels kept per launcher (one per distinct key; a model uses a handful)
 
 
-try:  # Triton >= 3.4: the runtime knobs hold the launch hooks
+try:  # Triton >= 3.4: the runtime knobs hold the launch hooks and the debug/instrumentation switches
     from triton import knobs as _knobs
 except ImportError:  # older Triton: only the public runner is used
     _knobs = None
+
+
+def _version(v: str) -> tuple[int, int]:
+    major, minor = v.split(".")[:2]
+    return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+
+
+# Triton >= 3.3 passes every argument, constexprs included, to the compiled launcher (what the direct path
+# does); older versions take the runtime arguments only, so there everything goes through the dispatcher.
+_SUPPORTED = _version(triton.__version__) >= (3, 3)
+
+
+def _knob_state() -> tuple:
+    """Switches that Triton folds into its own cache key: a cached kernel is only reused while they are off."""
+    if _knobs is None:
+        return ()
+    return (bool(getattr(_knobs.runtime, "debug", False)),
+            getattr(_knobs.compilation, "instrumentation_mode", None) or None,
+            getattr(_knobs.runtime, "add_stages_inspection_hook", None))
+
+
+_DEFAULT_KNOBS = _knob_state()
 
 
 def _on_gpu(t: torch.Tensor) -> bool:
@@ -58,19 +82,39 @@ class DirectLauncher:
     def __init__(self, kernel):
         self.kernel = kernel
         self.arg_names = list(kernel.arg_names)  # signature order: runtime args, then our constexprs
+        params = getattr(kernel, "params", None)
+        if params is not None:  # the direct launch passes constexprs after the runtime args: they must come last
+            flags = [bool(getattr(p, "is_constexpr", False)) for p in params]
+            if flags != sorted(flags):
+                raise ValueError(f"{self.arg_names}: DirectLauncher needs every constexpr after the runtime arguments")
         self.compiled: dict[tuple, object] = {}
 
+    def _dispatch(self, grid, args, constexprs, num_warps, num_stages):
+        return self.kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+
     def __call__(self, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int = 3):
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        if not DIRECT["enabled"] or not tensors or not _on_gpu(tensors[0]):
-            return self.kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
-        aligned = not any(t.data_ptr() & 15 for t in tensors)
+        first = args[0] if args else None
+        if not _SUPPORTED or not DIRECT["enabled"] or not isinstance(first, torch.Tensor) or not _on_gpu(first) \
+                or _knob_state() != _DEFAULT_KNOBS or getattr(self.kernel, "pre_run_hooks", None):
+            return self._dispatch(grid, args, constexprs, num_warps, num_stages)
+        ints, dtypes, ptrs = [], [], 0
+        for a in args:  # one pass: the specialization-relevant parts of every runtime argument
+            ta = type(a)
+            if ta is int:
+                ints.append(a)
+            elif ta is float:
+                continue  # floats are never specialized
+            elif isinstance(a, torch.Tensor):
+                dtypes.append(a.dtype)
+                ptrs |= a.data_ptr()
+            else:  # bools, None, tuples...: Triton specializes these in ways not keyed here
+                return self._dispatch(grid, args, constexprs, num_warps, num_stages)
         device = _current_device()  # Triton keeps one cache per device; so do we
-        key = (device, tuple(a for a in args if type(a) is int), tuple(t.dtype for t in tensors),
-               tuple(constexprs.values()), num_warps, num_stages)
+        key = (device, tuple(ints), tuple(dtypes), tuple(constexprs.values()), num_warps, num_stages)
+        aligned = not ptrs & 15
         compiled = self.compiled.get(key) if aligned else None
         if compiled is None:
-            compiled = self.kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+            compiled = self._dispatch(grid, args, constexprs, num_warps, num_stages)
             if aligned and compiled is not None:
                 if len(self.compiled) >= MAX_CACHED:  # many distinct shapes: start over rather than grow
                     self.compiled.clear()

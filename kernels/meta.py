@@ -34,8 +34,9 @@ SHARED_BLOCK_MS = (16, 64, 128)
 OWN_BLOCK_M_DECODE = 16  # decode: g query heads of one token (g <= 16 in every supported model)
 OWN_BLOCK_M_PREFILL = 64
 BLOCK_N = 64  # KV rows per inner-loop step; splits are aligned to it
-# Never split KV finer than this: each split costs a partial write and read, and a short split is mostly
-# pipeline ramp. Shared segments: 512 measured best on the small decode rows (H100, tools/launch_overhead.py:
+# Split size floor: a segment is cut into ceil(len / max(this, work per SM)) splits, so splits are at least about
+# this long (a 600-token segment gives 2 of ~300). Each split costs a partial write and read, and a short split
+# is mostly pipeline ramp. Shared segments: 512 measured best on the small decode rows (H100, tools/launch_overhead.py:
 # 32/8 B=16 4K prefix 16.8 us against 19.8 us at 256; equal or better on the other rows below 0.15 ms; rows with
 # more work split coarser anyway). Own segments keep 256, the value they were tuned with.
 MIN_SPLIT_TOKENS = 512
@@ -104,8 +105,9 @@ class TreeAttentionMeta:
     kv_extent: int = 0
     # (kind, index) of what reaches kv_extent, for the error message
     kv_extent_owner: tuple = ("", -1)
-    # KV slots one call reads (shared splits once each, plus every own segment at build time): sizes the call's
-    # GPU work for the launcher's plain-call choices (times Hkv x D x 2 bytes x 2 for K and V)
+    # An estimate of the KV slots one call reads (each shared split once, though tiles of many rows re-read it,
+    # plus every own segment at build time; set_own_lens does not update it): sizes the call's GPU work for the
+    # launcher's plain-call choice of one stream or two (times Hkv x D x element bytes x 2 for K and V)
     kv_tokens_read: int = 0
 
     def set_own_lens(self, lens) -> None:

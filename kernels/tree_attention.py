@@ -1,6 +1,7 @@
 """The one public op: tree attention of a batch of query rows over a KV pool, for decode and tree prefill."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -8,6 +9,26 @@ import torch
 from .meta import TreeAttentionMeta
 
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
+_GRAPH_PATH = {"depth": 0}
+
+
+@contextlib.contextmanager
+def cuda_graph_path():
+    """Plain calls inside take the launch path a CUDA-graph capture takes.
+
+    Small plain calls stay on one stream (kernels.triton_tree.OVERLAP); a capture always overlaps the own-suffix
+    kernel on a side stream. Run the warm-up before a capture inside this, and it compiles and runs exactly the
+    kernels the capture records (and gives the same bits as the replay).
+    """
+    _GRAPH_PATH["depth"] += 1
+    try:
+        yield
+    finally:
+        _GRAPH_PATH["depth"] -= 1
+
+
+def in_graph_path() -> bool:
+    return _GRAPH_PATH["depth"] > 0
 
 
 def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: TreeAttentionMeta) -> None:

@@ -22,6 +22,7 @@ import triton.language as tl
 
 from .launch import DirectLauncher
 from .meta import TreeAttentionMeta
+from .tree_attention import in_graph_path
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -279,6 +280,7 @@ OWN_CFG = {16: (64, 4, 2), 64: (64, 4, 3)}
 # costs ~30 us of host time (tools/launch_overhead.py) and, with the own kernel unsplit, a merge launch that is
 # otherwise fused. Below that the GPU work (< ~90 us at 3 TB/s) is shorter than the host time of the call,
 # so overlap on the GPU would only add to the host time; under CUDA-graph capture the host cost is paid once.
+# (A warm-up before a capture runs inside kernels.cuda_graph_path() to take the capture's path.)
 OVERLAP = {"enabled": True, "own_first": False, "plain_min_bytes": 256 * 2**20}
 
 _LAUNCH_SHARED = DirectLauncher(_shared_kernel)
@@ -326,7 +328,7 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
 
     has_shared = any(c.tiles.shape[0] for c in meta.shared_classes)
     overlap = overlap if overlap is not None else OVERLAP["enabled"] and q.device.type == "cuda" and (
-        torch.cuda.is_current_stream_capturing()
+        torch.cuda.is_current_stream_capturing() or in_graph_path()
         or meta.kv_tokens_read * meta.num_kv_heads * d * q.element_size() * 2 >= OVERLAP["plain_min_bytes"])
     overlap = overlap and has_shared and q.device.type == "cuda"
     fuse = meta.own_splits == 1 and not overlap

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from kernels import Segment, build_tree_meta, tree_attention
+from kernels import Segment, build_tree_meta, cuda_graph_path, tree_attention
 
 from .kv import KVLayout, KVPool
 from .sampling import SamplingParams, StopChecker, sample, sequence_id
@@ -506,7 +506,7 @@ class _BatchRun:
         e = self.e
         stream = torch.cuda.Stream(e.device)
         stream.wait_stream(torch.cuda.current_stream(e.device))
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(stream), cuda_graph_path():  # the warm-up takes the capture's launch path
             self._forward_decode()
         torch.cuda.current_stream(e.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()

@@ -310,6 +310,7 @@ def test_merge_tool_replaces_rows_and_holds_them_to_the_files_ceilings(e2e):
     skipped = dict(later["rows"][0], batch=999, mode="hf", seconds=None, attention_floor_s=None, limit_s=None,
                    measured_over_limit=None, skipped="does not fit: predicted 99 GiB > budget 1 GiB")
     later["rows"].append(skipped)  # a row that did not fit is carried over as skipped, with no limit
+    pristine = json.dumps(later)  # merge rewrites the floors of the rows it takes
     merged = tool.merge(target, later, "prefix 16, batch 2")
     assert {r["mode"] for r in merged} >= {"none", "tree", "hf"}
     assert skipped in target["rows"] and skipped["limit_s"] is None and skipped["run"] == "later"
@@ -323,6 +324,19 @@ def test_merge_tool_replaces_rows_and_holds_them_to_the_files_ceilings(e2e):
         none = next(x for x in merged if x["mode"] == "none")
         assert math.isclose(r["limit_s"], none["seconds"] + r["attention_floor_s"], rel_tol=1e-12)
     assert target["merged_runs"][-1]["rows"] == "prefix 16, batch 2"
+    # a skipped row never replaces a measured one; a measured row without a measured none row is refused
+    again = json.loads(pristine)
+    tree = next(r for r in again["rows"] if r["mode"] == "tree")
+    tree.update(seconds=None, skipped="does not fit")
+    kept = json.loads(json.dumps(target))
+    tool.merge(kept, again, "x")
+    assert next(r for r in kept["rows"] if tool.row_key(r) == tool.row_key(tree))["seconds"] is not None
+    again = json.loads(pristine)
+    for r in again["rows"]:
+        if r["mode"] == "none":
+            r.update(seconds=None, skipped="does not fit")
+    with pytest.raises(SystemExit, match="no measured no-attention row"):
+        tool.merge(json.loads(json.dumps(target)), again, "x")
     bad = json.loads(json.dumps(later))
     bad["rows"][0]["attention_floor_s"] *= 1.5
     with pytest.raises(SystemExit, match="cannot reproduce the floor"):

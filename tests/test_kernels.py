@@ -16,7 +16,8 @@ import random
 import pytest
 import torch
 
-from kernels import Segment, build_tree_meta, launch, merge_states, naive_tree_attention, tree_attention, triton_tree
+from kernels import (Segment, build_tree_meta, cuda_graph_path, launch, merge_states, naive_tree_attention,
+                     tree_attention, triton_tree)
 from kernels.reference import attention_lse, naive_tree_attention_lowp
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -318,6 +319,32 @@ def test_cuda_direct_launch_runs_the_same_kernels(overlap, raw, monkeypatch):
     assert torch.equal(tree_attention(q_odd, k, v, meta, overlap=overlap), want[0])
 
 
+@pytest.mark.cuda
+def test_cuda_graph_path_warm_up_matches_the_replay():
+    """A small plain call stays on one stream (fused merge); a capture overlaps on two. Inside cuda_graph_path()
+    an eager call takes the capture's path: same kernels, same bits as the replay."""
+    seed = random.randrange(1 << 30)
+    q, k, v, q_lens, own_starts, own_lens, segs = make_case(seed, 32, 8, 128, 2, [17, 97, 300], [17, 200],
+                                                            torch.bfloat16)
+    meta = build_tree_meta(q_lens, own_starts, own_lens, segs, 32, 8, 128, q.device)
+    out = torch.empty_like(q)
+    ws = (torch.empty(q.shape[0], max(meta.max_slots, 1), 32, 128, device=q.device),
+          torch.empty(q.shape[0], max(meta.max_slots, 1), 32, device=q.device))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), cuda_graph_path():
+        eager = tree_attention(q, k, v, meta, out=out, workspace=ws).clone()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        tree_attention(q, k, v, meta, out=out, workspace=ws)
+    out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, eager), f"seed {seed}"
+    check_case(q, k, v, q_lens, own_starts, own_lens, segs, "triton")  # and the plain path is right too
+
+
 class _FakeCompiled:
     function, packed_metadata = "function", "metadata"
 
@@ -368,10 +395,34 @@ def test_direct_launcher_caches_per_specialization(monkeypatch, raw):
     run((2,), (x[1:], 16, 0.5), {"BLOCK": 32}, 4)  # ... every time
     device[0] = 1
     run((2,), (x, 16, 0.5), {"BLOCK": 32}, 4)  # another current device: dispatcher (compiles and loads there)
+    device[0] = 0
+    run((2,), (x, 16, 0.5), {"BLOCK": 32}, 8)  # other launch options: dispatcher
+    run((2,), (x, True, 0.5), {"BLOCK": 32}, 4)  # a bool (specialized apart from ints): dispatcher, uncached
+    run((2,), (x, True, 0.5), {"BLOCK": 32}, 4)
+    monkeypatch.setattr(launch, "_knob_state", lambda: ("debug",))
+    run((2,), (x, 16, 0.5), {"BLOCK": 32}, 4)  # Triton's debug switch flipped since import: dispatcher
     kinds = [e[0] for e in kern.log]
     direct = "launcher" if raw else "runner"
-    assert kinds == ["dispatch", direct, "dispatch", "dispatch", "dispatch", "dispatch", "dispatch", "dispatch"]
+    assert kinds == ["dispatch", direct] + ["dispatch"] * 10
     assert kern.log[1][1] == (3, 2, 1) and kern.log[1][2] == (x, 16, 0.25, 32)
+    monkeypatch.setattr(launch, "_knob_state", lambda: launch._DEFAULT_KNOBS)
+    run((2,), (x, 16, 0.5), {"BLOCK": 32}, 4)
+    assert kern.log[-1][0] == direct  # back to the cached kernel
     monkeypatch.setitem(launch.DIRECT, "enabled", False)
     run((2,), (x, 16, 0.5), {"BLOCK": 32}, 4)
     assert kern.log[-1][0] == "dispatch"
+
+
+def test_direct_launcher_needs_constexprs_last():
+    class Param:
+        def __init__(self, c):
+            self.is_constexpr = c
+
+    kern = _FakeKernel()
+    kern.params = [Param(False), Param(True), Param(False)]
+    with pytest.raises(ValueError, match="constexpr after the runtime arguments"):
+        launch.DirectLauncher(kern)
+    kern.params = [Param(False), Param(False), Param(True)]
+    launch.DirectLauncher(kern)
+    for k in (triton_tree._shared_kernel, triton_tree._own_kernel, triton_tree._merge_kernel):
+        launch.DirectLauncher(k)  # the real kernels pass

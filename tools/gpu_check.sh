@@ -14,7 +14,8 @@ export PYTHONPATH=${PYTHONPATH:-$PWD}
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 stages=${STAGES:-tests,attention,engine}
 if [[ $stages == *tests* ]]; then
-    python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels.py tests/test_engine_cuda.py -m cuda 2>&1 | tee "$OUT/cuda_tests.log" | tail -5
+    python3 -c "import torch, triton, time; print('#', torch.cuda.get_device_name() + ', torch', torch.__version__ + ', triton', triton.__version__ + ',', time.strftime('%Y-%m-%d') + ': pytest -m cuda tests/test_kernels.py tests/test_engine_cuda.py (tools/gpu_check.sh)')" > "$OUT/cuda_tests.log"
+    python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels.py tests/test_engine_cuda.py -m cuda 2>&1 | tee -a "$OUT/cuda_tests.log" | tail -5
 fi
 if [[ $stages == *attention* ]]; then
     python3 -m kernels.bench --out "$OUT" 2>&1 | tee "$OUT/attention.log" | tail -45

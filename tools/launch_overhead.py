@@ -106,10 +106,11 @@ def main(argv=None) -> int:
 
     rows = [(32, 8, 16, 1024), (32, 8, 16, 4096), (32, 8, 16, 16384), (32, 8, 64, 1024), (32, 8, 64, 4096),
             (40, 40, 16, 1024), (40, 40, 16, 4096), (40, 40, 64, 1024)]
+    split_default = meta_mod.MIN_SPLIT_TOKENS
     for hq, hkv, B, n in rows:
         q, k, v, segs, own_starts, _ = make_workload(hq, hkv, B, [(n, 1)], suffix)
         name = f"{hq}/{hkv} B{B} {n}"
-        for variant, kw, split in (("overlap", {}, 512), ("no_overlap", {"overlap": False}, 512),
+        for variant, kw, split in (("overlap", {}, split_default), ("no_overlap", {"overlap": False}, split_default),
                                    ("split256", {}, 256)):
             meta_mod.MIN_SPLIT_TOKENS = split
             m = build_tree_meta([1] * B, own_starts, [suffix] * B, segs, hq, hkv, D, "cuda")
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
             t = graph_per_layer(lambda: tree_attention(q, k, v, m, out=out, workspace=ws, **kw)) * 1e3  # noqa: B023
             res["graph_us"].setdefault(name, {})[variant] = t
             print(f"graph {name:22s} {variant:12s} {t:7.1f} us", flush=True)
-        meta_mod.MIN_SPLIT_TOKENS = 512
+        meta_mod.MIN_SPLIT_TOKENS = split_default
     with open(os.path.join(args.out, "launch_overhead.json"), "w") as f:
         json.dump(res, f, indent=1)
     return 0

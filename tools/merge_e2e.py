@@ -49,12 +49,20 @@ def merge(target: dict, later: dict, what: str) -> list[dict]:
             raise SystemExit(f"cannot reproduce the floor of {row_key(r)}: {own} vs {r['attention_floor_s']}")
         r["attention_floor_s"] = floor_s(r, dtype, *ceilings)
     keys = {row_key(r): i for i, r in enumerate(target["rows"])}
+    merged = []
     for r in rows:
         if not r.get("skipped"):
-            none = next(x for x in rows if x["mode"] == "none" and row_key(x)[:4] == row_key(r)[:4])
+            none = next((x for x in rows if x["mode"] == "none" and row_key(x)[:4] == row_key(r)[:4]
+                         and not x.get("skipped")), None)
+            if none is None:
+                raise SystemExit(f"{row_key(r)} has no measured no-attention row in the later call: its limit "
+                                 "needs one (run that call with --modes including none)")
             r["limit_s"] = none["seconds"] + r["attention_floor_s"]
             r["measured_over_limit"] = r["seconds"] / r["limit_s"]
+        elif row_key(r) in keys and not target["rows"][keys[row_key(r)]].get("skipped"):
+            continue  # a row the later call could not fit never replaces one that was measured
         r["run"] = later["date"]
+        merged.append(r)
         if row_key(r) in keys:
             target["rows"][keys[row_key(r)]] = r
         else:
@@ -66,7 +74,7 @@ def merge(target: dict, later: dict, what: str) -> list[dict]:
     target.setdefault("merged_runs", []).append(dict(
         date=later["date"], copy_bw_tbs=later["copy_bw_tbs"], matmul_tflops=later["matmul_tflops"], rows=what,
         note="limits recomputed with the top-level ceilings of this file"))
-    return rows
+    return merged
 
 
 def main(argv: list[str]) -> int:
