@@ -36,9 +36,9 @@ OWN_BLOCK_M_PREFILL = 64
 BLOCK_N = 64  # KV rows per inner-loop step; splits are aligned to it
 # Split size floor: a segment is cut into ceil(len / max(this, work per SM)) splits, so splits are at least about
 # this long (a 600-token segment gives 2 of ~300). Each split costs a partial write and read, and a short split
-# is mostly pipeline ramp. Shared segments: 512 measured best on the small decode rows (H100, tools/launch_overhead.py:
-# 32/8 B=16 4K prefix 16.8 us against 19.8 us at 256; equal or better on the other rows below 0.15 ms; rows with
-# more work split coarser anyway). Own segments keep 256, the value they were tuned with.
+# is mostly pipeline ramp. Shared segments: 512 measured best on the small decode rows (H100,
+# tools/launch_overhead.py: 32/8 B=16 4K prefix 16.8 us against 19.8 us at 256; equal or better on the other rows
+# below 0.15 ms; rows with more work split coarser anyway). Own segments keep 256, the value they were tuned with.
 MIN_SPLIT_TOKENS = 512
 MIN_OWN_SPLIT_TOKENS = 256
 MAX_SPLITS = 64  # bounds the workspace: slots per row <= levels * MAX_SPLITS + own splits

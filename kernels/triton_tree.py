@@ -327,10 +327,12 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         return (out, lse) if return_lse else out
 
     has_shared = any(c.tiles.shape[0] for c in meta.shared_classes)
-    overlap = overlap if overlap is not None else OVERLAP["enabled"] and q.device.type == "cuda" and (
-        torch.cuda.is_current_stream_capturing() or in_graph_path()
-        or meta.kv_tokens_read * meta.num_kv_heads * d * q.element_size() * 2 >= OVERLAP["plain_min_bytes"])
-    overlap = overlap and has_shared and q.device.type == "cuda"
+    on_cuda = q.device.type == "cuda"
+    if overlap is None:  # auto: always when captured, for plain calls only when the step is large (see OVERLAP)
+        overlap = OVERLAP["enabled"] and on_cuda and (
+            torch.cuda.is_current_stream_capturing() or in_graph_path()
+            or meta.kv_tokens_read * meta.num_kv_heads * d * q.element_size() * 2 >= OVERLAP["plain_min_bytes"])
+    overlap = overlap and has_shared and on_cuda
     fuse = meta.own_splits == 1 and not overlap
 
     def launch_own():
