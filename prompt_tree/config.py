@@ -329,6 +329,16 @@ def get_preset(name: str) -> ModelConfig:
         raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}") from None
 
 
+def random_preset(spec: str) -> str | None:
+    """The preset of a random-weight model spec, "tiny" or "random:PRESET"; None for anything else (a checkpoint
+    directory). The one parser of that syntax, shared by the commands and the parallel engine."""
+    if spec == "tiny":
+        return "tiny"
+    if spec.startswith("random:"):
+        return spec[len("random:"):]
+    return None
+
+
 def replace(config: ModelConfig, **changes: Any) -> ModelConfig:
     """A copy of `config` with `changes` (validated again)."""
     return dataclasses.replace(config, **changes)

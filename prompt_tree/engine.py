@@ -171,12 +171,12 @@ class Engine:
         presets have none unless given (prompts must then be token ids and texts are empty)."""
         from .config import get_preset
         from .loading import random_model
-        from .tokenizer import ByteTokenizer
+        from .tokenizer import random_model_tokenizer
 
         config = get_preset(preset) if isinstance(preset, str) else preset
         model = random_model(config, seed=seed, device=device, dtype=dtype)
-        if tokenizer is None and config.vocab_size == ByteTokenizer().vocab_size:
-            tokenizer = ByteTokenizer()
+        if tokenizer is None:
+            tokenizer = random_model_tokenizer(config)
         return cls(model, config, tokenizer, config.eos_token_ids, **kwargs)
 
     # ----- planning

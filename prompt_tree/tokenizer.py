@@ -33,6 +33,12 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
+def random_model_tokenizer(config) -> "ByteTokenizer | None":
+    """The tokenizer a random-weight model of `config` gets: the byte tokenizer when its vocabulary is the byte
+    one (the "tiny" preset), else none (its prompts must be token ids)."""
+    return ByteTokenizer() if config.vocab_size == ByteTokenizer.VOCAB_SIZE else None
+
+
 class ByteTokenizer:
     """UTF-8 bytes are ids 0..255; BOS = 256, EOS = 257, PAD = 258; vocab_size 259 (the "tiny" preset's).
 
@@ -40,12 +46,13 @@ class ByteTokenizer:
     """
 
     BOS, EOS, PAD = 256, 257, 258
+    VOCAB_SIZE = 259
 
     def __init__(self) -> None:
         self.bos_id: int | None = self.BOS
         self.eos_ids: tuple[int, ...] = (self.EOS,)
         self.pad_id = self.PAD
-        self.vocab_size = 259
+        self.vocab_size = self.VOCAB_SIZE
         self.adds_bos = True
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:

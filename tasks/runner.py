@@ -120,7 +120,9 @@ class RunConfig:
 
     @property
     def random_model(self) -> bool:
-        return self.model == "tiny" or self.model.startswith("random:")
+        from prompt_tree.config import random_preset
+
+        return random_preset(self.model) is not None
 
     @property
     def resolved_max_new_tokens(self) -> int:
@@ -167,26 +169,20 @@ def select_problems(config: RunConfig) -> list[Problem]:
     return problems
 
 
-def _random_preset(config: RunConfig) -> str | None:
-    if not config.random_model:
-        return None
-    return "tiny" if config.model == "tiny" else config.model.split(":", 1)[1]
-
-
 def check_model(config: RunConfig) -> None:
     """Refuse a model the run cannot generate with, before any weights are built or any file is written: an
     unknown preset, a preset without a tokenizer (APPS prompts are text; only byte-vocabulary presets such as
     'tiny' get one), or a checkpoint directory that does not exist. Raises RunConfigError naming --model."""
-    from prompt_tree.config import ConfigError, get_preset
-    from prompt_tree.tokenizer import ByteTokenizer
+    from prompt_tree.config import ConfigError, get_preset, random_preset
+    from prompt_tree.tokenizer import random_model_tokenizer
 
-    preset = _random_preset(config)
+    preset = random_preset(config.model)
     if preset is not None:
         try:
             model_config = get_preset(preset)
         except ConfigError as e:
             raise RunConfigError(f"--model {config.model}: {e}") from None
-        if model_config.vocab_size != ByteTokenizer().vocab_size:
+        if random_model_tokenizer(model_config) is None:
             raise RunConfigError(
                 f"--model {config.model}: preset {preset!r} has no tokenizer (only byte-vocabulary presets such as "
                 f"'tiny' get one), and APPS prompts are text; use --model tiny or a checkpoint directory"
@@ -218,10 +214,11 @@ def load_engine(config: RunConfig):
     """The engine the config names: "tiny" or "random:PRESET" (random weights, seed 0, so the same model every
     run), or a local checkpoint directory."""
     from prompt_tree import Engine
+    from prompt_tree.config import random_preset
 
     check_model(config)  # before building anything
     kwargs = dict(device=config.device, dtype=config.dtype)
-    preset = _random_preset(config)
+    preset = random_preset(config.model)
     if preset is not None:
         return Engine.random(preset, seed=0, **kwargs)
     return Engine.from_pretrained(config.model, **kwargs)

@@ -28,22 +28,13 @@ def dtype_arg(text: str) -> str:
     return name
 
 
-def random_preset(spec: str) -> str | None:
-    """The preset name of a `tiny` / `random:PRESET` model spec; None for a checkpoint directory."""
-    if spec == "tiny":
-        return "tiny"
-    if spec.startswith("random:"):
-        return spec[len("random:"):]
-    return None
-
-
 def preset_has_tokenizer(preset: str) -> bool:
     """Whether Engine.random(preset) gets a tokenizer (only byte-vocabulary presets such as tiny do). Resolves the
     preset's config only, building nothing; an unknown preset raises ConfigError (a ValueError) listing them."""
     from prompt_tree.config import get_preset
-    from prompt_tree.tokenizer import ByteTokenizer
+    from prompt_tree.tokenizer import random_model_tokenizer
 
-    return get_preset(preset).vocab_size == ByteTokenizer().vocab_size
+    return random_model_tokenizer(get_preset(preset)) is not None
 
 
 def text_node_needing_tokenizer(tree) -> str | None:
@@ -92,10 +83,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def load_engine(spec: str, device=None, dtype=None, **kwargs):
     """`tiny`, `random:PRESET` or a checkpoint directory -> Engine."""
+    from prompt_tree.config import random_preset
     from prompt_tree.engine import Engine
 
-    if spec == "tiny" or spec.startswith("random:"):
-        preset = "tiny" if spec == "tiny" else spec[len("random:"):]
+    preset = random_preset(spec)
+    if preset is not None:
         return Engine.random(preset, device=device, dtype=dtype, **kwargs)
     return Engine.from_pretrained(spec, device=device, dtype=dtype, **kwargs)
 
@@ -145,6 +137,7 @@ def completion_writer(out):
 
 
 def run(args: argparse.Namespace) -> int:
+    from prompt_tree.config import random_preset
     from prompt_tree.parallel.env import PEER_FAILED_EXIT, RankFailedError, init_distributed, run_guarded
     from prompt_tree.sampling import SamplingParams
     from prompt_tree.tree import PromptTree

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..config import get_preset
+from ..config import get_preset, random_preset
 from ..engine import Engine
-from ..tokenizer import ByteTokenizer
+from ..tokenizer import random_model_tokenizer
 from .env import DistContext
 from .shard_loading import TensorShard, load_sharded, random_sharded
 
@@ -43,18 +43,16 @@ def engine_for_rank(spec: str, ctx: DistContext, dtype=None, seed: int = 0, **en
     process gets) or a checkpoint directory (each rank reads only its slices)."""
     tp = ctx.layout.tp
     device = ctx.device
-    is_random = spec == "tiny" or spec.startswith("random:")
+    preset = random_preset(spec)
     if tp == 1:  # pure data parallelism: a whole model per rank
-        if is_random:
-            return Engine.random("tiny" if spec == "tiny" else spec.split(":", 1)[1], seed=seed, device=device,
-                                 dtype=dtype, **engine_kwargs)
+        if preset is not None:
+            return Engine.random(preset, seed=seed, device=device, dtype=dtype, **engine_kwargs)
         return Engine.from_pretrained(spec, device=device, dtype=dtype, **engine_kwargs)
     shard = TensorShard(tp, ctx.layout.tp_rank)
-    if is_random:
-        config = get_preset("tiny" if spec == "tiny" else spec.split(":", 1)[1])
+    if preset is not None:
+        config = get_preset(preset)
         model = random_sharded(config, shard, ctx.tp_group, seed=seed, device=device, dtype=dtype)
-        tokenizer = ByteTokenizer() if config.vocab_size == ByteTokenizer().vocab_size else None
-        return ParallelEngine(model, model.config, tokenizer, config.eos_token_ids, tp_group=ctx.tp_group,
+        return ParallelEngine(model, model.config, random_model_tokenizer(config), config.eos_token_ids, tp_group=ctx.tp_group,
                               **engine_kwargs)
     import os
 
