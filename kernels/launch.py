@@ -76,6 +76,29 @@ def _current_stream(device_index: int) -> int:
     return torch._C._cuda_getCurrentRawStream(device_index)
 
 
+def no_launch_hooks() -> bool:
+    """No launch hook (a profiler such as Proton) is set: those are called by Triton's runner only."""
+    rt = _knobs.runtime
+    return not _hooked(rt.launch_enter_hook) and not _hooked(rt.launch_exit_hook)
+
+
+def raw_launch_ok() -> bool:
+    """Whether the compiled launcher may be called directly now: direct raw launches on, a supported Triton, its
+    debug/instrumentation knobs as at import, and no launch hook."""
+    return (_SUPPORTED and DIRECT["enabled"] and DIRECT["raw"] and _knobs is not None
+            and _knob_state() == _DEFAULT_KNOBS and no_launch_hooks())
+
+
+_side_streams: dict[int, torch.cuda.Stream] = {}
+
+
+def side_stream(index: int) -> torch.cuda.Stream:
+    """One extra stream per device, for kernels that overlap with the current stream's."""
+    if index not in _side_streams:
+        _side_streams[index] = torch.cuda.Stream(device=index)
+    return _side_streams[index]
+
+
 class DirectLauncher:
     """kernel launches with Triton's compiled kernel cached per specialization key (see the module doc)."""
 
@@ -88,6 +111,20 @@ class DirectLauncher:
             if flags != sorted(flags):
                 raise ValueError(f"{self.arg_names}: DirectLauncher needs every constexpr after the runtime arguments")
         self.compiled: dict[tuple, object] = {}
+
+    def compile(self, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int = 3):
+        """The compiled kernel for these arguments without launching it (Triton's warm-up), or None where direct
+        launches do not apply (off CUDA, direct launches off, changed knobs, hooks, misaligned pointers...)."""
+        if not raw_launch_ok() or getattr(self.kernel, "pre_run_hooks", None):
+            return None
+        if any(isinstance(a, torch.Tensor) and (not _on_gpu(a) or a.data_ptr() & 15) for a in args) \
+                or any(type(a) not in (int, float) and not isinstance(a, torch.Tensor) for a in args):
+            return None
+        compiled = self.kernel.warmup(*args, grid=grid, **constexprs, num_warps=num_warps, num_stages=num_stages)
+        init = getattr(compiled, "_init_handles", None)  # load the module on the current device now (idempotent)
+        if init is not None:
+            init()
+        return compiled
 
     def _dispatch(self, grid, args, constexprs, num_warps, num_stages):
         return self.kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
@@ -123,8 +160,7 @@ class DirectLauncher:
         full = args + tuple(constexprs[n] for n in self.arg_names[len(args):])
         g1 = grid[1] if len(grid) > 1 else 1
         g2 = grid[2] if len(grid) > 2 else 1
-        if DIRECT["raw"] and _knobs is not None and not _hooked(_knobs.runtime.launch_enter_hook) \
-                and not _hooked(_knobs.runtime.launch_exit_hook):
+        if DIRECT["raw"] and _knobs is not None and no_launch_hooks():
             # The compiled launcher itself (signature of Triton >= 3.3): no per-call closure or metadata.
             stream = _current_stream(device)
             compiled.run(grid[0], g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None,

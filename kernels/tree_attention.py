@@ -62,6 +62,13 @@ def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: 
             raise ValueError(f"{name} must be contiguous in its last (head_dim) dimension")
 
 
+def _check_scale(scale: float | None, backend: str) -> None:
+    if scale is not None and not scale > 0:  # the kernels take the row max before scaling: needs scale > 0
+        raise ValueError(f"scale must be a positive number, not {scale!r}")
+    if backend not in ("auto", "triton", "torch"):
+        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', not {backend!r}")
+
+
 def use_triton(device: torch.device) -> bool:
     """Triton on CUDA; on CPU only when the interpreter is explicitly on (tests)."""
     if device.type == "cuda":
@@ -78,12 +85,10 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     Returns o [T, Hq, D] in q.dtype, and lse [T, Hq] (fp32, natural log) when return_lse.
     backend: "auto" (Triton on CUDA, batched torch elsewhere), "triton" or "torch".
     kwargs: `out=` / `workspace=` preallocated buffers for the Triton path (CUDA graphs).
+    Calling it for every layer of a step repeats the host work; kernels.plan_tree_attention does it once.
     """
     _check(q, k_cache, v_cache, meta)
-    if scale is not None and not scale > 0:  # the kernels take the row max before scaling: needs scale > 0
-        raise ValueError(f"scale must be a positive number, not {scale!r}")
-    if backend not in ("auto", "triton", "torch"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'torch', not {backend!r}")
+    _check_scale(scale, backend)
     if backend == "triton" or (backend == "auto" and use_triton(q.device)):
         from .triton_tree import tree_attention_triton
 

@@ -15,12 +15,13 @@ FlashAttention-2. The pure-torch equivalents are kernels/reference.py (ground tr
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from .launch import DirectLauncher
+from .launch import DirectLauncher, side_stream
 from .meta import TreeAttentionMeta
 from .tree_attention import in_graph_path
 
@@ -286,28 +287,51 @@ OVERLAP = {"enabled": True, "own_first": False, "plain_min_bytes": 256 * 2**20}
 _LAUNCH_SHARED = DirectLauncher(_shared_kernel)
 _LAUNCH_OWN = DirectLauncher(_own_kernel)
 _LAUNCH_MERGE = DirectLauncher(_merge_kernel)
-_side_streams: dict[int, torch.cuda.Stream] = {}
-
-
 def _side_stream(device: torch.device) -> torch.cuda.Stream:
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _side_streams:
-        _side_streams[idx] = torch.cuda.Stream(device=idx)
-    return _side_streams[idx]
+    return side_stream(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def _block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: TreeAttentionMeta,
-                          scale: float | None = None, return_lse: bool = False, out: torch.Tensor | None = None,
-                          workspace: tuple[torch.Tensor, torch.Tensor] | None = None, overlap: bool | None = None):
-    """Launch the tree-attention kernels. Shapes and dtypes are checked by kernels.tree_attention.
+@dataclass
+class Launch:
+    """One kernel launch of a tree-attention call: what DirectLauncher needs, plus where it runs.
 
-    q: [T, Hq, D]; k_cache, v_cache: [S, Hkv, D] (last dim contiguous). Returns o [T, Hq, D] in q.dtype (and lse
-    [T, Hq] fp32 natural log). `out` and `workspace` may be preallocated (CUDA graphs reuse them).
-    """
+    args are the runtime arguments in signature order; when `qkv`, the first three are q, k_cache, v_cache (a plan
+    swaps them per call). `side`: on the side stream (the own kernel while overlapping); `join`: the main stream
+    waits for the side stream before this launch (the merge)."""
+    launcher: DirectLauncher
+    grid: tuple
+    args: tuple
+    constexprs: dict
+    num_warps: int
+    num_stages: int
+    qkv: bool
+    side: bool = False
+    join: bool = False
+
+    def __call__(self, qkv: tuple | None = None):
+        args = self.args if qkv is None or not self.qkv else qkv + self.args[3:]
+        return self.launcher(self.grid, args, self.constexprs, self.num_warps, self.num_stages)
+
+
+@dataclass
+class LaunchList:
+    """Every launch of one call, in issue order, and the buffers they write. overlap: fork a side stream first."""
+    launches: list[Launch]
+    overlap: bool
+    out: torch.Tensor  # [T, Hq, D] q.dtype
+    lse: torch.Tensor  # [T, Hq] fp32 (the LSE workspace itself when return_lse is off)
+    return_lse: bool
+
+
+def build_launches(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: TreeAttentionMeta,
+                   scale: float | None = None, return_lse: bool = False, out: torch.Tensor | None = None,
+                   workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   overlap: bool | None = None) -> LaunchList:
+    """The launches of one call (allocating out / workspace where not given), without running them."""
     t, hq, d = q.shape
     g = hq // meta.num_kv_heads
     scale = 1.0 / math.sqrt(d) if scale is None else scale
@@ -324,7 +348,7 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         out = torch.empty_like(q)
     lse = torch.empty((t, hq), dtype=torch.float32, device=q.device) if return_lse else l_part
     if t == 0:
-        return (out, lse) if return_lse else out
+        return LaunchList([], False, out, lse, return_lse)
 
     has_shared = any(c.tiles.shape[0] for c in meta.shared_classes)
     on_cuda = q.device.type == "cuda"
@@ -332,16 +356,14 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         overlap = OVERLAP["enabled"] and on_cuda and (
             torch.cuda.is_current_stream_capturing() or in_graph_path()
             or meta.kv_tokens_read * meta.num_kv_heads * d * q.element_size() * 2 >= OVERLAP["plain_min_bytes"])
-    overlap = overlap and has_shared and on_cuda
+    overlap = bool(overlap and has_shared and on_cuda)
     fuse = meta.own_splits == 1 and not overlap
 
-    def launch_own():
-        n_own = meta.own_tiles.shape[0]
-        if not n_own:
-            return
+    own = None
+    if meta.own_tiles.shape[0]:
         block_n, warps, stages = OWN_CFG[meta.own_block_m]
-        _LAUNCH_OWN(
-            (n_own, meta.num_kv_heads, meta.own_splits),
+        own = Launch(
+            _LAUNCH_OWN, (meta.own_tiles.shape[0], meta.num_kv_heads, meta.own_splits),
             (q, k_cache, v_cache, meta.own_tiles, meta.seq_q_start, meta.seq_q_len, meta.own_start, meta.own_len,
              meta.seq_shared_slots, o_part, l_part, out, lse, qk_scale,
              q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
@@ -349,46 +371,67 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
              lse.stride(0)),
             dict(G=g, HEAD_DIM=d, BLOCK_M=meta.own_block_m, BLOCK_N=block_n, BLOCK_D=block_d, NSPLIT=meta.own_splits,
                  SPLIT_ALIGN_=SPLIT_ALIGN, CAUSAL=meta.causal_own, FUSE_MERGE=fuse, WRITE_LSE=return_lse, IEEE=ieee),
-            warps, stages)
-
-    own_first = OVERLAP["own_first"]
-    if overlap:
-        main = torch.cuda.current_stream(q.device)
-        side = _side_stream(q.device)
-        side.wait_stream(main)
-        if own_first:
-            with torch.cuda.stream(side):
-                launch_own()
+            warps, stages, qkv=True, side=overlap)
+    launches = []
+    own_first = OVERLAP["own_first"] and overlap
+    if own is not None and own_first:
+        launches.append(own)
     for cls in meta.shared_classes:
         n_tiles = cls.tiles.shape[0]
         if n_tiles == 0:
             continue
         block_n, warps, stages = SHARED_CFG[cls.block_m]
-        _LAUNCH_SHARED(
-            (n_tiles, meta.num_kv_heads),
+        launches.append(Launch(
+            _LAUNCH_SHARED, (n_tiles, meta.num_kv_heads),
             (q, k_cache, v_cache, cls.tiles, o_part, l_part, qk_scale,
              q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
              o_part.stride(0), o_part.stride(1), l_part.stride(0), l_part.stride(1)),
             dict(G=g, HEAD_DIM=d, BLOCK_M=cls.block_m, BLOCK_N=block_n, BLOCK_D=block_d, IEEE=ieee),
-            warps, stages)
-    if overlap:
-        if not own_first:
-            with torch.cuda.stream(side):
-                launch_own()
-        main.wait_stream(side)
-    else:
-        launch_own()
+            warps, stages, qkv=True))
+    if own is not None and not own_first:
+        launches.append(own)
     if not fuse:
         # Enough programs to fill the GPU even for a handful of rows: fewer heads per program when T is small.
         block_h = min(triton.next_power_of_2(hq), max(1, 4096 // block_d))
         while block_h > 1 and t * triton.cdiv(hq, block_h) < 256:
             block_h //= 2
-        _LAUNCH_MERGE(
-            (t, triton.cdiv(hq, block_h)),
+        launches.append(Launch(
+            _LAUNCH_MERGE, (t, triton.cdiv(hq, block_h)),
             (o_part, l_part, meta.row_seq, meta.seq_shared_slots, out, lse,
              o_part.stride(0), o_part.stride(1), l_part.stride(0), l_part.stride(1), out.stride(0), out.stride(1),
              lse.stride(0)),
             dict(NUM_HEADS=hq, HEAD_DIM=d, EXTRA_SLOTS=meta.own_splits, BLOCK_H=block_h, BLOCK_D=block_d,
                  WRITE_LSE=return_lse),
-            4)
-    return (out, lse) if return_lse else out
+            4, 3, qkv=False, join=overlap))
+    return LaunchList(launches, overlap, out, lse, return_lse)
+
+
+def run_launches(plan: LaunchList, device: torch.device, qkv: tuple | None = None):
+    """Issue a call's launches (with q, k_cache, v_cache swapped for `qkv` when given) -> out (, lse)."""
+    if plan.overlap:
+        main = torch.cuda.current_stream(device)
+        side = _side_stream(device)
+        side.wait_stream(main)  # the fork: the side stream starts after everything issued so far
+    for ln in plan.launches:
+        if ln.join:
+            main.wait_stream(side)
+        if ln.side:
+            with torch.cuda.stream(side):
+                ln(qkv)
+        else:
+            ln(qkv)
+    if plan.overlap and not any(ln.join for ln in plan.launches):
+        main.wait_stream(side)
+    return (plan.out, plan.lse) if plan.return_lse else plan.out
+
+
+def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: TreeAttentionMeta,
+                          scale: float | None = None, return_lse: bool = False, out: torch.Tensor | None = None,
+                          workspace: tuple[torch.Tensor, torch.Tensor] | None = None, overlap: bool | None = None):
+    """Launch the tree-attention kernels. Shapes and dtypes are checked by kernels.tree_attention.
+
+    q: [T, Hq, D]; k_cache, v_cache: [S, Hkv, D] (last dim contiguous). Returns o [T, Hq, D] in q.dtype (and lse
+    [T, Hq] fp32 natural log). `out` and `workspace` may be preallocated (CUDA graphs reuse them).
+    """
+    plan = build_launches(q, k_cache, v_cache, meta, scale, return_lse, out, workspace, overlap)
+    return run_launches(plan, q.device)

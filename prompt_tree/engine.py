@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from kernels import Segment, build_tree_meta, cuda_graph_path, tree_attention
+from kernels import Segment, build_tree_meta, cuda_graph_path, plan_tree_attention, tree_attention
+from kernels.tree_attention import in_graph_path
 
 from .kv import KVLayout, KVPool
 from .sampling import SamplingParams, StopChecker, sample, sequence_id
@@ -309,6 +310,7 @@ class _BatchRun:
         self.logprobs: list[list[float]] = [[] for _ in range(n)]
         self.finished = [False] * n
         self.stops = StopChecker(params.stop, engine.tokenizer.decode if engine.tokenizer else None)
+        self.attn_plan = None  # kernels.TreeAttentionPlan of the current metadata (plain CUDA calls)
         # node key -> ancestor keys, outermost first (from the paths: a node's path prefix is its ancestry)
         self.ancestors: dict = {}
         self.node_pos: dict = {}
@@ -330,7 +332,16 @@ class _BatchRun:
 
         def attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             pool.write(layer, slots, k, v)  # the new tokens' own keys must be in the pool before attending
-            return tree_attention(q, pool.k[layer], pool.v[layer], meta)
+            k_cache, v_cache = pool.k[layer], pool.v[layer]
+            if q.device.type != "cuda" or in_graph_path() or torch.cuda.is_current_stream_capturing():
+                # CPU, or a CUDA-graph capture and its warm-up: the op (a graph pays its host work once, and
+                # allocates its buffers in the graph's pool)
+                return tree_attention(q, k_cache, v_cache, meta)
+            # Plain CUDA calls: one plan per metadata, run by every layer (saves the op's host work per layer).
+            # It lives until the metadata changes (a new decode batch, the next prefill call).
+            if self.attn_plan is None or self.attn_plan.meta is not meta:
+                self.attn_plan = plan_tree_attention(q, k_cache, v_cache, meta)
+            return self.attn_plan.run(q, k_cache, v_cache)
 
         return attention
 
@@ -395,6 +406,7 @@ class _BatchRun:
         slots_t = torch.tensor(slots, dtype=torch.int64, device=dev)
         hidden = e.model.forward(torch.tensor(ids, dtype=torch.int64, device=dev),
                                  torch.tensor(pos, dtype=torch.int64, device=dev), self._attention(slots_t, meta))
+        self.attn_plan = None  # frees its buffers: the next call has other metadata
         self.stats.prefill_calls += 1
         self.stats.prefill_tokens += len(ids)
         # Logits only at the last token of nodes that end some sequence's prompt.
@@ -448,6 +460,7 @@ class _BatchRun:
         e._sync()
         self.stats.decode_seconds += time.perf_counter() - t0 - (self.stats.capture_seconds - capture0)
         self.graph = None
+        self.attn_plan = None
 
     def _build_decode(self, members: list[int], step: int) -> None:
         """Metadata and static buffers for this batch composition (members in plan order keeps groups
@@ -475,6 +488,7 @@ class _BatchRun:
         self.slot_buf = torch.empty_like(self.base_slot)
         self.batch_seq_ids = self.seq_ids[tensor(members)]
         self.graph = None
+        self.attn_plan = None
         self.logits_buf = None
 
     def _forward_decode(self) -> torch.Tensor:

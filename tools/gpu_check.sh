@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# One GPU call: versions, the CUDA tests, the attention benchmark against its peers, the engine benchmark.
+# One GPU call: versions, the CUDA tests, the attention benchmark against its peers, the engine benchmark
+# (STAGES picks: tests, attention, overhead (host time per call, tools/launch_overhead.py),
+# splits (tools/split_sweep.py), engine).
 # Run through the device tool from the repo root, carrying .whl (the FlashInfer wheel of
 # ../shared/tools/build_flashinfer_wheel.sh). Everything it writes lands in $OUT.
 set -uo pipefail
@@ -13,12 +15,18 @@ fi
 export PYTHONPATH=${PYTHONPATH:-$PWD}
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 stages=${STAGES:-tests,attention,engine}
+if [[ $stages == *splits* ]]; then
+    python3 tools/split_sweep.py --out "$OUT" 2>&1 | tee "$OUT/split_sweep.log" | tail -25
+fi
 if [[ $stages == *tests* ]]; then
-    python3 -c "import torch, triton, time; print('#', torch.cuda.get_device_name() + ', torch', torch.__version__ + ', triton', triton.__version__ + ',', time.strftime('%Y-%m-%d') + ': pytest -m cuda tests/test_kernels.py tests/test_engine_cuda.py (tools/gpu_check.sh)')" > "$OUT/cuda_tests.log"
-    python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels.py tests/test_engine_cuda.py -m cuda 2>&1 | tee -a "$OUT/cuda_tests.log" | tail -5
+    python3 -c "import torch, triton, time; print('#', torch.cuda.get_device_name() + ', torch', torch.__version__ + ', triton', triton.__version__ + ',', time.strftime('%Y-%m-%d') + ': pytest -m cuda tests/test_kernels.py tests/test_kernel_plan.py tests/test_engine_cuda.py (tools/gpu_check.sh)')" > "$OUT/cuda_tests.log"
+    python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels.py tests/test_kernel_plan.py tests/test_engine_cuda.py -m cuda 2>&1 | tee -a "$OUT/cuda_tests.log" | tail -5
 fi
 if [[ $stages == *attention* ]]; then
     python3 -m kernels.bench --out "$OUT" 2>&1 | tee "$OUT/attention.log" | tail -45
+fi
+if [[ $stages == *overhead* ]]; then
+    python3 tools/launch_overhead.py --out "$OUT" 2>&1 | tee "$OUT/launch_overhead.log" | grep "^host"
 fi
 if [[ $stages == *engine* ]]; then
     python3 examples/bench_engine.py --out "$OUT" 2>&1 | tail -3

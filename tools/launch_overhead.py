@@ -2,9 +2,10 @@
 
     python tools/launch_overhead.py [--out DIR]
 
-Host part: microseconds of CPU per call for the whole op and for each piece of it (checks, stream switches,
-one Triton launch through the JIT dispatcher, the same compiled kernel launched directly), on a decode row whose
-GPU time is far below the host time (32/8, B=16, 1K prefix). Each is a loop of calls without synchronisation,
+Host part: microseconds of CPU per call for the whole op, for a planned call (kernels.plan_tree_attention's
+run) and for pieces of them (checks, stream switches, one Triton launch through the JIT dispatcher, the same
+compiled kernel launched directly), on a decode row whose GPU time is far below the host time (32/8, B=16, 1K
+prefix). Each is a loop of calls without synchronisation,
 divided by the count: the GPU keeps up, so this is the host cost.
 GPU part (--graph): the small rows of the attention grid under CUDA-graph replay (per layer), with and without the side
 stream that overlaps the own-suffix kernel with the shared kernels.
@@ -22,7 +23,8 @@ import time
 
 import torch
 
-from kernels import build_tree_meta, launch, meta as meta_mod, tree_attention, triton_tree
+from kernels import build_tree_meta, launch, meta as meta_mod, plan as plan_mod, plan_tree_attention, tree_attention
+from kernels import triton_tree
 from kernels.bench import graph_per_layer, make_workload
 from kernels.tree_attention import _check
 
@@ -46,7 +48,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
     ap.add_argument("--graph", action="store_true", help="also time the small rows under graph replay")
     args = ap.parse_args(argv)
-    res: dict = {"host_us": {}, "graph_us": {}}
+    import triton
+
+    res: dict = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+                 "date": time.strftime("%Y-%m-%d"), "host_us": {}, "graph_us": {}}
     hq, hkv, B, suffix = 32, 8, 16, 256
     q, k, v, segs, own_starts, _ = make_workload(hq, hkv, B, [(1024, 1)], suffix)
     m = build_tree_meta([1] * B, own_starts, [suffix] * B, segs, hq, hkv, D, "cuda")
@@ -62,6 +67,12 @@ def main(argv=None) -> int:
     launch.DIRECT["enabled"] = True
     h["op_side_stream"] = host_us(lambda: tree_attention(q, k, v, m, out=out, workspace=ws, overlap=True))
     h["op_alloc"] = host_us(lambda: tree_attention(q, k, v, m))
+    plan = plan_tree_attention(q, k, v, m, out=out, workspace=ws)
+    assert plan._raw is not None, "the plan is not on the direct path"
+    h["plan_run"] = host_us(lambda: plan.run(q, k, v))
+    h["plan_check_only"] = host_us(lambda: plan_mod._signature(q, k, v) == plan._sig)
+    h["raw_launch_ok"] = host_us(launch.raw_launch_ok)
+    h["no_launch_hooks"] = host_us(launch.no_launch_hooks)
     h["check"] = host_us(lambda: _check(q, k, v, m))
     main_s = torch.cuda.current_stream()
     side = torch.cuda.Stream()
