@@ -53,6 +53,7 @@ class TreeAttentionPlan:
             raise ValueError(f"out must match q: out {_describe(out)}, q {_describe(q)}")
         self.meta, self.scale, self.return_lse = meta, scale, return_lse
         self._sig = _signature(q, k_cache, v_cache)
+        self._planned = [_describe(x) for x in (q, k_cache, v_cache)]  # for error messages
         self._device = q.device
         self._launches = None  # triton_tree.LaunchList on the Triton path
         self._raw = None  # per launch: the compiled launcher and its integer arguments (CUDA, direct launches)
@@ -63,7 +64,11 @@ class TreeAttentionPlan:
             self.out, self.lse = self._launches.out, self._launches.lse
             self.overlap = self._launches.overlap
             if q.is_cuda:
-                self._raw = self._compile()
+                with torch.cuda.device(q.device):  # Triton compiles and loads for the current device
+                    self._raw = self._compile()
+                for ln in self._launches.launches:  # runs pass their own q/k/v: do not keep the planning ones
+                    if ln.qkv:
+                        ln.args = (None, None, None) + ln.args[3:]
         else:
             if workspace is not None or overlap:
                 raise ValueError("workspace= and overlap= apply to the Triton backend only")
@@ -96,9 +101,9 @@ class TreeAttentionPlan:
         raw = self._raw
         if raw is not None:
             ptrs = (q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr())
-            # The kernels were specialized on 16-byte aligned pointers; a profiler's launch hook or another
-            # current device needs Triton's own path.
-            if not (ptrs[0] | ptrs[1] | ptrs[2]) & 15 and launch.no_launch_hooks() \
+            # The kernels were specialized on 16-byte aligned pointers; a profiler's launch hook, direct launches
+            # switched off, changed debug knobs or another current device need Triton's own path.
+            if not (ptrs[0] | ptrs[1] | ptrs[2]) & 15 and launch.raw_launch_ok() \
                     and torch.cuda.current_device() == self._device.index:
                 self._run_raw(raw, ptrs)
                 return self._result
@@ -134,12 +139,9 @@ class TreeAttentionPlan:
                 *(ptrs + tail if qkv else tail))
 
     def _mismatch(self, q, k_cache, v_cache) -> str:
-        names = ("q", "k_cache", "v_cache")
-        planned = [self._sig[i:i + 4] for i in (0, 4, 8)]
-        for name, x, (shape, stride, dtype, dev) in zip(names, (q, k_cache, v_cache), planned):
-            if _signature(x, x, x)[:4] != (shape, stride, dtype, dev):
-                want = f"{tuple(shape)} strides {tuple(stride)} {dtype} on device {dev}"
-                return (f"{name} is {_describe(x)} but the plan was made for {want}: make a new plan "
+        for i, (name, x) in enumerate(zip(("q", "k_cache", "v_cache"), (q, k_cache, v_cache))):
+            if _signature(x, x, x)[:4] != self._sig[4 * i:4 * i + 4]:
+                return (f"{name} is {_describe(x)} but the plan was made for {self._planned[i]}: make a new plan "
                         f"(kernels.plan_tree_attention) for these tensors")
         return "tensors differ from the planned ones"  # unreachable: some part of the signature differed
 

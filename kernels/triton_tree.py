@@ -420,8 +420,7 @@ def run_launches(plan: LaunchList, device: torch.device, qkv: tuple | None = Non
                 ln(qkv)
         else:
             ln(qkv)
-    if plan.overlap and not any(ln.join for ln in plan.launches):
-        main.wait_stream(side)
+    assert not plan.overlap or any(ln.join for ln in plan.launches), "an overlapped call must join its side stream"
     return (plan.out, plan.lse) if plan.return_lse else plan.out
 
 

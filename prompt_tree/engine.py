@@ -29,6 +29,7 @@ from kernels.tree_attention import in_graph_path
 from .kv import KVLayout, KVPool
 from .sampling import SamplingParams, StopChecker, sample, sequence_id
 from .scheduler import available_memory, batch_cost, schedule
+from .tokenizer import PromptEncoder
 
 # Rows of vocabulary-sized fp32 work per sampling call when the first tokens are drawn after prefill
 # (a node shared by thousands of sequences would otherwise expand to thousands of logit rows at once).
@@ -95,17 +96,6 @@ class GenerationResult(Mapping):
     def all(self) -> list[Completion]:
         """Every completion, node by node in plan order, samples in order."""
         return [c for cs in self._completions.values() for c in cs]
-
-
-class _BosEncoder:
-    """encode(text) with the model's BOS prepended when the family uses one: flattening a tree with it puts BOS in
-    the first node only (the plan's boundary rule strips the special prefix below the start of a sequence)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_bos=bool(getattr(self.tokenizer, "adds_bos", True)))
 
 
 @dataclass
@@ -188,7 +178,7 @@ class Engine:
         if hasattr(tree_or_plan, "levels") and hasattr(tree_or_plan, "sequences"):
             plan = tree_or_plan
         elif hasattr(tree_or_plan, "flatten"):
-            plan = tree_or_plan.flatten(tokenizer=_BosEncoder(self.tokenizer) if self.tokenizer else None)
+            plan = tree_or_plan.flatten(tokenizer=PromptEncoder(self.tokenizer) if self.tokenizer else None)
         else:
             raise TypeError(f"generate takes a PromptTree or a Plan, not {type(tree_or_plan).__name__}")
         max_new = params.max_new_tokens if params else 0
@@ -404,9 +394,11 @@ class _BatchRun:
         meta = build_tree_meta([hi - lo for _, lo, hi in pieces], [lay.node_start[k] for k, _, _ in pieces],
                                [hi for _, _, hi in pieces], segments, *self.heads, dev, share=self.share)
         slots_t = torch.tensor(slots, dtype=torch.int64, device=dev)
-        hidden = e.model.forward(torch.tensor(ids, dtype=torch.int64, device=dev),
-                                 torch.tensor(pos, dtype=torch.int64, device=dev), self._attention(slots_t, meta))
-        self.attn_plan = None  # frees its buffers: the next call has other metadata
+        try:
+            hidden = e.model.forward(torch.tensor(ids, dtype=torch.int64, device=dev),
+                                     torch.tensor(pos, dtype=torch.int64, device=dev), self._attention(slots_t, meta))
+        finally:
+            self.attn_plan = None  # frees its buffers: the next call has other metadata
         self.stats.prefill_calls += 1
         self.stats.prefill_tokens += len(ids)
         # Logits only at the last token of nodes that end some sequence's prompt.

@@ -98,6 +98,19 @@ class HFTokenizer:
         return self._tok.token_to_id(token)
 
 
+class PromptEncoder:
+    """What flattening a tree for a model uses: encode(text) with the model's BOS prepended when its family uses one.
+    The plan's boundary rule strips the special prefix below the start of a sequence, so BOS lands in the first
+    node only. The engine (Engine.plan) and `prompt-tree describe --tokenizer` both flatten through this, so
+    describe's token counts are generate's."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_bos=bool(getattr(self.tokenizer, "adds_bos", True)))
+
+
 def decode_suffix(tokenizer: Tokenizer, ids: Sequence[int], prefix_len: int, window: int = 8) -> str:
     """The text ids[prefix_len:] adds after the text of ids[:prefix_len], decoding about `window` + new tokens.
 

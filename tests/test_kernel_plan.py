@@ -104,6 +104,33 @@ def test_plan_raw_launches_pass_what_the_launcher_would(monkeypatch, q_per_seq):
         assert grid == tuple(ln.grid) + (1,) * (3 - len(ln.grid)) and stream == 1234
 
 
+class _Stream:
+    def __init__(self, name, handle, log):
+        self.name, self.cuda_stream, self.log = name, handle, log
+
+    def wait_stream(self, other):
+        self.log.append(("wait", self.name, other.name))
+
+
+def test_plan_raw_overlap_forks_then_joins_before_the_merge(monkeypatch):
+    """The side-stream path of the direct launches (CUDA only, so driven here with fake streams): the side stream
+    first waits for the main one, the own kernel runs on it, and the main stream waits for it before the merge."""
+    q, k, v, meta, _ = _case(5, torch.float32)
+    plan = plan_tree_attention(q, k, v, meta, backend="triton")
+    log = []
+    main, side = _Stream("main", 1, log), _Stream("side", 2, log)
+    monkeypatch.setattr(launch, "_current_stream", lambda idx: main.cuda_stream)
+    monkeypatch.setattr(launch, "side_stream", lambda idx: side)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda idx=None: main)
+    monkeypatch.setattr(plan, "_device", torch.device("cuda", 0))
+    plan.overlap = True
+    raw = [(_Recorder(n, log).run, (1, 1, 1), f"fn:{n}", f"md:{n}", (), False, on_side, join)
+           for n, on_side, join in (("shared", False, False), ("own", True, False), ("merge", False, True))]
+    plan._run_raw(raw, (0, 0, 0))
+    assert [(e[0], e[1], e[2]) if e[0] == "wait" else (e[0], e[2]) for e in log] == [
+        ("wait", "side", "main"), ("shared", 1), ("own", 2), ("wait", "main", "side"), ("merge", 1)]
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("q_per_seq", [1, 33], ids=["decode", "prefill"])
@@ -126,7 +153,13 @@ def test_cuda_plan_is_bit_identical_to_the_op(overlap, q_per_seq):
     buf = torch.empty(q.numel() + 1, dtype=q.dtype, device=q.device)
     q_odd = buf[1:].view_as(q).copy_(q)
     plan = plan_tree_attention(q, k, v, meta, overlap=overlap)
+    direct = []
+    run_raw = plan._run_raw
+    plan._run_raw = lambda *a: (direct.append(1), run_raw(*a))
     assert torch.equal(plan.run(q_odd, k, v), tree_attention(q, k, v, meta, overlap=overlap))
+    assert not direct, "a misaligned q took the direct path"
+    plan.run(q, k, v)
+    assert direct, "an aligned q did not take the direct path"
 
 
 @pytest.mark.cuda

@@ -134,9 +134,22 @@ def test_describe_command(bpe, tmp_path, capsys):
     tree.save(str(tree_path))
     assert main(["describe", str(tree_path), "--tokenizer", str(tok_path), "--kv-shape", "2", "2", "4"]) == 0
     out = capsys.readouterr().out
-    n = len(ids(bpe, "Hello.world"))
-    assert f"c: 'world' | {n - len(ids(bpe, 'Hello.'))} tok x3" in out
+    # Counted as generate counts: the checkpoint's BOS rule, not the tokenizer.json post-processor. With no config
+    # beside it there is no BOS id, so no BOS.
+    raw = lambda text: bpe.encode(text, add_special_tokens=False).ids  # noqa: E731
+    n = len(raw("Hello.world"))
+    assert f"c: 'world' | {n - len(raw('Hello.'))} tok x3" in out
     assert f"flat {3 * n} tokens = " in out and "GiB" in out
+    # A Llama-like checkpoint names its BOS: the first node gets it, once per sequence, as Engine.plan does.
+    (tmp_path / "config.json").write_text('{"bos_token_id": %d}' % bpe.token_to_id("<s>"))
+    assert main(["describe", str(tree_path), "--tokenizer", str(tmp_path)]) == 0  # the directory works too
+    out = capsys.readouterr().out
+    assert f"p: 'Hello.' | {len(raw('Hello.')) + 1} tok" in out and f"flat {3 * (n + 1)} tokens" in out
+    from prompt_tree.tokenizer import PromptEncoder, load_tokenizer
+
+    plan = tree.flatten(PromptEncoder(load_tokenizer(tmp_path)))  # what Engine.plan flattens with
+    assert plan.node_tokens["p"] == [bpe.token_to_id("<s>")] + raw("Hello.")
+    assert f"flat {sum(len(plan.prompt_ids(i)) for i in range(3))} tokens" in out
     assert main(["describe", str(tree_path)]) == 2  # string prompts, no tokenizer
     assert "node 'p' has a text prompt; pass --tokenizer" in capsys.readouterr().err
     assert main(["describe", str(tree_path), "--tokenizer", str(tok_path), "--max-len", "2"]) == 2

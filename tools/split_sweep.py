@@ -38,17 +38,19 @@ def main(argv=None) -> int:
         if fi is not None:
             fns = flashinfer_methods(fi, ws, q, k, v, [(n, 1)], B, 256, shared)
             row.update({f"{k_}_ms": bench_ms(f) for k_, f in fns.items()})
-        for split in (512, 256, 128, 64):
-            meta_mod.MIN_SPLIT_TOKENS = split
-            m = build_tree_meta([1] * B, own_starts, [256] * B, segs, hq, hkv, D, "cuda")
-            plan = plan_tree_attention(q, k, v, m)
-            plain = bench_ms(lambda: plan.run(q, k, v))  # noqa: B023
-            graph = graph_per_layer(lambda: tree_attention(q, k, v, m))  # noqa: B023
-            row[f"split{split}"] = {"plain_ms": plain, "graph_ms": graph, "shared_tiles": m.num_shared_tiles
-                                    if hasattr(m, "num_shared_tiles") else None, "slots": m.max_slots}
-            print(f"{name:18s} split {split:4d} plain {plain * 1e3:6.1f} us graph {graph * 1e3:6.1f} us "
-                  f"slots {m.max_slots}", flush=True)
-        meta_mod.MIN_SPLIT_TOKENS = default
+        try:
+            for split in (512, 256, 128, 64):
+                meta_mod.MIN_SPLIT_TOKENS = split
+                m = build_tree_meta([1] * B, own_starts, [256] * B, segs, hq, hkv, D, "cuda")
+                plan = plan_tree_attention(q, k, v, m)
+                plain = bench_ms(lambda: plan.run(q, k, v))  # noqa: B023
+                graph = graph_per_layer(lambda: tree_attention(q, k, v, m))  # noqa: B023
+                row[f"split{split}"] = {"plain_ms": plain, "graph_ms": graph, "slots": m.max_slots,
+                                        "shared_tiles": sum(c.tiles.shape[0] for c in m.shared_classes)}
+                print(f"{name:18s} split {split:4d} plain {plain * 1e3:6.1f} us graph {graph * 1e3:6.1f} us "
+                      f"slots {m.max_slots}", flush=True)
+        finally:
+            meta_mod.MIN_SPLIT_TOKENS = default
         print(name, {k_: round(v_ * 1e3, 1) for k_, v_ in row.items() if k_.endswith("_ms")}, flush=True)
     with open(os.path.join(args.out, "split_sweep.json"), "w") as f:
         json.dump(res, f, indent=1)

@@ -12,7 +12,9 @@ from prompt_tree.tree import PromptTree, PromptTreeError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("tree", metavar="TREE.json", help="a tree written by PromptTree.save / to_dict")
     parser.add_argument("--tokenizer", metavar="PATH", default=None,
-                        help="a tokenizer.json (tokenizers library) for trees with string prompts")
+                        help="a checkpoint directory or its tokenizer.json, for trees with string prompts; "
+                             "tokenizes as generate does (BOS on the first node where the model family uses one, "
+                             "from config.json / tokenizer_config.json beside it)")
     parser.add_argument("--max-len", type=int, default=None, metavar="N",
                         help="refuse prompts (root to node) longer than N tokens")
     parser.add_argument("--max-children", type=int, default=8, metavar="K",
@@ -27,19 +29,18 @@ def _fail(message: str) -> int:
 
 
 def _load_tokenizer(path: str):
-    """tokenizers.Tokenizer.from_file, with errors that name --tokenizer (tokenizers raises a bare Exception)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"--tokenizer {path!r}: no such file; pass the path of a tokenizer.json (tokenizers "
-                         f"library), e.g. the one in a Hugging Face checkpoint directory")
+    """The model's tokenizer as `generate` uses it (prompt_tree.tokenizer.load_tokenizer: BOS and EOS from the
+    config files beside tokenizer.json), behind the same BOS rule (PromptEncoder), with errors naming --tokenizer."""
+    from prompt_tree.tokenizer import PromptEncoder, TokenizerError, load_tokenizer
+
+    if not os.path.exists(path):
+        raise ValueError(f"--tokenizer {path!r}: no such file or directory; pass a checkpoint directory or the path "
+                         f"of its tokenizer.json (tokenizers library)")
     try:
-        from tokenizers import Tokenizer
-    except ImportError as e:
-        raise ValueError(f"--tokenizer needs the tokenizers package ({e}); pip install tokenizers") from None
-    try:
-        return Tokenizer.from_file(path)
-    except Exception as e:  # tokenizers raises a plain Exception for a malformed file
-        raise ValueError(f"--tokenizer {path!r} is not a readable tokenizer.json (tokenizers library): "
-                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        return PromptEncoder(load_tokenizer(path))
+    except TokenizerError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"--tokenizer {path!r}: {first}") from None
 
 
 def run(args: argparse.Namespace) -> int:
