@@ -76,6 +76,14 @@ def _current_stream(device_index: int) -> int:
     return torch._C._cuda_getCurrentRawStream(device_index)
 
 
+def _options(num_warps: int, num_stages: int, launch_pdl: bool) -> dict:
+    """Launch options; launch_pdl only when on (Triton versions without the option reject the keyword)."""
+    opts = {"num_warps": num_warps, "num_stages": num_stages}
+    if launch_pdl:
+        opts["launch_pdl"] = True
+    return opts
+
+
 def no_launch_hooks() -> bool:
     """No launch hook (a profiler such as Proton) is set: those are called by Triton's runner only."""
     rt = _knobs.runtime
@@ -112,7 +120,8 @@ class DirectLauncher:
                 raise ValueError(f"{self.arg_names}: DirectLauncher needs every constexpr after the runtime arguments")
         self.compiled: dict[tuple, object] = {}
 
-    def compile(self, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int = 3):
+    def compile(self, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int = 3,
+                launch_pdl: bool = False):
         """The compiled kernel for these arguments without launching it (Triton's warm-up), or None where direct
         launches do not apply (off CUDA, direct launches off, changed knobs, hooks, misaligned pointers...)."""
         if not raw_launch_ok() or getattr(self.kernel, "pre_run_hooks", None):
@@ -120,20 +129,21 @@ class DirectLauncher:
         if any(isinstance(a, torch.Tensor) and (not _on_gpu(a) or a.data_ptr() & 15) for a in args) \
                 or any(type(a) not in (int, float) and not isinstance(a, torch.Tensor) for a in args):
             return None
-        compiled = self.kernel.warmup(*args, grid=grid, **constexprs, num_warps=num_warps, num_stages=num_stages)
+        compiled = self.kernel.warmup(*args, grid=grid, **constexprs, **_options(num_warps, num_stages, launch_pdl))
         init = getattr(compiled, "_init_handles", None)  # load the module on the current device now (idempotent)
         if init is not None:
             init()
         return compiled
 
-    def _dispatch(self, grid, args, constexprs, num_warps, num_stages):
-        return self.kernel[grid](*args, **constexprs, num_warps=num_warps, num_stages=num_stages)
+    def _dispatch(self, grid, args, constexprs, num_warps, num_stages, launch_pdl=False):
+        return self.kernel[grid](*args, **constexprs, **_options(num_warps, num_stages, launch_pdl))
 
-    def __call__(self, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int = 3):
+    def __call__(self, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int = 3,
+                 launch_pdl: bool = False):
         first = args[0] if args else None
         if not _SUPPORTED or not DIRECT["enabled"] or not isinstance(first, torch.Tensor) or not _on_gpu(first) \
                 or _knob_state() != _DEFAULT_KNOBS or getattr(self.kernel, "pre_run_hooks", None):
-            return self._dispatch(grid, args, constexprs, num_warps, num_stages)
+            return self._dispatch(grid, args, constexprs, num_warps, num_stages, launch_pdl)
         ints, dtypes, ptrs = [], [], 0
         for a in args:  # one pass: the specialization-relevant parts of every runtime argument
             ta = type(a)
@@ -145,13 +155,13 @@ class DirectLauncher:
                 dtypes.append(a.dtype)
                 ptrs |= a.data_ptr()
             else:  # bools, None, tuples...: Triton specializes these in ways not keyed here
-                return self._dispatch(grid, args, constexprs, num_warps, num_stages)
+                return self._dispatch(grid, args, constexprs, num_warps, num_stages, launch_pdl)
         device = _current_device()  # Triton keeps one cache per device; so do we
-        key = (device, tuple(ints), tuple(dtypes), tuple(constexprs.values()), num_warps, num_stages)
+        key = (device, tuple(ints), tuple(dtypes), tuple(constexprs.values()), num_warps, num_stages, launch_pdl)
         aligned = not ptrs & 15
         compiled = self.compiled.get(key) if aligned else None
         if compiled is None:
-            compiled = self._dispatch(grid, args, constexprs, num_warps, num_stages)
+            compiled = self._dispatch(grid, args, constexprs, num_warps, num_stages, launch_pdl)
             if aligned and compiled is not None:
                 if len(self.compiled) >= MAX_CACHED:  # many distinct shapes: start over rather than grow
                     self.compiled.clear()

@@ -81,7 +81,8 @@ class TreeAttentionPlan:
         """The launches as (launcher, grid, integer arguments, flags), or None where any must go through Triton."""
         raw = []
         for ln in self._launches.launches:
-            compiled = ln.launcher.compile(ln.grid, ln.args, ln.constexprs, ln.num_warps, ln.num_stages)
+            compiled = ln.launcher.compile(ln.grid, ln.args, ln.constexprs, ln.num_warps, ln.num_stages,
+                                           ln.launch_pdl)
             if compiled is None:
                 return None
             names = ln.launcher.arg_names[len(ln.args):]  # constexprs follow the runtime arguments

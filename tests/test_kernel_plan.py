@@ -177,3 +177,33 @@ def test_cuda_plan_replays_in_a_graph():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(plan.out, eager), f"seed {seed}"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("q_per_seq", [1, 33], ids=["decode", "prefill"])
+def test_cuda_pdl_gives_the_same_bits(q_per_seq, monkeypatch):
+    """Programmatic dependent launch (triton_tree.PDL) only changes when the own kernel starts: same bits as without
+    it, plain, planned and replayed from a CUDA graph."""
+    from kernels import triton_tree
+
+    seed = random.randrange(1 << 30)
+    q, k, v, q_lens, own_starts, own_lens, segs = make_case(seed, 32, 8, 128, 3, [1, 17, 97, 600], [1, 17, 900],
+                                                            torch.bfloat16, q_per_seq=q_per_seq)
+    meta = build_tree_meta(q_lens, own_starts, own_lens, segs, 32, 8, 128, q.device)
+    monkeypatch.setitem(triton_tree.PDL, "enabled", False)
+    want = tree_attention(q, k, v, meta, overlap=False)
+    assert not any(ln.launch_pdl for ln in triton_tree.build_launches(q, k, v, meta, overlap=False).launches)
+    monkeypatch.setitem(triton_tree.PDL, "enabled", True)
+    launches = triton_tree.build_launches(q, k, v, meta, overlap=False).launches
+    assert any(ln.launch_pdl for ln in launches), "PDL was not used"
+    assert torch.equal(tree_attention(q, k, v, meta, overlap=False), want), f"seed {seed}"
+    plan = plan_tree_attention(q, k, v, meta, overlap=False)
+    assert plan._raw is not None
+    assert torch.equal(plan.run(q, k, v), want), f"seed {seed}"
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        plan.run(q, k, v)
+    plan.out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(plan.out, want), f"seed {seed}"

@@ -23,7 +23,11 @@ from kernels.bench import D, bench_ms, flashinfer_methods, graph_per_layer, make
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
+    ap.add_argument("--pdl", action="store_true", help="instead: programmatic dependent launch off/on "
+                    "(kernels.triton_tree.PDL) on one-stream calls, plain and under graph replay")
     args = ap.parse_args(argv)
+    if args.pdl:
+        return pdl_sweep(args.out)
     try:
         import flashinfer as fi
     except Exception:  # noqa: BLE001
@@ -53,6 +57,36 @@ def main(argv=None) -> int:
             meta_mod.MIN_SPLIT_TOKENS = default
         print(name, {k_: round(v_ * 1e3, 1) for k_, v_ in row.items() if k_.endswith("_ms")}, flush=True)
     with open(os.path.join(args.out, "split_sweep.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    return 0
+
+
+def pdl_sweep(out_dir: str) -> int:
+    """One-stream calls with PDL off and on (plain plan.run, graph replay), against the default two-stream graph."""
+    from kernels import triton_tree
+
+    res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": {}}
+    for hq, hkv, B, n in [(32, 8, 16, 1024), (32, 8, 16, 4096), (32, 8, 16, 16384), (32, 8, 64, 1024),
+                          (32, 8, 64, 4096), (40, 40, 16, 1024), (32, 8, 256, 4096), (32, 8, 1024, 1024)]:
+        q, k, v, segs, own_starts, shared = make_workload(hq, hkv, B, [(n, 1)], 256)
+        m = build_tree_meta([1] * B, own_starts, [256] * B, segs, hq, hkv, D, "cuda")
+        name = f"{hq}/{hkv} B{B} {n}"
+        row = res["rows"][name] = {"graph_two_streams_us": graph_per_layer(lambda: tree_attention(q, k, v, m)) * 1e3}
+        ref = tree_attention(q, k, v, m, overlap=False).clone()
+        try:
+            for on in (False, True):
+                triton_tree.PDL["enabled"] = on
+                plan = plan_tree_attention(q, k, v, m, overlap=False)
+                if not torch.equal(plan.run(q, k, v), ref):
+                    raise AssertionError(f"{name}: PDL {on} changed the output")
+                tag = "pdl" if on else "nopdl"
+                row[f"plain_{tag}_us"] = bench_ms(lambda: plan.run(q, k, v)) * 1e3  # noqa: B023
+                row[f"graph_one_stream_{tag}_us"] = graph_per_layer(
+                    lambda: tree_attention(q, k, v, m, overlap=False)) * 1e3  # noqa: B023
+        finally:
+            triton_tree.PDL["enabled"] = False
+        print(name, {k_: round(v_, 1) for k_, v_ in row.items()}, flush=True)
+    with open(os.path.join(out_dir, "pdl_sweep.json"), "w") as f:
         json.dump(res, f, indent=1)
     return 0
 
