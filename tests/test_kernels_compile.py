@@ -33,6 +33,8 @@ FLOATS = {"qk_scale"}
 
 def compile_one(fn, consts, warps, stages):
     names = list(inspect.signature(fn.fn).parameters)
+    missing = [p.name for p in fn.params if p.is_constexpr and p.name not in consts]
+    assert not missing, f"{fn.fn.__name__}: no value for constexpr {missing}"  # else it compiles as a pointer
     sig = {}
     for n in names:
         if n in consts:
@@ -51,12 +53,21 @@ n = 0
 for bm, (bn, w, s) in tt.SHARED_CFG.items():
     for d in (64, 128, 96):  # 96: a head dim below its power-of-two block (masked d)
         compile_one(tt._shared_kernel, dict(G=4, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=tt._block_d(d),
-                                            IEEE=False), w, s); n += 1
+                                            IEEE=False, PDL=False), w, s); n += 1
 for bm, (bn, w, s) in tt.OWN_CFG.items():
     for causal, fuse, nsplit in itertools.product((False, True), (False, True), (1, 4)):
         compile_one(tt._own_kernel, dict(G=4, HEAD_DIM=128, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=128, NSPLIT=nsplit,
                                          SPLIT_ALIGN_=tt.SPLIT_ALIGN, CAUSAL=causal, FUSE_MERGE=fuse,
-                                         WRITE_LSE=True, IEEE=False), w, s); n += 1
+                                         WRITE_LSE=True, IEEE=False, PDL=False), w, s); n += 1
+# Programmatic dependent launch (one-stream calls): the grid-dependency instructions in both kernels.
+bn, w, s = tt.SHARED_CFG[16]
+compile_one(tt._shared_kernel, dict(G=4, HEAD_DIM=128, BLOCK_M=16, BLOCK_N=bn, BLOCK_D=128, IEEE=False, PDL=True),
+            w, s); n += 1
+for bm, causal in ((16, False), (64, True)):  # decode and prefill, each fused with the merge
+    bn, w, s = tt.OWN_CFG[bm]
+    compile_one(tt._own_kernel, dict(G=4, HEAD_DIM=128, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=128, NSPLIT=1,
+                                     SPLIT_ALIGN_=tt.SPLIT_ALIGN, CAUSAL=causal, FUSE_MERGE=True,
+                                     WRITE_LSE=False, IEEE=False, PDL=True), w, s); n += 1
 compile_one(tt._merge_kernel, dict(NUM_HEADS=32, HEAD_DIM=128, EXTRA_SLOTS=1, BLOCK_H=8, BLOCK_D=128,
                                    WRITE_LSE=True), 4, 1); n += 1
 print("compiled", n)
@@ -73,4 +84,4 @@ def test_kernels_compile_for_sm90():
     assert run.returncode == 0, run.stderr[-3000:]
     if run.stdout.startswith("SKIP"):
         pytest.skip(run.stdout.strip())
-    assert run.stdout.strip().startswith("compiled 26"), run.stdout
+    assert run.stdout.strip().startswith("compiled 29"), run.stdout
