@@ -107,6 +107,11 @@ def side_stream(index: int) -> torch.cuda.Stream:
     return _side_streams[index]
 
 
+def grid3(grid: tuple) -> tuple[int, int, int]:
+    """A launch grid padded to three dimensions, as the compiled launcher takes it."""
+    return (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+
+
 class DirectLauncher:
     """kernel launches with Triton's compiled kernel cached per specialization key (see the module doc)."""
 
@@ -167,14 +172,17 @@ class DirectLauncher:
                     self.compiled.clear()
                 self.compiled[key] = compiled
             return compiled
-        full = args + tuple(constexprs[n] for n in self.arg_names[len(args):])
-        g1 = grid[1] if len(grid) > 1 else 1
-        g2 = grid[2] if len(grid) > 2 else 1
+        full = args + self.constexpr_values(len(args), constexprs)
+        g = grid3(grid)
         if DIRECT["raw"] and _knobs is not None and no_launch_hooks():
             # The compiled launcher itself (signature of Triton >= 3.3): no per-call closure or metadata.
             stream = _current_stream(device)
-            compiled.run(grid[0], g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None,
+            compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata, None, None, None,
                          *full)
         else:  # a launch hook (a profiler) is set: the public runner builds its metadata
-            compiled[(grid[0], g1, g2)](*full)
+            compiled[g](*full)
         return compiled
+
+    def constexpr_values(self, n_args: int, constexprs: dict) -> tuple:
+        """The constexprs in signature order, as the compiled launcher takes them after the n_args runtime args."""
+        return tuple(constexprs[n] for n in self.arg_names[n_args:])

@@ -85,13 +85,11 @@ class TreeAttentionPlan:
                                            ln.launch_pdl)
             if compiled is None:
                 return None
-            names = ln.launcher.arg_names[len(ln.args):]  # constexprs follow the runtime arguments
             args = ln.args[3:] if ln.qkv else ln.args
             tail = tuple(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args)
-            tail += tuple(ln.constexprs[n] for n in names)
-            grid = tuple(ln.grid) + (1,) * (3 - len(ln.grid))
-            raw.append((compiled.run, grid, compiled.function, compiled.packed_metadata, tail, ln.qkv, ln.side,
-                        ln.join))
+            tail += ln.launcher.constexpr_values(len(ln.args), ln.constexprs)
+            raw.append((compiled.run, launch.grid3(ln.grid), compiled.function, compiled.packed_metadata, tail,
+                        ln.qkv, ln.side, ln.join))
         return raw
 
     def run(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor):

@@ -162,6 +162,17 @@ def test_cuda_plan_is_bit_identical_to_the_op(overlap, q_per_seq):
     assert direct, "an aligned q did not take the direct path"
 
 
+def _replayed(plan, q, k, v) -> torch.Tensor:
+    """plan.run captured in a CUDA graph, its output zeroed, then replayed: the output the replay wrote."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        plan.run(q, k, v)
+    plan.out.zero_()
+    graph.replay()
+    torch.cuda.synchronize()
+    return plan.out
+
+
 @pytest.mark.cuda
 def test_cuda_plan_replays_in_a_graph():
     seed = random.randrange(1 << 30)
@@ -170,13 +181,7 @@ def test_cuda_plan_replays_in_a_graph():
     meta = build_tree_meta(q_lens, own_starts, own_lens, segs, 32, 8, 128, q.device)
     plan = plan_tree_attention(q, k, v, meta, overlap=True)
     eager = plan.run(q, k, v).clone()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        plan.run(q, k, v)
-    plan.out.zero_()
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(plan.out, eager), f"seed {seed}"
+    assert torch.equal(_replayed(plan, q, k, v), eager), f"seed {seed}"
 
 
 @pytest.mark.cuda
@@ -200,10 +205,4 @@ def test_cuda_pdl_gives_the_same_bits(q_per_seq, monkeypatch):
     plan = plan_tree_attention(q, k, v, meta, overlap=False)
     assert plan._raw is not None
     assert torch.equal(plan.run(q, k, v), want), f"seed {seed}"
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        plan.run(q, k, v)
-    plan.out.zero_()
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(plan.out, want), f"seed {seed}"
+    assert torch.equal(_replayed(plan, q, k, v), want), f"seed {seed}"
