@@ -73,30 +73,35 @@ def make_case(seed: int, hq: int, hkv: int, d: int, depth: int, lengths, suffix_
     return q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), q_lens, own_starts, own_lens, segments
 
 
-def check_case(q, k, v, q_lens, own_starts, own_lens, segments, backend, *, share=True, num_sms=None, **op_kwargs):
+def check_case(q, k, v, q_lens, own_starts, own_lens, segments, backend, *, share=True, num_sms=None,
+               own_pages=None, page_size=None, own_splits=None, capacity=None, **op_kwargs):
+    """Build the metadata, run the op with a NaN-poisoned `out` and check it against the fp64 ground truth
+    (error bound in the module doc). Returns (o, lse, meta)."""
     hq, d, hkv = q.shape[1], q.shape[2], k.shape[1]
-    ref, ref_lse = naive_tree_attention(q, k, v, q_lens, own_starts, own_lens, segments)
+    layout = dict(own_pages=own_pages, page_size=page_size)
+    ref, ref_lse = naive_tree_attention(q, k, v, q_lens, own_starts, own_lens, segments, **layout)
     meta = build_tree_meta(q_lens, own_starts, own_lens, segments, hq, hkv, d, q.device, share=share,
-                           num_sms=num_sms)
+                           num_sms=num_sms, own_splits=own_splits, capacity=capacity, **layout)
+    meta.check()
     out = torch.full_like(q, float("nan"))  # poisoned: every element must be written
-    kwargs = {"out": out, **op_kwargs} if backend == "triton" else {}
-    o, lse = tree_attention(q, k, v, meta, return_lse=True, backend=backend, **kwargs)
-    if backend == "triton":
-        assert o.data_ptr() == out.data_ptr()
-    low = naive_tree_attention_lowp(q, k, v, q_lens, own_starts, own_lens, segments)
+    o, lse = tree_attention(q, k, v, meta, return_lse=True, backend=backend, out=out, **op_kwargs)
+    assert o.data_ptr() == out.data_ptr()
+    low = naive_tree_attention_lowp(q, k, v, q_lens, own_starts, own_lens, segments, **layout)
     if ref.norm() == 0:  # every row sees nothing: exactly zero output, -inf lse
         assert torch.all(o == 0) and torch.all(torch.isinf(lse))
-        return
+        return o, lse, meta
     err, err_torch = rel_err(o, ref), rel_err(low, ref)
     slack = 0.0
     if q.dtype == torch.float32:
-        max_score = (q.double().abs().sum(-1).max() * k.double().abs().max() / math.sqrt(d)).item()
+        max_score = (q.double().abs().sum(-1).max() * k.double().nan_to_num().abs().max() / math.sqrt(d)).item()
         slack = 2 * max_score * math.log2(math.e) * 2.0**-24
     assert err <= 2 * err_torch + slack, f"{backend}: error {err:.3g} vs torch {err_torch:.3g} (+{slack:.2g})"
     finite = torch.isfinite(ref_lse)
     assert torch.equal(torch.isfinite(lse), finite), "LSE is -inf exactly where a row sees no key"
+    assert torch.all(o[~finite.all(-1)] == 0), "a row that sees no key must be exactly 0"
     lse_err = (lse.double() - ref_lse)[finite].abs().max().item() if finite.any() else 0.0
     assert lse_err <= (1e-4 if q.dtype == torch.float32 else 2e-2), f"lse error {lse_err}"
+    return o, lse, meta
 
 
 # --- the reference itself ------------------------------------------------------------------------------------
