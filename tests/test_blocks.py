@@ -65,7 +65,6 @@ def test_node_runs_and_slots():
     blocks.place_node("a", 40)
     assert blocks.node_pages["a"] == [1, 2, 3]
     assert blocks.node_runs("a") == [(16, 40)]
-    assert blocks.node_slots("a", 30, 34) == [46, 47, 48, 49]
     blocks.place_node("empty", 0)
     assert blocks.node_runs("empty") == []
     # a node over two runs becomes two segments

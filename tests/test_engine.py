@@ -84,7 +84,7 @@ def test_tree_equals_flat_equals_dense(seed):
     s = tree_res.summary
     assert s.prefill_tokens == sum(len(t) for t in plan.node_tokens.values() if t)
     assert s.generated_tokens == sum(len(c.token_ids) for c in tree_res.all())
-    assert s.kv_bytes > 0 and s.sub_batches == 1
+    assert s.kv_bytes > 0 and s.preemptions == 0
 
 
 def test_text_tree_gets_bos_once_and_matches_dense():
@@ -200,7 +200,7 @@ def test_finished_sequences_are_not_decoded():
     eng, plan, ref = _greedy_reference(tree)
     stop_tok = ref.all()[0].token_ids[2]
     params = SamplingParams(max_new_tokens=10, temperature=0, stop_token_ids=[stop_tok])
-    eager = engine(compact_fraction=0.0)
+    eager = engine(compact_fraction=0.0, overlap=False)  # synchronous: no step runs on a stale view of the rows
     res = eager.generate(tree, params, progress=False)
     # each sequence costs one decode row per fed-back token: all sampled tokens but the last
     sampled = [len(c.token_ids) + (c.finish_reason == "stop") for c in res.all()]
@@ -209,7 +209,10 @@ def test_finished_sequences_are_not_decoded():
     assert res.summary.decode_steps == max(sampled) - 1
     lazy = engine(compact_fraction=0.5).generate(tree, params, progress=False)
     assert [c.token_ids for c in lazy.all()] == [c.token_ids for c in res.all()]
-    assert res.summary.decode_rows <= lazy.summary.decode_rows <= plan.num_sequences * (max(sampled) - 1)
+    # finished rows never compute again (the device masks them): the same rows, whatever the compaction; the
+    # overlapped loop may run one step whose rows all ended on the device a step before the host knew
+    assert lazy.summary.decode_rows == res.summary.decode_rows
+    assert res.summary.decode_steps <= lazy.summary.decode_steps <= res.summary.decode_steps + 1
 
 
 def test_sub_batches_and_memory_budget_match_one_batch():

@@ -84,18 +84,23 @@ def tight_budget(pages: int, rows: int = 64, chunk: int = 64, depth: int = 3) ->
 
 
 def test_preemption_under_a_tiny_budget_loses_and_redoes_nothing_finished():
-    tree = problems_tree(7, problems=5, samples=6)
+    """Short samples first teach the scheduler that samples are short; the long ones admitted on that belief
+    outgrow the pages, so the newest are preempted, recomputed and still come out the same."""
+    tree = problems_tree(7, problems=6, samples=6)
     params = SamplingParams(max_new_tokens=40, temperature=0.8, seed=9, logprobs=True)
-    budget = lengths(1, 40)
+
+    def budget(key, s):
+        return 2 if key.split("/")[0] in ("p0", "p1", "p2") else 40
+
     ref = engine().generate(tree, params, progress=False, length_budget=budget)
     seen = []
-    small = engine(memory_budget_bytes=tight_budget(40), prefill_chunk_tokens=64, max_batch_sequences=64,
+    small = engine(memory_budget_bytes=tight_budget(30, rows=39), prefill_chunk_tokens=64, max_batch_sequences=64,
                    watermark=0.0)
     got = small.generate(tree, params, progress=False, length_budget=budget,
                          on_complete=lambda k, s, c: seen.append((k, s)))
     same(ref, got)
-    assert sorted(seen) == sorted((c.key, c.sample_index) for c in ref.all())  # each sample once
-    assert got.summary.preemptions > 0 or got.summary.sub_batches > 5  # memory was the constraint
+    assert sorted(seen) == sorted((c.key, c.sample_index) for c in ref.all())  # each sample exactly once
+    assert got.summary.preemptions > 0
     assert got.summary.sub_batches > 1
 
 

@@ -183,11 +183,6 @@ class KVBlocks:
             left -= take
         return out
 
-    def node_slots(self, key, lo: int, hi: int) -> list[int]:
-        """Slots of the node's tokens lo .. hi-1."""
-        pages, ps = self.node_pages[key], self.page_size
-        return [pages[t // ps] * ps + t % ps for t in range(lo, hi)]
-
     # ----- suffixes
 
     def ensure_suffix(self, seq, fed: int) -> list[tuple[int, int]]:

@@ -22,7 +22,9 @@ EXTRA_ATTENTION_SLOTS = 8
 CUDA_BUDGET_FRACTION = 0.85  # allocator fragmentation, CUDA graphs' private pools, cuBLAS workspaces
 CPU_BUDGET_FRACTION = 0.5  # other processes share the machine
 # A step's workspace may take at most this fraction of the budget: the rest is KV, which is what batches need.
+# Rows are never cut below MIN_ROWS for it (a small budget is then KV-bound, not row-bound).
 MAX_WORKSPACE_FRACTION = 0.25
+MIN_ROWS = 64
 
 
 class SchedulingError(ValueError):
@@ -87,14 +89,15 @@ class MemoryPlan:
 
 
 def plan_memory(budget: int, rows_wanted: int, depth: int, config, dtype: torch.dtype, page_size: int,
-                prefill_chunk_tokens: int, min_pages: int) -> MemoryPlan:
+                prefill_chunk_tokens: int, min_pages: int, max_pages: int | None = None) -> MemoryPlan:
     """Decode rows (at most rows_wanted, fewer while their workspace would exceed MAX_WORKSPACE_FRACTION of the
-    budget) and the KV pages the rest of the budget holds. SchedulingError when fewer than min_pages fit."""
+    budget) and the KV pages the rest of the budget holds, at most max_pages (what the plan could ever use).
+    SchedulingError when fewer than min_pages fit."""
     page_bytes = page_size * kv_bytes_per_token(config, dtype)
     rows = max(1, rows_wanted)
-    while rows > 1 and workspace_bytes(rows, depth, config, dtype, prefill_chunk_tokens) > \
+    while rows > MIN_ROWS and workspace_bytes(rows, depth, config, dtype, prefill_chunk_tokens) > \
             MAX_WORKSPACE_FRACTION * budget:
-        rows //= 2
+        rows = max(MIN_ROWS, rows // 2)
     ws = workspace_bytes(rows, depth, config, dtype, prefill_chunk_tokens)
     pages = (budget - ws) // page_bytes
     if pages < min_pages:
@@ -103,6 +106,8 @@ def plan_memory(budget: int, rows_wanted: int, depth: int, config, dtype: torch.
             f"({page_bytes / 2**20:.2f} MiB each) after {ws / 2**20:.1f} MiB of workspace, but one sequence needs "
             f"{min_pages} pages (its prompt's nodes and max_new_tokens): shorten the prompts or max_new_tokens, "
             f"lower prefill_chunk_tokens or max_batch_sequences, or raise memory_budget_bytes")
+    if max_pages is not None:
+        pages = min(pages, max_pages)
     return MemoryPlan(budget, ws, rows, int(pages), page_size, page_bytes)
 
 

@@ -15,6 +15,7 @@ ranks of a tensor-parallel group, which see the same tokens, make the same model
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from .memory import SchedulingError, plan_memory
 from .results import Completion, GenerationSummary
 from .runner import EOS, IDLE, LENGTH, STOP_ID, ModelRunner
 from .scheduler import Scheduler
+from kernels import required_capacity
+
 from .segments import Heads, PrefillPiece, decode_meta, prefill_meta
 from .sequence import Sequence, SeqState, Unit, make_units
 
@@ -95,8 +98,12 @@ class GenerationRun:
         # ---- memory: decode rows and KV pages
         rows_wanted = min(max_rows if max_rows is not None else opts.max_rows(), plan.num_sequences)
         worst = max(sum(pages_for(len(plan.node_tokens[k]), ps) for k in s.path) for s in self.seqs)
+        # never more pages than the whole plan at its longest: every node once, every suffix at max_new_tokens
+        most = 1 + sum(pages_for(len(t), ps) for t in plan.node_tokens.values()) \
+            + plan.num_sequences * self.capacity_pages
         self.memory = plan_memory(engine.budget_bytes(), rows_wanted, len(plan.levels), cfg, engine.dtype, ps,
-                                  opts.prefill_chunk_tokens, min_pages=1 + worst + self.capacity_pages)
+                                  opts.prefill_chunk_tokens, min_pages=1 + worst + self.capacity_pages,
+                                  max_pages=most)
         self.max_rows = self.memory.max_rows
         self.blocks = KVBlocks(self.memory.num_pages, ps)
         unit_cap = max(1, min(self.max_rows, self.blocks.pool.usable_pages // (2 * self.capacity_pages)))
@@ -136,6 +143,8 @@ class GenerationRun:
         sched = self.scheduler
         while self.unfinished:
             progressed = sched.admit()
+            if progressed:
+                self._first_tokens()  # samples whose nodes are all resident already need no prefill
             if self.prefill_queue:
                 self._prefill_once()
                 progressed = True
@@ -203,18 +212,17 @@ class GenerationRun:
             raise AssertionError("prefill queue holds no node whose ancestors are prefilled")
         self.runner.sync()
         t0 = time.perf_counter()
-        ids, positions, slots, logit_rows, logit_keys = [], [], [], [], []
+        ids, positions, logit_rows, logit_keys = [], [], [], []
         for p in pieces:
             toks = self.plan.node_tokens[p.key]
             ids.extend(toks[p.lo:p.hi])
             positions.extend(range(p.base_pos + p.lo, p.base_pos + p.hi))
-            slots.extend(blocks.node_slots(p.key, p.lo, p.hi))
             if p.hi == len(toks) and p.key in self.first_nodes:
                 logit_rows.append(len(ids) - 1)
                 logit_keys.append(p.key)
         meta = prefill_meta(pieces, blocks.node_runs, self.heads, self.page_size, self.runner.device,
                             share=self.attention == "tree")
-        hidden = self.runner.prefill(ids, positions, slots, meta, logit_rows)
+        hidden = self.runner.prefill(ids, positions, meta, logit_rows)
         for key, h in zip(logit_keys, hidden):
             self.first_hidden[key] = h
         for p in pieces:
@@ -252,7 +260,9 @@ class GenerationRun:
     def _want_rebuild(self) -> bool:
         ready = len(self.ready)
         if self.batch is None or not self._live_rows():
-            return ready > 0 or (self.batch is not None and not self._live_rows())
+            # nothing decoding: finish the queued prefill first (it is cheap next to decoding a partial batch)
+            return (ready > 0 and not self.prefill_queue) or ready >= self.max_rows \
+                or (self.batch is not None and not self._live_rows())
         if ready and not self.prefill_queue:
             return True
         return self.dead_rows >= max(1, self.opts.compact_fraction * len(self.rows))
@@ -281,23 +291,25 @@ class GenerationRun:
         b = self.runner.batch(bucket, self.capacity_pages)
         gens = [s.generated for s in rows]
         self.next_gen = list(gens)
+        # Built on the host and copied into the bucket's metadata in one transfer; a composition that outgrows
+        # the bucket's capacity gets a larger one (and the bucket a new capture).
         meta_args = ([s.path for s in rows], [s.pages for s in rows], gens, self.capacity_pages, bucket,
-                     self.blocks.node_runs, self.heads, self.page_size, self.runner.device,
-                     self.attention == "tree")
+                     self.blocks.node_runs, self.heads, self.page_size, torch.device("cpu"),
+                     self.attention == "tree", self.runner.num_sms)
         meta = None
         if b.capacity is not None:
-            try:
+            needed = required_capacity(decode_meta(*meta_args))
+            if not b.capacity.overflow(needed):
                 meta = decode_meta(*meta_args, capacity=b.capacity)
-            except ValueError:  # the composition outgrew the bucket's capacity: a new one, a new capture
-                meta = None
-        if meta is None:
-            from kernels import required_capacity
-
-            b.capacity = required_capacity(decode_meta(*meta_args)).grow(_CAPACITY_HEADROOM)
-            meta = decode_meta(*meta_args, capacity=b.capacity)
-            b.meta, b.graph = meta, None
+            else:
+                b.capacity = self._grown(b.capacity.union(needed))
         else:
+            b.capacity = self._grown(required_capacity(decode_meta(*meta_args)))
+        if meta is not None and b.meta is not None:
             b.meta.update_(meta)
+        else:
+            dev_args = meta_args[:8] + (self.runner.device,) + meta_args[9:]
+            b.meta, b.graph = decode_meta(*dev_args, capacity=b.capacity), None
         pad = bucket - n
 
         def fill(buf, values, dtype):
@@ -315,6 +327,10 @@ class GenerationRun:
         self.kill = np.zeros(bucket, dtype=bool)
         self.table_dirty = True
         self.batch = b
+
+    def _grown(self, capacity):
+        """Headroom for later compositions; the page table keeps its width (the host mirror's)."""
+        return dataclasses.replace(capacity.grow(_CAPACITY_HEADROOM), max_pages=self.capacity_pages)
 
     def _ensure_pages(self) -> None:
         """Pages for the positions the next step feeds (host-live rows; an allocation for a row the device has

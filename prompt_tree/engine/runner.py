@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import cuda_graph_path, plan_tree_attention, tree_attention
-from kernels.tree_attention import in_graph_path
+from kernels import cuda_graph_path, in_graph_path, own_slots, plan_tree_attention, query_slots, tree_attention
 
 from .blocks import SCRATCH_PAGE
 
@@ -39,15 +38,6 @@ def finish_codes(tokens: torch.Tensor, generated: torch.Tensor, eos: torch.Tenso
     code = torch.where(generated >= limit, LENGTH, RUNNING)
     code = torch.where(is_eos, EOS, code)
     return torch.where(is_stop, STOP_ID, code).to(torch.int32)
-
-
-def suffix_slots(meta, page_size: int) -> torch.Tensor:
-    """[NB] int64: the slot of each row's newest own position (own_len - 1) through its page table; rows with
-    own_len 0 get the scratch page's first slot."""
-    pos = (meta.own_len.long() - 1).clamp(min=0)
-    page = meta.own_page_table.gather(1, (pos // page_size).unsqueeze(1)).squeeze(1).long()
-    slot = page * page_size + pos % page_size
-    return torch.where(meta.own_len > 0, slot, SCRATCH_PAGE * page_size)
 
 
 class DecodeBatch:
@@ -111,6 +101,9 @@ class ModelRunner:
         self.eos = torch.tensor(sorted(set(eos_ids)), **i64)
         self.stop_ids = torch.tensor(sorted(set(stop_token_ids)), **i64)
         self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        # split decisions of metadata built on the host for this device
+        self.num_sms = (torch.cuda.get_device_properties(self.device).multi_processor_count
+                        if self.device.type == "cuda" else 132)
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.batches: dict[int, DecodeBatch] = {}
         self.captures = 0
@@ -155,16 +148,17 @@ class ModelRunner:
 
     # ----- prefill
 
-    def prefill(self, ids: list[int], positions: list[int], slots: list[int], meta,
-                logit_rows: list[int]) -> torch.Tensor:
-        """One prefill call -> the final hidden states [len(logit_rows), hidden] at those rows."""
+    def prefill(self, ids: list[int], positions: list[int], meta, logit_rows: list[int]) -> torch.Tensor:
+        """One prefill call (each row's key goes to its own position's slot) -> the final hidden states
+        [len(logit_rows), hidden] at those rows."""
         dev = self.device
 
         def t(x):
             return torch.tensor(x, dtype=torch.int64, device=dev)
 
+        slots = query_slots(meta, empty_slot=SCRATCH_PAGE * self.page_size)
         try:
-            hidden = self.model.forward(t(ids), t(positions), self._attention(t(slots), meta))
+            hidden = self.model.forward(t(ids), t(positions), self._attention(slots, meta))
         finally:
             self._plan = None  # its buffers go: the next call has other metadata
         return hidden[t(logit_rows)] if logit_rows else hidden[:0]
@@ -191,7 +185,7 @@ class ModelRunner:
         """One decode step over b's buffers. No host sync, no data-dependent branch: captured as is."""
         live = b.live & ~b.kill
         b.meta.own_len.copy_(torch.where(live, b.gen, 0))  # the fed token is own position gen - 1
-        slots = suffix_slots(b.meta, self.page_size)
+        slots = own_slots(b.meta, empty_slot=SCRATCH_PAGE * self.page_size)
         positions = (b.prompt_len + b.gen - 1).clamp(min=0)
         hidden = self.model.forward(b.tokens, positions, self._attention(slots, b.meta))
         tok, lp = self.sampler(self.logits(hidden), b.seq_ids, b.gen)

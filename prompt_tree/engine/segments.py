@@ -67,7 +67,7 @@ def prefill_meta(pieces: Sequence[PrefillPiece], node_runs: Callable, heads: Hea
 
 def decode_meta(paths: Sequence[Sequence], pages: Sequence[Sequence[int]], own_lens: Sequence[int],
                 capacity_pages: int, padded_rows: int, node_runs: Callable, heads: Heads, page_size: int,
-                device: torch.device, share: bool, capacity=None):
+                device: torch.device, share: bool, num_sms: int | None = None, capacity=None):
     """Metadata of one decode step: rows 0..len(paths)-1 are sequences in plan order, then padding rows up to
     padded_rows (q_len 1, own_len 0, no segment: output 0, never a NaN). Each row's page list is padded with the
     scratch page to capacity_pages so the table keeps its shape while the suffixes grow."""
@@ -78,4 +78,4 @@ def decode_meta(paths: Sequence[Sequence], pages: Sequence[Sequence[int]], own_l
         [1] * padded_rows, [0] * padded_rows, list(own_lens) + [0] * pad,
         shared_segments(paths, node_runs), heads.num_q_heads, heads.num_kv_heads, heads.head_dim, device,
         share=share, own_capacity=[capacity_pages * page_size] * padded_rows, own_pages=own_pages,
-        page_size=page_size, capacity=capacity)
+        page_size=page_size, num_sms=num_sms, capacity=capacity)
