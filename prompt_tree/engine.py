@@ -29,7 +29,6 @@ from kernels.tree_attention import in_graph_path
 from .kv import KVLayout, KVPool
 from .sampling import SamplingParams, StopChecker, sample, sequence_id
 from .scheduler import available_memory, batch_cost, schedule
-from .tokenizer import PromptEncoder
 
 # Rows of vocabulary-sized fp32 work per sampling call when the first tokens are drawn after prefill
 # (a node shared by thousands of sequences would otherwise expand to thousands of logit rows at once).
@@ -119,10 +118,12 @@ class Engine:
     cuda_graphs: capture decode steps in CUDA graphs (CUDA only; ignored on CPU).
     prefill_chunk_tokens: the most query rows of one prefill model call.
     compact_fraction: rebuild the decode batch without its finished sequences once that fraction has finished.
+    add_bos: True / False overrides the tokenizer's BOS rule when trees are tokenized (prompt_tree.bos); None keeps it.
     """
 
     def __init__(self, model, config, tokenizer=None, eos_ids=None, *, memory_budget_bytes: int | None = None,
-                 cuda_graphs: bool = True, prefill_chunk_tokens: int = 8192, compact_fraction: float = 0.125):
+                 cuda_graphs: bool = True, prefill_chunk_tokens: int = 8192, compact_fraction: float = 0.125,
+                 add_bos: bool | None = None):
         if not (0 <= compact_fraction < 1):
             raise ValueError(f"compact_fraction must be in [0, 1), got {compact_fraction!r}")
         if prefill_chunk_tokens < 1:
@@ -140,6 +141,9 @@ class Engine:
         self.cuda_graphs = cuda_graphs
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self.compact_fraction = compact_fraction
+        if add_bos is not None and not isinstance(add_bos, bool):
+            raise ValueError(f"add_bos must be True, False or None (the tokenizer's rule), got {add_bos!r}")
+        self.add_bos = add_bos
 
     # ----- construction
 
@@ -173,12 +177,13 @@ class Engine:
     # ----- planning
 
     def plan(self, tree_or_plan, params: SamplingParams | None = None):
-        """The Plan of a PromptTree (tokenized with BOS on the first node), or a Plan unchanged; checked to fit
-        the model's context."""
+        """The Plan of a PromptTree (each sequence its whole prompt's encoding, under the tokenizer's BOS rule or
+        add_bos), or a Plan unchanged; checked to fit the model's context."""
         if hasattr(tree_or_plan, "levels") and hasattr(tree_or_plan, "sequences"):
             plan = tree_or_plan
         elif hasattr(tree_or_plan, "flatten"):
-            plan = tree_or_plan.flatten(tokenizer=PromptEncoder(self.tokenizer) if self.tokenizer else None)
+            plan = (tree_or_plan.flatten(tokenizer=self.tokenizer, add_bos=self.add_bos) if self.tokenizer
+                    else tree_or_plan.flatten())
         else:
             raise TypeError(f"generate takes a PromptTree or a Plan, not {type(tree_or_plan).__name__}")
         max_new = params.max_new_tokens if params else 0

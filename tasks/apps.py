@@ -6,7 +6,8 @@ input_output, difficulty, url, starter_code; solutions and input_output are JSON
 skips the bad ones with one `MalformedProblemWarning` naming each (problem_id and reason), or raises with
 strict=True.
 
-The prompt helpers live in tasks.prompts and are re-exported at the bottom for convenience.
+The prompts and the evaluation's prompt tree are built by tasks.prompts (which imports this module, never the
+other way round).
 """
 from __future__ import annotations
 
@@ -362,6 +363,3 @@ def load_problems(
         problems = problems[:limit]
     return problems
 
-
-# Re-exported so that `from tasks.apps import build_tree` works; tasks.prompts imports this module lazily.
-from tasks.prompts import build_tree, draw_few_shot, format_few_shot, format_question  # noqa: E402

@@ -4,7 +4,8 @@ import threading
 
 import pytest
 
-from tasks.apps import build_tree, load_problems
+from tasks.apps import load_problems
+from tasks.prompts import build_tree
 from tasks.prompts import FEW_SHOT_KEY, format_question
 from tasks.results import RunDirError, read_jsonl
 from tasks.runner import RunConfig, build_sample_tree, run_apps, sample_key
@@ -88,6 +89,9 @@ class Interrupting:
             on_complete(key, index, completion)
 
         return self.engine.generate(tree, params, on_complete=cb, **kw)
+
+    def __getattr__(self, name):  # plan, tokenizer, ...: the wrapped engine's
+        return getattr(self.engine, name)
 
 
 class CountingCheck:
