@@ -19,7 +19,8 @@ CODE_PIECES = (
     "('", "hello", "')", "é", "日本", "🙂", "\t", "==", "=", "[", "]", "0", "12", "345", ",", ".", "#", " #",
     '"""', "n", "_", "ab", "QUESTION:", "ANSWER:", "\nANSWER:\n", "for", " in", " range", "):\n",
 )
-SPECIALS = ["<s>", "</s>", "<|im_start|>", "<|im_end|>"]
+SPECIALS = ["<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>",
+            "<|end_header_id|>", "<|eot_id|>"]
 
 
 def code_text(rng: random.Random, pieces: int) -> str:
@@ -43,7 +44,8 @@ def _trained(kind: str) -> str:
         tok = Tokenizer(models.BPE(byte_fallback=True))
         tok.pre_tokenizer = pre_tokenizers.Metaspace()
         tok.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace()])
-        # the 256 byte tokens first, so that any character encodes (byte fallback)
+        # the 256 byte tokens, so that any character encodes (byte fallback); the trainer registers them as special
+        # tokens, so decode them with skip_special_tokens=False
         trainer = trainers.BpeTrainer(vocab_size=900, show_progress=False,
                                       special_tokens=SPECIALS + [f"<0x{b:02X}>" for b in range(256)])
     else:
@@ -81,3 +83,20 @@ def loss_bound(tok: Tokenizer, a: str, b: str) -> int:
 def loss(parent_ids: list[int], child_ids: list[int]) -> int:
     """How many ids at the end of the parent's encoding the child's does not share."""
     return len(parent_ids) - common_prefix_len(parent_ids, child_ids)
+
+
+def save_random_checkpoint(path, kind: str = "byte_level", family: str = "qwen2", **config) -> None:
+    """A small random-weight checkpoint (transformers' save_pretrained) whose vocabulary is the trained
+    tokenizer's, with that tokenizer.json beside it; `config` goes to the model config (eos_token_id, ...)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    shape = dict(vocab_size=trained(kind).get_vocab_size(), hidden_size=32, intermediate_size=64,
+                 num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096)
+    if family == "qwen2":
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**shape, tie_word_embeddings=True, **config))
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**shape, **config))
+    model.save_pretrained(path)
+    trained(kind).save(str(path / "tokenizer.json"))
