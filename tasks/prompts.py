@@ -28,7 +28,7 @@ import random
 from typing import Sequence
 
 from prompt_tree import PromptTree
-from tasks.apps import load_problems
+from tasks.sources import load_problems
 from tasks.problem import Problem
 
 

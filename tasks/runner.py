@@ -273,7 +273,7 @@ def build_sample_tree(problems: Sequence[Problem], missing: dict[str, list[int]]
     samples are dropped. examples: the few-shot examples if already drawn (draw_examples), else drawn here.
     Returns (tree, child key -> (problem_id, sample_index))."""
     from prompt_tree import PromptTree
-    from tasks.prompts import build_tree
+    from tasks.apps import build_tree
 
     few_shot = list(examples) if examples is not None else config.few_shot
     base = build_tree(problems, samples=1, few_shot=few_shot, instruction=config.instruction, seed=config.seed,

@@ -4,8 +4,7 @@ import threading
 
 import pytest
 
-from tasks.apps import load_problems
-from tasks.prompts import build_tree
+from tasks.apps import build_tree, load_problems
 from tasks.prompts import FEW_SHOT_KEY, format_question
 from tasks.results import RunDirError, read_jsonl
 from tasks.runner import RunConfig, build_sample_tree, run_apps, sample_key
