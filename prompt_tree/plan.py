@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 from prompt_tree.errors import PromptTreeError
-from prompt_tree.prefix import common_prefix_len
+from prompt_tree.prefix import subtree_prefixes
 from prompt_tree.tokenize import PromptEncoder, check_token_ids, encode_paths, is_chat_tree
 
 if TYPE_CHECKING:
@@ -408,7 +408,7 @@ def build_plan(tree: PromptTree, tokenizer: Any = None, max_len: int | None = No
                 f"node {node.key!r}: its prompt from the root is {len(ids)} tokens, longer than max_len={max_len}; "
                 f"shorten the prompts on its path or raise max_len"
             )
-    shared, some = _shared_prefixes(kept, paths)
+    shared, some = subtree_prefixes(kept, paths)
     node_tokens: dict[str, list[int]] = {}
     unshared: dict[str, int] = {}
     tails: dict[str, str] = {}
@@ -425,33 +425,6 @@ def build_plan(tree: PromptTree, tokenizer: Any = None, max_len: int | None = No
     texts = any(n.is_text for n in kept)
     tokenization = encoder.describe(chat_tree) if encoder is not None and texts else None
     return _order(kept, node_tokens, tails, tail_tokens, unshared, tokenization)
-
-
-def _shared_prefixes(kept: list[Node], paths: dict[str, list[int] | None]):
-    """For every kept node u: (P(u), a path encoding of its subtree), P(u) = the longest common prefix of the path
-    encodings in u's subtree, u's own included (so its shared tokens stop where its text ends).
-
-    prompt_tree.prefix's rule over the pre-order (where every subtree is a run): P(u) is the least neighbour lcp
-    inside u's run, computed bottom-up in one pass: the minimum of the children's P and of the lcps where the run
-    passes from one part to the next (u's own encoding -> first child's run -> next child's run ...). A node whose
-    encoding is None (see tokenize.encode_paths) is no part of the run."""
-    shared: dict[str, int] = {}
-    first: dict[str, list[int]] = {}  # the first encoding of each subtree's run
-    last: dict[str, list[int]] = {}  # and its last
-    for node in reversed(kept):  # children before parents
-        own = paths[node.key]
-        p = len(own) if own is not None else None
-        head = tail = own
-        for c in node.children:
-            if c.key not in shared:
-                continue  # dropped: no samples below
-            p = shared[c.key] if p is None else min(p, shared[c.key])
-            if tail is not None:
-                p = min(p, common_prefix_len(tail, first[c.key]))
-            head = head if head is not None else first[c.key]
-            tail = last[c.key]
-        shared[node.key], first[node.key], last[node.key] = p, head, tail
-    return shared, first
 
 
 def _tail_key(tree: PromptTree, key: str, taken: set[str]) -> str:

@@ -14,7 +14,7 @@ run. Pure Python, no torch.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 # Slices of this many ids are compared at once (in C) before the first differing one is looked for id by id:
 # linear in the common prefix, with no Python-level loop over it.
@@ -47,3 +47,31 @@ def run_prefix(seqs: Sequence[Sequence[int]], neighbours: Sequence[int], lo: int
     if not 0 <= lo < hi <= len(seqs):
         raise ValueError(f"run [{lo}, {hi}) is empty or outside the {len(seqs)} sequences")
     return len(seqs[lo]) if hi - lo == 1 else min(neighbours[lo:hi - 1])
+
+
+def subtree_prefixes(kept: Sequence[Any], paths: dict[str, Sequence[int] | None]):
+    """For tree nodes `kept` (pre-order; a node's children outside `kept` are skipped) and their encodings:
+    ({key: P(u)}, {key: an encoding of u's subtree}), P(u) = the longest common prefix of the encodings in u's
+    subtree, u's own included. flatten uses it with path encodings (prompt_tree.plan).
+
+    The module's rule over the pre-order, where every subtree is a run: P(u) is the least neighbour lcp inside u's
+    run, computed bottom-up in linear time: the minimum of the children's P and of the lcps where the run passes
+    from one part to the next (u's own encoding -> first child's run -> next child's run ...). A node whose
+    encoding is None is no part of the run; every node must have some encoding in its subtree."""
+    shared: dict[str, int] = {}
+    first: dict[str, Sequence[int]] = {}  # the first encoding of each subtree's run
+    last: dict[str, Sequence[int]] = {}  # and its last
+    for node in reversed(kept):  # children before parents
+        own = paths[node.key]
+        p = len(own) if own is not None else None
+        head = tail = own
+        for c in node.children:
+            if c.key not in shared:
+                continue  # dropped: no samples below
+            p = shared[c.key] if p is None else min(p, shared[c.key])
+            if tail is not None:
+                p = min(p, common_prefix_len(tail, first[c.key]))
+            head = head if head is not None else first[c.key]
+            tail = last[c.key]
+        shared[node.key], first[node.key], last[node.key] = p, head, tail
+    return shared, first

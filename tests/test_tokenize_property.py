@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from bpe_fixtures import CODE_PIECES, code_text, loss, loss_bound, plain, trained
 from prompt_tree import PromptTree
-from prompt_tree.prefix import common_prefix_len, neighbour_prefixes, run_prefix
+from prompt_tree.prefix import common_prefix_len, neighbour_prefixes, run_prefix, subtree_prefixes
 
 KINDS = ("byte_level", "metaspace")
 EXTRA = ("", "   ", "\n\n", "\n\n\n", "日本語", "🙂🙂", "\t\t", "é")  # empty nodes, whitespace runs, unicode
@@ -140,8 +140,23 @@ def test_loss_is_one_or_two_tokens_on_code():
 
 
 def test_the_incremental_lcp_is_the_run_rule():
-    """plan._shared_prefixes combines children bottom-up; prefix.run_prefix is the rule it implements."""
+    """prefix.subtree_prefixes (bottom-up, linear) against prefix.run_prefix over each subtree's pre-order run,
+    and run_prefix against the pairwise definition."""
     rng = random.Random(3)
+    for _ in range(200):
+        tree = PromptTree()
+        nodes = [tree.root]
+        for _ in range(rng.randint(1, 12)):
+            nodes.append(rng.choice(nodes).add([rng.randint(0, 1) for _ in range(rng.randint(0, 2))]))
+        kept = tree.nodes()
+        paths = {n.key: [t for m in n.path() for t in m.prompt] for n in kept}
+        shared, some = subtree_prefixes(kept, paths)
+        seqs = [paths[n.key] for n in kept]
+        neighbours = neighbour_prefixes(seqs)
+        for lo, n in enumerate(kept):
+            hi = lo + 1 + sum(1 for m in kept if n in m.path() and m is not n)
+            assert shared[n.key] == run_prefix(seqs, neighbours, lo, hi)
+            assert some[n.key] is seqs[lo]
     for _ in range(300):
         seqs = [[rng.randint(0, 2) for _ in range(rng.randint(0, 6))] for _ in range(rng.randint(1, 7))]
         neighbours = neighbour_prefixes(seqs)
