@@ -163,8 +163,8 @@ def test_describe_command(bpe, tmp_path, capsys):
     assert main(["describe", str(tree_path), "--tokenizer", str(tmp_path)]) == 0  # the directory works too
     out = capsys.readouterr().out
     assert "no BOS (tokenizer_config.json add_bos_token=false)" in out and f"flat {3 * (n - 1)} tokens" in out
-    assert main(["describe", str(tree_path), "--tokenizer", str(tmp_path), "--bos"]) == 2
-    assert "names no BOS token" in capsys.readouterr().err
+    assert main(["describe", str(tree_path), "--tokenizer", str(tmp_path), "--bos"]) == 0  # the template names it
+    assert "BOS 0 first (add_bos=True / --bos)" in capsys.readouterr().out
     assert main(["describe", str(tree_path), "--tokenizer", str(tok_path), "--no-bos"]) == 0
     assert "no BOS (add_bos=False / --no-bos)" in capsys.readouterr().out
     assert main(["describe", str(tree_path)]) == 2  # string prompts, no tokenizer
