@@ -8,15 +8,31 @@ node's KV is shared by exactly that range: its `Group(node, depth, start, stop, 
 chains are NOT merged: levels mirror the tree, so prefill and the KV pool map 1:1 to nodes (an attention metadata
 builder may fuse chains later). Subtrees that ask for no samples are dropped: they need no KV and are not
 tokenized. Pure Python, no torch.
+
+Tokens (issue 14): every sequence's ids are exactly its whole prompt's encoding (prompt_tree.tokenize), and a plan
+node holds what the sequences of its subtree share beyond its parent's: the token-id longest common prefix of the
+subtree's path encodings (prompt_tree.prefix), cut where the node's own text ends. Where BPE merges across a
+boundary ("...)\n" + "\nQUESTION" -> ")\n\n"), the last token or two of a node's text are not shared: its
+children hold their own encoding of them, and `Plan.unshared` counts them per tree node. A node with samples
+whose own prompt ends in such tokens gets a *tail*: a plan node of its own (key `Plan.tails[key]`, never a tree
+key) under it, holding those tokens and the node's samples, placed before its children. Sequences keep their
+tree key: `sequences[i]` is (tree key, sample index) and `sequence_node(i)` the plan node the sequence ends in.
 """
 from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from prompt_tree.tokenize import BoundaryEncoder, check_token_ids
-from prompt_tree.tree import PromptTree, PromptTreeError
+from prompt_tree.errors import PromptTreeError
+from prompt_tree.prefix import subtree_prefixes
+from prompt_tree.tokenize import PromptEncoder, check_token_ids, encode_paths, is_chat_tree
+
+if TYPE_CHECKING:
+    from prompt_tree.tree import Node, PromptTree
+
+# A tail node's key is its node's key + this (more of it while that is a tree key); see the module docstring.
+TAIL_SUFFIX = "~own"
 
 
 @dataclass(frozen=True)
@@ -78,10 +94,12 @@ def _fail(message: str) -> None:
 class Plan:
     """The flattened tree (see the module docstring). Build with `PromptTree.flatten`, not directly.
 
-    sequences: (node key, sample index) of each sequence. node_tokens: a node's own token ids. parent: parent key,
-    None for the root's children. children: child keys in order (key None: the root's children). samples: each
-    node's own sequences in this plan. boundary_fallbacks: string nodes whose tokens fell back to encoding their own
-    text (see prompt_tree.tokenize). source_range: for a subplan, its [start, stop) in the plan it was cut from.
+    sequences: (tree key, sample index) of each sequence. node_tokens: a plan node's own token ids. parent: parent
+    key, None for the root's children. children: child keys in order (key None: the root's children). samples:
+    each plan node's own sequences in this plan. tails: tree key -> the key of its tail node, for nodes whose own
+    samples sit in one (see the module docstring). unshared: tree key -> how many tokens at the end of its path
+    encoding its subtree does not share (only nodes with some). tokenization: which tokenization rule applied, in
+    words (None for token-id trees). source_range: for a subplan, its [start, stop) in the plan it was cut from.
     """
 
     def __init__(
@@ -92,7 +110,9 @@ class Plan:
         parent: dict[str, str | None],
         children: dict[str | None, list[str]],
         samples: dict[str, int],
-        boundary_fallbacks: tuple[str, ...] = (),
+        tails: dict[str, str] | None = None,
+        unshared: dict[str, int] | None = None,
+        tokenization: str | None = None,
         source_range: tuple[int, int] | None = None,
     ):
         self.sequences = sequences
@@ -101,8 +121,11 @@ class Plan:
         self.parent = parent
         self.children = children
         self.samples = samples
-        self.boundary_fallbacks = boundary_fallbacks
+        self.tails = dict(tails or {})
+        self.unshared = dict(unshared or {})
+        self.tokenization = tokenization
         self.source_range = source_range
+        self._owner = {tail: key for key, tail in self.tails.items()}  # tail key -> tree key
         self._group = {g.node: g for g in self.groups()}
         self._path_len: dict[str, int] = {}
         for g in self.groups():  # parents come before children (depth order)
@@ -135,7 +158,13 @@ class Plan:
         return int(i)
 
     def sequence_node(self, i: int) -> str:
-        return self.sequences[self._seq(i)][0]
+        """The plan node sequence i ends in: its tree node, or that node's tail."""
+        key = self.sequences[self._seq(i)][0]
+        return self.tails.get(key, key)
+
+    def owner(self, plan_key: str) -> str:
+        """The tree key whose samples a plan node holds (itself, or for a tail its node's)."""
+        return self._owner.get(plan_key, plan_key)
 
     def path(self, i: int) -> list[Group]:
         """Groups sequence i reads, outermost first (one per depth down to its node)."""
@@ -181,11 +210,14 @@ class Plan:
         ]
         if self.source_range is not None:
             lines.append(f"subplan of sequences [{self.source_range[0]}, {self.source_range[1]})")
-        if self.boundary_fallbacks:
-            shown = ", ".join(repr(k) for k in self.boundary_fallbacks[:5])
-            more = "" if len(self.boundary_fallbacks) <= 5 else f" and {len(self.boundary_fallbacks) - 5} more"
-            lines.append(f"tokenization fell back to per-node encoding at {shown}{more} (a token merges across the "
-                         f"boundary; end the parent's text at whitespace to avoid it)")
+        if self.tokenization is not None:
+            lines.append(f"tokenization: {self.tokenization}; every sequence is its whole prompt's encoding")
+        if self.unshared:
+            worst = max(self.unshared, key=self.unshared.get)
+            lines.append(
+                f"not shared: {sum(self.unshared.values()):,} token(s) at the end of {len(self.unshared):,} node(s) "
+                f"(a BPE merge across the boundary below them; each child holds its own encoding of them), most "
+                f"{self.unshared[worst]} at {worst!r}")
         return "\n".join(lines)
 
     # ---- invariants ---------------------------------------------------------------------------------------------
@@ -197,6 +229,10 @@ class Plan:
         if set(self.samples) != set(self._group) or set(self.node_tokens) != set(self._group) \
                 or set(self.parent) != set(self._group):
             _fail("samples, node_tokens, parent and levels do not name the same nodes")
+        for key, tail in self.tails.items():
+            if tail not in self._group or self.parent[tail] != key or self.children[key][:1] != [tail] \
+                    or self.children[tail] or self.samples[key]:
+                _fail(f"tail {tail!r} of {key!r} must be its first child, a leaf, and hold all of its samples")
         if len(self._group) != sum(len(level) for level in self.levels):
             _fail("a node appears in more than one group")
         for depth, level in enumerate(self.levels):
@@ -228,9 +264,9 @@ class Plan:
             own = self.samples[key] if key is not None else 0
             base = self.sequences[start][1] if own else 0
             for j in range(start, start + own):
-                if self.sequences[j] != (key, base + j - start):
-                    _fail(f"sequence {j} is {self.sequences[j]!r}, expected ({key!r}, {base + j - start}): a node's "
-                          f"own samples must come first, consecutively")
+                if self.sequences[j] != (self.owner(key), base + j - start):
+                    _fail(f"sequence {j} is {self.sequences[j]!r}, expected ({self.owner(key)!r}, "
+                          f"{base + j - start}): a node's own samples must come first, consecutively")
             if own and self.source_range is None and base != 0:
                 _fail(f"node {key!r}: its first sample index is {base}, expected 0")
             at = start + own
@@ -293,7 +329,9 @@ class Plan:
             parent={k: self.parent[k] for k in kept},
             children={p: [c for c in cs if c in kept] for p, cs in self.children.items() if p is None or p in kept},
             samples=samples,
-            boundary_fallbacks=tuple(k for k in self.boundary_fallbacks if k in kept),
+            tails={k: t for k, t in self.tails.items() if t in kept},
+            unshared={k: n for k, n in self.unshared.items() if k in kept},
+            tokenization=self.tokenization,
             source_range=(base + start, base + stop),
         )
 
@@ -334,141 +372,107 @@ class Plan:
         return f"Plan({self.num_sequences} sequences, {self.num_nodes} nodes, {len(self.levels)} levels)"
 
 
-def build_plan(tree: PromptTree, tokenizer: Any = None, max_len: int | None = None) -> Plan:
-    """Tokenize (prompt_tree.tokenize's boundary rule) and order a tree; see PromptTree.flatten."""
+def build_plan(tree: PromptTree, tokenizer: Any = None, max_len: int | None = None, *, add_bos: bool | None = None,
+               chat: bool = False) -> Plan:
+    """Tokenize (prompt_tree.tokenize's canonical rule) and order a tree; see PromptTree.flatten."""
     if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, numbers.Integral) or max_len < 1):
         raise PromptTreeError(f"flatten: max_len must be a positive int or None, got {max_len!r}")
+    if not isinstance(chat, bool):
+        raise PromptTreeError(f"flatten: chat must be True or False, got {chat!r}")
     if tree.num_samples == 0:
         raise PromptTreeError(
             "flatten: the tree asks for no samples; pass samples=n (n >= 1) to add() on the nodes whose prompts "
             "should be completed"
         )
-    # Subtree sample counts, children before parents (reverse pre-order).
+    if tokenizer is None and add_bos is not None:
+        raise PromptTreeError("flatten: add_bos= needs a tokenizer (token-id prompts are taken as they are); pass "
+                              "flatten(tokenizer=..., add_bos=...) or leave add_bos out")
+    # Subtree sample counts, children before parents (reverse pre-order); subtrees without samples are dropped.
     nodes = tree.nodes()
     below: dict[str, int] = {}
     for node in reversed(nodes):
         below[node.key] = node.samples + sum(below[c.key] for c in node.children)
-    encoder = BoundaryEncoder(tokenizer) if tokenizer is not None else None
+    kept = [n for n in nodes if below[n.key]]
+    encoder = PromptEncoder(tokenizer, add_bos) if tokenizer is not None else None
+    chat_tree = is_chat_tree(kept, chat)
+    paths = encode_paths(kept, encoder, chat)
+    for node in kept:
+        ids = paths[node.key]
+        if node.samples and not ids:
+            raise PromptTreeError(
+                f"node {node.key!r} asks for {node.samples} samples of an empty prompt (0 tokens from the root); "
+                f"give its path at least one token (e.g. a BOS id)"
+            )
+        if max_len is not None and ids is not None and len(ids) > max_len:
+            raise PromptTreeError(
+                f"node {node.key!r}: its prompt from the root is {len(ids)} tokens, longer than max_len={max_len}; "
+                f"shorten the prompts on its path or raise max_len"
+            )
+    shared, some = subtree_prefixes(kept, paths)
+    node_tokens: dict[str, list[int]] = {}
+    unshared: dict[str, int] = {}
+    tails: dict[str, str] = {}
+    tail_tokens: dict[str, list[int]] = {}
+    for node in kept:
+        start = 0 if node.parent.is_root else shared[node.parent.key]
+        node_tokens[node.key] = some[node.key][start:shared[node.key]]
+        own = paths[node.key]
+        if own is not None and len(own) > shared[node.key]:
+            unshared[node.key] = len(own) - shared[node.key]
+            if node.samples:
+                tails[node.key] = _tail_key(tree, node.key, set(tails.values()))
+                tail_tokens[node.key] = own[shared[node.key]:]
+    texts = any(n.is_text for n in kept)
+    tokenization = encoder.describe(chat_tree) if encoder is not None and texts else None
+    return _order(kept, node_tokens, tails, tail_tokens, unshared, tokenization)
 
+
+def _tail_key(tree: PromptTree, key: str, taken: set[str]) -> str:
+    tail = key + TAIL_SUFFIX
+    while tail in tree or tail in taken:
+        tail += TAIL_SUFFIX
+    return tail
+
+
+def _order(kept: list[Node], node_tokens: dict[str, list[int]], tails: dict[str, str],
+           tail_tokens: dict[str, list[int]], unshared: dict[str, int], tokenization: str | None) -> Plan:
+    """Sequences, groups and levels of the kept nodes (see the module docstring), tails as first children."""
+    keep = {n.key for n in kept}
     sequences: list[tuple[str, int]] = []
     levels: list[list[Group]] = []
-    node_tokens: dict[str, list[int]] = {}
     parent: dict[str, str | None] = {}
     children: dict[str | None, list[str]] = {None: []}
     samples: dict[str, int] = {}
-    fallbacks: list[str] = []
-    path_ids: list[int] = []
-    # For the current path's string nodes: (run_text, run_base = len(path_ids) where the text run began).
-    runs: dict[str, tuple[str, int]] = {}
     starts: dict[str, int] = {}
-    stack: list[tuple[Any, bool]] = [(c, False) for c in reversed(tree.root.children) if below[c.key]]
+
+    def place(key: str, depth: int, up: str | None, own_samples: int) -> None:
+        parent[key] = up
+        children[up].append(key)
+        children[key] = []
+        samples[key] = own_samples
+        starts[key] = len(sequences)
+        while len(levels) <= depth:
+            levels.append([])
+
+    def close(key: str, depth: int) -> None:
+        levels[depth].append(Group(key, depth, starts.pop(key), len(sequences), len(node_tokens[key])))
+
+    roots = [n for n in kept if n.parent.is_root]
+    stack: list[tuple[Any, bool]] = [(n, False) for n in reversed(roots)]
     while stack:
         node, leaving = stack.pop()
-        key = node.key
         if leaving:
-            tokens = node_tokens[key]
-            while len(levels) <= node.depth:
-                levels.append([])
-            levels[node.depth].append(Group(key, node.depth, starts.pop(key), len(sequences), len(tokens)))
-            del path_ids[len(path_ids) - len(tokens):]
-            runs.pop(key, None)
+            close(node.key, node.depth)
             continue
-        up = node.parent
-        if node.is_text:
-            if encoder is None:
-                raise PromptTreeError(
-                    f"node {key!r} has a str prompt but flatten got no tokenizer; pass flatten(tokenizer=...) "
-                    f"or give the node token ids"
-                )
-            if up.key in runs:  # the parent is a string node: this node continues its text run
-                run_text, run_base = runs[up.key]
-                run_text += node.prompt
-                parent_run_ids = path_ids[run_base:]
-            else:
-                run_text, run_base, parent_run_ids = node.prompt, len(path_ids), None
-            tokens, fell_back = encoder.node_tokens(
-                run_text, node.prompt, parent_run_ids, run_at_start=run_base == 0, what=f"node {key!r}"
-            )
-            if fell_back:
-                # The node starts a new text run: its descendants continue its own text, so one awkward
-                # boundary does not make every node below it fall back too.
-                fallbacks.append(key)
-                run_text, run_base = node.prompt, len(path_ids)
-            runs[key] = (run_text, run_base)
-        else:
-            tokens = list(node.prompt)
-        path_ids.extend(tokens)
-        if max_len is not None and len(path_ids) > max_len:
-            raise PromptTreeError(
-                f"node {key!r}: its prompt from the root is {len(path_ids)} tokens, longer than max_len={max_len}; "
-                f"shorten the prompts on its path or raise max_len"
-            )
-        if node.samples and not path_ids:
-            raise PromptTreeError(
-                f"node {key!r} asks for {node.samples} samples of an empty prompt (0 tokens from the root); give "
-                f"its path at least one token (e.g. a BOS id)"
-            )
-        node_tokens[key] = tokens
-        up_key = None if up.is_root else up.key
-        parent[key] = up_key
-        children[up_key].append(key)
-        children[key] = []
-        samples[key] = node.samples
-        starts[key] = len(sequences)
-        sequences.extend((key, s) for s in range(node.samples))
+        up = None if node.parent.is_root else node.parent.key
+        tail = tails.get(node.key)
+        place(node.key, node.depth, up, 0 if tail else node.samples)
+        if tail:
+            node_tokens[tail] = tail_tokens[node.key]
+            place(tail, node.depth + 1, node.key, node.samples)
+        sequences.extend((node.key, s) for s in range(node.samples))
+        if tail:
+            close(tail, node.depth + 1)
         stack.append((node, True))
-        stack.extend((c, False) for c in reversed(node.children) if below[c.key])
-    return Plan(sequences, levels, node_tokens, parent, children, samples, tuple(fallbacks))
-
-
-def _preview(node) -> str:
-    if node.is_text:
-        text = repr(node.prompt)
-        return text if len(text) <= 40 else text[:36] + "...'"
-    ids = list(node.prompt[:6])
-    return f"ids {ids}"[:-1] + (", ...]" if len(node.prompt) > 6 else "]")
-
-
-def describe_tree(tree: PromptTree, plan: Plan | None = None, max_children: int = 8,
-                  bytes_per_token: int | None = None) -> str:
-    """An outline of the tree, one node a line (at most max_children shown per node), plus the plan's summary."""
-    head = f"PromptTree: {len(tree)} nodes, {len(tree.leaves())} leaves, {tree.num_samples:,} samples"
-    lines = [head]
-    stack: list[tuple[Any, str, bool]] = [
-        (c, "", i == len(tree.root.children) - 1) for i, c in reversed(list(enumerate(tree.root.children)))
-    ]
-    if len(tree.root.children) > max_children:
-        stack = stack[-max_children:]
-        lines_extra = len(tree.root.children) - max_children
-    else:
-        lines_extra = 0
-    while stack:
-        item = stack.pop()
-        if item[0] is None:  # an elision marker
-            lines.append(item[1])
-            continue
-        node, prefix, last = item
-        if plan is not None and node.key in plan.node_tokens:
-            size = f"{len(plan.node_tokens[node.key])} tok"
-        elif plan is not None:
-            size = "not in plan (no samples below)"
-        elif node.is_text:
-            size = f"{len(node.prompt)} chars"
-        else:
-            size = f"{len(node.prompt)} tok"
-        samples = f" x{node.samples}" if node.samples else ""
-        lines.append(f"{prefix}{'`-' if last else '|-'} {node.key}: {_preview(node)} | {size}{samples}")
-        kids = node.children
-        inner = prefix + ("   " if last else "|  ")
-        shown = kids[:max_children]
-        if len(kids) > max_children:
-            rest = kids[max_children:]
-            stack.append((None, f"{inner}`- ... {len(rest)} more children ({sum(c.subtree_samples() for c in rest):,} "
-                                f"samples)", True))
-        for i in reversed(range(len(shown))):
-            stack.append((shown[i], inner, i == len(kids) - 1))
-    if lines_extra:
-        lines.append(f"`- ... {lines_extra} more top-level nodes")
-    if plan is not None:
-        lines.append(plan.describe(bytes_per_token))
-    return "\n".join(lines)
+        stack.extend((c, False) for c in reversed(node.children) if c.key in keep)
+    return Plan(sequences, levels, node_tokens, parent, children, samples, tails, unshared, tokenization)

@@ -1,28 +1,33 @@
-"""The tokenization boundary rule: which token ids a string node of a prompt tree contributes.
+"""The canonical tokenization of a prompt tree: every sequence gets exactly its whole prompt's tokens (issue 14).
 
-BPE tokenizes "ab" differently from "a" + "b", and a tokenizer that adds BOS on `encode` would put a BOS in front
-of every node if nodes were encoded one by one. The model should see what it would see for the whole prompt, so a
-string node's tokens are taken from the encoding of its whole *text run*:
+BPE does not split at node boundaries: "ab" may encode differently from "a" + "b" (Llama 3 merges ")\\n\\n" across
+the few-shot -> problem boundary of the APPS tree). So nodes are never encoded on their own. The rule:
 
-- The text run of a string node v is the concatenation of the string prompts from the first string node after the
-  nearest token-id ancestor (or after the root) down to v. Token-id nodes are taken literally and break runs.
-- If v is the first node of its run, its tokens are `encode(run_text)`. A run that starts at the root keeps the
-  tokenizer's special prefix (BOS); a run that starts below a token-id node has it removed, since the sequence
-  has already started.
-- Otherwise let P be the ids the parent contributed to the same run (the parent's final ids, not a re-encoding).
-  If P is a prefix of `encode(run_text)`, v's tokens are the rest: then P + tokens(v) is exactly what encoding the
-  whole run gives. If not (a merge crosses the boundary, e.g. "Hello wor" + "ld"), v falls back to
-  `encode(own_text)` with the special prefix removed, appended after P, and a new text run starts at v (its
-  descendants continue v's own text, not the whole run). The plan lists such nodes in
-  `Plan.boundary_fallbacks` so a user can move the boundary (end nodes at whitespace or newlines).
+- A path's ids are the BOS rule's prefix (prompt_tree.bos) followed by the encoding of the path's whole text,
+  encoded once. `encode_paths` computes them for every node of the plan (a node's "path encoding"): for each node
+  with samples these are its sequences' ids, exactly; for an inner node they are used to stop its shared tokens
+  where its own text ends (prompt_tree.plan then takes what each subtree shares from the token-id longest common
+  prefixes, prompt_tree.prefix).
+- Token-id nodes are taken literally. A text run (the text nodes after the nearest token-id ancestor, or after the
+  root) is encoded whole and put after the ids before it; only a run that starts at the root gets the BOS prefix
+  (a sequence that starts with token ids has started: the ids carry their own BOS if they want one).
+- Chat: when flatten is asked for chat, or any node has a role, the tree is a chat tree: every path is read as a
+  conversation (prompt_tree.chat), rendered by the tokenizer's chat template (with the generation prompt for a
+  node with samples) and that text encoded whole, without the BOS rule (the template writes its own specials).
+  Token-id nodes cannot be rendered: a chat tree holds text only.
 
-The "special prefix" is `encode("")` (e.g. [BOS] for Llama tokenizers, [] for byte-level ones). Tokenizers that
-append EOS on encode are not supported (every node would fall back and end with EOS).
+Cost: one encode per distinct path text (nodes that add no text reuse their parent's ids, which keeps trees with
+one empty node per sample cheap), batched through the tokenizer's own threads where it has them.
+Tokenizers that append EOS on encode are not supported (every sequence would end with EOS).
 """
 from __future__ import annotations
 
 import numbers
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
+
+from prompt_tree.bos import BosRule, apply_option, post_processor_rule, special_prefix
+from prompt_tree.chat import ChatTemplate, ChatTemplateError, messages_of, template_of
+from prompt_tree.errors import PromptTreeError
 
 
 def check_token_ids(ids: Any, what: str) -> list[int]:
@@ -30,8 +35,6 @@ def check_token_ids(ids: Any, what: str) -> list[int]:
 
     `what` names the source in the error ("node 'shots'", "tokenizer output for node 'x'").
     """
-    from prompt_tree.tree import PromptTreeError  # tree.py imports this module; import late to avoid a cycle
-
     if hasattr(ids, "tolist") and not isinstance(ids, (str, bytes)):  # numpy arrays, torch tensors
         ids = ids.tolist()
     if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
@@ -58,57 +61,178 @@ def check_token_ids(ids: Any, what: str) -> list[int]:
     return out
 
 
-def encode(tokenizer: Any, text: str, what: str) -> list[int]:
-    """tokenizer.encode(text) as a list of ints; accepts encoders returning list[int] or an object with `.ids`."""
-    from prompt_tree.tree import PromptTreeError
-
-    enc = getattr(tokenizer, "encode", None)
-    if enc is None or not callable(enc):
-        raise PromptTreeError(
-            f"{what}: the tokenizer {type(tokenizer).__name__} has no encode(str) method; pass a tokenizers.Tokenizer, "
-            f"a transformers tokenizer, or any object whose encode(str) returns list[int]"
-        )
-    out = enc(text)
+def _raw_encode(tokenizer: Any, text: str, what: str, **kwargs) -> list[int]:
+    out = tokenizer.encode(text, **kwargs)
     if hasattr(out, "ids"):  # tokenizers.Encoding
         out = out.ids
     return check_token_ids(out, f"tokenizer output for {what}")
 
 
-def _strip_prefix(ids: list[int], prefix: list[int]) -> list[int]:
-    if prefix and ids[: len(prefix)] == prefix:
-        return ids[len(prefix):]
-    return ids
+class PromptEncoder:
+    """A tokenizer as the canonical rule uses it: `plain(text)` (no special tokens), the BOS rule `bos`, and the
+    chat template `chat_template()`. Accepts:
 
+    - prompt_tree's tokenizers (HFTokenizer from load_tokenizer, ByteTokenizer): their `bos_rule`, decided from
+      the checkpoint's files;
+    - a `tokenizers.Tokenizer`: its post-processor decides BOS (rule 3 of prompt_tree.bos), else none;
+    - a transformers tokenizer: its own special tokens (what encode(text) puts before the text), its chat template;
+    - any object whose encode(str) returns token ids: what it returns for "" is its prefix, stripped from the
+      encoding of a text to get the plain ids.
+    add_bos: None keeps the tokenizer's rule; True / False overrides it (rule 1).
+    """
 
-class BoundaryEncoder:
-    """Applies the boundary rule above for one tokenizer; caches encode("")."""
-
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Any, add_bos: bool | None = None):
+        if isinstance(tokenizer, PromptEncoder):
+            tokenizer = tokenizer.tokenizer
+        enc = getattr(tokenizer, "encode", None)
+        if enc is None or not callable(enc):
+            raise PromptTreeError(
+                f"the tokenizer {type(tokenizer).__name__} has no encode(str) method; pass a tokenizers.Tokenizer, a "
+                f"transformers tokenizer, prompt_tree.tokenizer.load_tokenizer(...), or any object whose "
+                f"encode(str) returns list[int]"
+            )
         self.tokenizer = tokenizer
-        self.special_prefix = encode(tokenizer, "", "the empty string (probe for BOS)")
+        self._strip: list[int] = []
+        bos_id = None
+        if isinstance(getattr(tokenizer, "bos_rule", None), BosRule):  # prompt_tree's own tokenizers
+            self._kind, rule, bos_id = "own", tokenizer.bos_rule, tokenizer.bos_id
+        elif type(tokenizer).__module__.split(".")[0] == "tokenizers":
+            self._kind = "tokenizers"
+            rule = post_processor_rule(tokenizer) or BosRule((), "a tokenizers.Tokenizer whose post-processor "
+                                                                 "adds none")
+            if len(special_prefix(tokenizer)) == 1:
+                bos_id = special_prefix(tokenizer)[0]
+        elif hasattr(tokenizer, "apply_chat_template") and hasattr(tokenizer, "bos_token_id"):
+            self._kind, bos_id = "transformers", tokenizer.bos_token_id
+            plain = _raw_encode(tokenizer, "a", "a probe", add_special_tokens=False)
+            full = _raw_encode(tokenizer, "a", "a probe")
+            prefix = full[: len(full) - len(plain)] if full[len(full) - len(plain):] == plain else []
+            rule = BosRule(tuple(prefix), "the transformers tokenizer's own special tokens")
+        else:
+            self._kind = "generic"
+            self._strip = _raw_encode(tokenizer, "", "the empty string (probe for a prefix such as BOS)")
+            rule = BosRule(tuple(self._strip), f"the tokenizer's encode('') = {self._strip}")
+        self.bos = apply_option(rule, add_bos, bos_id)
+        self.add_bos = add_bos
 
-    def node_tokens(
-        self,
-        run_text: str,
-        own_text: str,
-        parent_run_ids: list[int] | None,
-        run_at_start: bool,
-        what: str,
-    ) -> tuple[list[int], bool]:
-        """Token ids of one string node and whether the fallback was taken.
+    def plain(self, text: str, what: str = "a prompt") -> list[int]:
+        """The ids of `text` with no special token added (special tokens written in the text are still parsed)."""
+        if self._kind == "own":
+            return _raw_encode(self.tokenizer, text, what)
+        if self._kind in ("tokenizers", "transformers"):
+            return _raw_encode(self.tokenizer, text, what, add_special_tokens=False)
+        ids = _raw_encode(self.tokenizer, text, what)
+        n = len(self._strip)
+        return ids[n:] if n and ids[:n] == self._strip else ids
 
-        run_text: the text run ending with this node (includes own_text).
-        parent_run_ids: ids the parent contributed to this run (its whole run part), or None when this node starts
-          the run (its parent is the root or a token-id node).
-        run_at_start: whether no token precedes the run in the sequence (then it keeps the special prefix).
-        """
-        full = encode(self.tokenizer, run_text, what)
-        if not run_at_start:
-            full = _strip_prefix(full, self.special_prefix)
-        if parent_run_ids is None:
-            return full, False
-        n = len(parent_run_ids)
-        if full[:n] == parent_run_ids:
-            return full[n:], False
-        own = _strip_prefix(encode(self.tokenizer, own_text, what), self.special_prefix)
-        return own, True
+    def plain_many(self, texts: Sequence[str], what: str = "the prompts") -> list[list[int]]:
+        """plain(text) of each text; batched on the tokenizer's threads where it has a batch encoder."""
+        if self._kind == "own" and hasattr(self.tokenizer, "encode_many") and len(texts) > 1:
+            return [check_token_ids(ids, f"tokenizer output for {what}") for ids in self.tokenizer.encode_many(texts)]
+        if self._kind == "tokenizers" and len(texts) > 1:
+            return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        return [self.plain(t, what) for t in texts]
+
+    def sequence(self, text: str, what: str = "a prompt") -> list[int]:
+        """A whole prompt's ids: the BOS rule's prefix, then plain(text)."""
+        return self.bos.ids() + self.plain(text, what)
+
+    def chat_template(self) -> ChatTemplate:
+        """The tokenizer's chat template; ChatTemplateError naming the way out when it has none."""
+        template = template_of(self.tokenizer)
+        if template is None:
+            raise ChatTemplateError(
+                f"chat rendering needs the checkpoint's chat template, and this tokenizer "
+                f"({type(self.tokenizer).__name__}) has none (no chat_template in tokenizer_config.json, no "
+                f"chat_template.jinja): use an instruct checkpoint that ships one, or drop --chat / chat=True and "
+                f"node roles to sample plain text"
+            )
+        return template
+
+    def describe(self, chat: bool) -> str:
+        """Which rule applied, in words (describe, generate's summary and the apps run's config.json say it)."""
+        if chat:
+            return "chat template (its own special tokens; no BOS rule)"
+        return str(self.bos)
+
+
+def is_chat_tree(nodes: Iterable[Any], chat: bool) -> bool:
+    """Whether a tree is rendered as conversations: asked for (chat=True), or some node has a role."""
+    return chat or any(getattr(n, "role", None) is not None for n in nodes)
+
+
+def encode_paths(nodes: Sequence[Any], encoder: PromptEncoder | None, chat: bool) -> dict[str, list[int] | None]:
+    """The path encoding of every node in `nodes` (pre-order, parents first; nodes the plan keeps), by the rule in
+    the module docstring. A value is None only for an inner node of a chat tree whose partial conversation the
+    template refuses (it then has no cap: its shared tokens are whatever its subtree shares)."""
+    conversation = is_chat_tree(nodes, chat)
+    if conversation:
+        return _encode_conversations(nodes, encoder)
+    # (key of the token-id node before the run, or None at the root; the run's text) -> ids, encoded once
+    recipe: dict[str, tuple[str | None, str] | None] = {}
+    run_of: dict[str, tuple[str | None, str]] = {}
+    for node in nodes:
+        up = node.parent
+        if not node.is_text:
+            recipe[node.key] = None
+            continue
+        if encoder is None:
+            raise PromptTreeError(f"node {node.key!r} has a str prompt but flatten got no tokenizer; pass "
+                                  f"flatten(tokenizer=...) or give the node token ids")
+        if not up.is_root and up.key in run_of:
+            base, text = run_of[up.key]
+            run = (base, text + node.prompt) if node.prompt else run_of[up.key]
+        else:
+            run = (None if up.is_root else up.key, node.prompt)
+        run_of[node.key] = recipe[node.key] = run
+    texts = list(dict.fromkeys(text for r in recipe.values() if r is not None for _, text in [r]))
+    encoded = dict(zip(texts, encoder.plain_many(texts))) if texts else {}
+    prefix = encoder.bos.ids() if encoder is not None and any(
+        r is not None and r[0] is None for r in recipe.values()) else []
+    out: dict[str, list[int] | None] = {}
+    made: dict[tuple[str | None, str], list[int]] = {}
+    for node in nodes:
+        r = recipe[node.key]
+        if r is None:
+            before = [] if node.parent.is_root else out[node.parent.key]
+            out[node.key] = before + list(node.prompt)
+        elif r in made:  # same run as an earlier node (an empty text node): the same ids, not a copy
+            out[node.key] = made[r]
+        else:
+            base, text = r
+            made[r] = out[node.key] = (prefix if base is None else out[base]) + encoded[text]
+    return out
+
+
+def _encode_conversations(nodes: Sequence[Any], encoder: PromptEncoder | None) -> dict[str, list[int] | None]:
+    if encoder is None:
+        raise PromptTreeError("a chat tree (flatten(chat=True), or nodes with roles) needs a tokenizer with a chat "
+                              "template; pass flatten(tokenizer=...)")
+    if encoder.add_bos:
+        raise ChatTemplateError("add_bos=True / --bos with a chat template: the template writes its own special "
+                                "tokens (Llama 3.1's starts with bos_token), so a second BOS would be added; leave "
+                                "the option out")
+    template = encoder.chat_template()
+    parts: dict[str, tuple[tuple[str | None, str], ...]] = {}
+    rendered: dict[tuple[Any, bool], str | None] = {}
+    text_of: dict[str, str | None] = {}
+    for node in nodes:
+        if not node.is_text:
+            raise ChatTemplateError(f"node {node.key!r} holds token ids, and a chat template renders text: give a "
+                                    f"chat tree text prompts only")
+        before = () if node.parent.is_root else parts[node.parent.key]
+        own = node.prompt or node.role is not None
+        parts[node.key] = before + ((node.role, node.prompt),) if own else before
+        key = (parts[node.key], node.samples > 0)
+        if key not in rendered:
+            what = f"node {node.key!r}"
+            try:
+                rendered[key] = template.render(messages_of(key[0]), add_generation_prompt=key[1], what=what)
+            except ChatTemplateError:
+                if key[1]:  # a sequence's prompt: the template must take it
+                    raise
+                rendered[key] = None  # an inner node's partial conversation: no cap (see encode_paths)
+        text_of[node.key] = rendered[key]
+    texts = list(dict.fromkeys(t for t in text_of.values() if t is not None))
+    encoded = dict(zip(texts, encoder.plain_many(texts))) if texts else {}
+    return {k: (None if t is None else encoded[t]) for k, t in text_of.items()}

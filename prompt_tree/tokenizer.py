@@ -4,7 +4,10 @@ Protocol (what the engine and the plan use):
     encode(text, add_bos=False) -> list[int]     # never adds special tokens unless add_bos
     decode(ids) -> str                           # special tokens skipped
     bos_id: int | None; eos_ids: tuple[int, ...]; vocab_size: int
-    adds_bos: bool                               # whether this model family starts sequences with BOS
+    bos_rule: BosRule                            # whether sequences start with BOS, and which rule said so
+    adds_bos: bool                               # bos_rule.adds
+    chat_template: str | None                    # the checkpoint's jinja chat template, if it ships one
+    special_tokens: dict[str, str]               # bos_token / eos_token / ... names, for the chat template
 
 Stop strings need the text a completion has produced so far. `decode(all_ids)` each step costs O(length) per
 sequence per step; `decode_suffix(tokenizer, ids, prefix_len)` decodes only a short window, O(window).
@@ -14,7 +17,11 @@ from __future__ import annotations
 import os
 from typing import Any, Protocol, Sequence, runtime_checkable
 
+from .bos import BosRule, checkpoint_rule, special_prefix, token_name
 from .jsonfile import read_json_object
+
+# the special-token names tokenizer_config.json may give, passed to chat templates as transformers does
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "pad_token")
 
 
 class TokenizerError(ValueError):
@@ -26,6 +33,7 @@ class Tokenizer(Protocol):
     bos_id: int | None
     eos_ids: tuple[int, ...]
     vocab_size: int
+    bos_rule: BosRule
     adds_bos: bool
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]: ...
@@ -53,7 +61,13 @@ class ByteTokenizer:
         self.eos_ids: tuple[int, ...] = (self.EOS,)
         self.pad_id = self.PAD
         self.vocab_size = self.VOCAB_SIZE
-        self.adds_bos = True
+        self.bos_rule = BosRule((self.BOS,), "the byte tokenizer (tiny preset) starts sequences with BOS")
+        self.chat_template: str | None = None
+        self.special_tokens: dict[str, str] = {}
+
+    @property
+    def adds_bos(self) -> bool:
+        return self.bos_rule.adds
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         ids = list(text.encode("utf-8"))
@@ -74,41 +88,38 @@ class HFTokenizer:
     """A `tokenizers.Tokenizer` (tokenizer.json) with explicit BOS handling.
 
     encode never lets the tokenizer's post-processor add specials (add_special_tokens=False); with add_bos it
-    prepends `bos_id` itself, so the rule is the same for every family. A family with no BOS (Qwen2) has
-    bos_id None and add_bos is then a no-op.
+    prepends `bos_id` itself. Whether sequences start with BOS is `bos_rule` (prompt_tree.bos: tokenizer_config.json,
+    then the post-processor, then the model family), decided by load_tokenizer from the checkpoint's files.
+    Built directly without a rule, the post-processor alone decides (rule 3, else no BOS).
     """
 
-    def __init__(self, tokenizer: Any, bos_id: int | None, eos_ids: Sequence[int], adds_bos: bool | None = None):
+    def __init__(self, tokenizer: Any, bos_id: int | None, eos_ids: Sequence[int], bos_rule: BosRule | None = None,
+                 *, chat_template: str | None = None, special_tokens: dict[str, str] | None = None):
         self._tok = tokenizer
         self.bos_id = bos_id
         self.eos_ids = tuple(eos_ids)
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-        if adds_bos is None:  # does the checkpoint's own post-processor start sequences with BOS?
-            adds_bos = bos_id is not None and tokenizer.encode("a", add_special_tokens=True).ids[:1] == [bos_id]
-        self.adds_bos = adds_bos
+        self.bos_rule = bos_rule if bos_rule is not None else checkpoint_rule(tokenizer, {}, {}, bos_id)
+        self.chat_template = chat_template
+        self.special_tokens = dict(special_tokens or {})
+
+    @property
+    def adds_bos(self) -> bool:
+        return self.bos_rule.adds
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         ids = self._tok.encode(text, add_special_tokens=False).ids
         return [self.bos_id] + ids if add_bos and self.bos_id is not None else ids
+
+    def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
+        """encode(text) of each text, in parallel on the tokenizers library's threads."""
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
-
-
-class PromptEncoder:
-    """What flattening a tree for a model uses: encode(text) with the model's BOS prepended when its family uses one.
-    The plan's boundary rule strips the special prefix below the start of a sequence, so BOS lands in the first
-    node only. The engine (Engine.plan) and `prompt-tree describe --tokenizer` both flatten through this, so
-    describe's token counts are generate's."""
-
-    def __init__(self, tokenizer: Tokenizer):
-        self.tokenizer = tokenizer
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_bos=bool(getattr(self.tokenizer, "adds_bos", True)))
 
 
 def decode_suffix(tokenizer: Tokenizer, ids: Sequence[int], prefix_len: int, window: int = 8) -> str:
@@ -135,7 +146,8 @@ def load_tokenizer(path: str | os.PathLike, bos_id: int | None = None, eos_ids: 
     """Load <path>/tokenizer.json (path may also be the file itself).
 
     BOS and EOS ids come from the arguments, else config.json / generation_config.json beside it, else the
-    `bos_token` / `eos_token` names in tokenizer_config.json.
+    `bos_token` / `eos_token` names in tokenizer_config.json. Whether sequences start with BOS is decided from the
+    same files (prompt_tree.bos); the chat template comes from chat_template.jinja or tokenizer_config.json.
     """
     try:
         from tokenizers import Tokenizer as _HFTok
@@ -150,24 +162,43 @@ def load_tokenizer(path: str | os.PathLike, bos_id: int | None = None, eos_ids: 
     except Exception as e:
         raise TokenizerError(f"cannot read tokenizer {file}: {e}") from e
 
+    tokenizer_config = _read_json(os.path.join(directory, "tokenizer_config.json"))
+    model_config = _read_json(os.path.join(directory, "config.json"))
     meta: dict[str, Any] = {}
     for name in ("tokenizer_config.json", "config.json", "generation_config.json"):  # later files win
         meta.update(_read_json(os.path.join(directory, name)))
 
     def by_name(key: str) -> int | None:
-        entry = _read_json(os.path.join(directory, "tokenizer_config.json")).get(key)
-        if isinstance(entry, dict):
-            entry = entry.get("content")
-        return tok.token_to_id(entry) if isinstance(entry, str) else None
+        entry = token_name(tokenizer_config.get(key))
+        return tok.token_to_id(entry) if entry is not None else None
 
     if bos_id is None:
         bos_id = meta.get("bos_token_id") if isinstance(meta.get("bos_token_id"), int) else by_name("bos_token")
+    if bos_id is None and len(special_prefix(tok)) == 1:  # the post-processor's template names one
+        bos_id = special_prefix(tok)[0]
     if eos_ids is None:
         eos = meta.get("eos_token_id")
         if eos is None:
             eos = by_name("eos_token")
         eos_ids = () if eos is None else ((eos,) if isinstance(eos, int) else tuple(eos))
-    return HFTokenizer(tok, bos_id, eos_ids)
+    special = {name: token_name(tokenizer_config.get(name)) for name in SPECIAL_TOKEN_NAMES}
+    return HFTokenizer(tok, bos_id, eos_ids, checkpoint_rule(tok, tokenizer_config, model_config, bos_id),
+                       chat_template=_chat_template(directory, tokenizer_config),
+                       special_tokens={k: v for k, v in special.items() if v is not None})
+
+
+def _chat_template(directory: str, tokenizer_config: dict[str, Any]) -> str | None:
+    """The checkpoint's chat template: chat_template.jinja beside tokenizer.json (newer checkpoints), else
+    tokenizer_config.json's chat_template (a str, or a list of {name, template} whose "default" is taken)."""
+    path = os.path.join(directory, "chat_template.jinja")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    template = tokenizer_config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    return template if isinstance(template, str) and template else None
 
 
 def _read_json(path: str) -> dict[str, Any]:

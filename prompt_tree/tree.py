@@ -7,6 +7,9 @@ Keys: every node has a string key, unique in the tree. `add(..., key=...)` accep
 and stores `str(key)`, so APPS problem ids given as 17 or "17" name the same node "17". Without a key a node gets a
 generated one, "_" + the dotted child indices from the root ("_0.2.1"): stable across runs and across save/load.
 The empty string is reserved for the implicit root.
+
+Roles: a text node may carry a chat `role` ("system", "user", "assistant", ...): it then starts a message of a
+conversation, which the tokenizer's chat template renders (prompt_tree.chat); a tree with any role is a chat tree.
 """
 from __future__ import annotations
 
@@ -14,15 +17,16 @@ import json
 import numbers
 from typing import Any, Iterator, Sequence
 
-from prompt_tree.tokenize import check_token_ids, encode
+from prompt_tree.chat import check_role
+from prompt_tree.errors import PromptTreeError
+from prompt_tree.outline import describe_tree
+from prompt_tree.plan import Plan, build_plan
+from prompt_tree.prefix import neighbour_prefixes, run_prefix
+from prompt_tree.tokenize import PromptEncoder, check_token_ids
 
 ROOT_KEY = ""  # the implicit root's key (in tree.graph and to_dict it is not listed as a node)
 FORMAT = "prompt-tree"
 FORMAT_VERSION = 1
-
-
-class PromptTreeError(ValueError):
-    """A prompt tree, or a request on it, is invalid. The message names the node and how to fix it."""
 
 
 def _check_samples(samples: Any, what: str) -> int:
@@ -54,13 +58,15 @@ def _check_prompt(prompt: Any, what: str) -> str | tuple[int, ...]:
 class Node:
     """One node of a PromptTree. Create nodes with `parent.add(...)`, never directly."""
 
-    __slots__ = ("tree", "key", "prompt", "samples", "parent", "_children", "depth")
+    __slots__ = ("tree", "key", "prompt", "samples", "parent", "_children", "depth", "role")
 
-    def __init__(self, tree: PromptTree, key: str, prompt: str | tuple[int, ...], samples: int, parent: Node | None):
+    def __init__(self, tree: PromptTree, key: str, prompt: str | tuple[int, ...], samples: int, parent: Node | None,
+                 role: str | None = None):
         self.tree = tree
         self.key = key
         self.prompt = prompt  # str, or a tuple of token ids (tuples so that a caller cannot mutate it)
         self.samples = samples
+        self.role = role  # a chat role starting a message here, or None
         self.parent = parent
         self._children: list[Node] = []
         # depth 0 = a child of the root (matches Plan.levels); the root itself is -1
@@ -78,16 +84,23 @@ class Node:
     def is_text(self) -> bool:
         return isinstance(self.prompt, str)
 
-    def add(self, prompt: str | Sequence[int], *, samples: int = 0, key: str | int | None = None) -> Node:
+    def add(self, prompt: str | Sequence[int], *, samples: int = 0, key: str | int | None = None,
+            role: str | None = None) -> Node:
         """Add a child: `prompt` is a str (needs a tokenizer at flatten) or a list of token ids.
 
         samples: how many completions of the root-to-child prompt to draw (0: the child only holds a prefix).
         key: unique str/int name (stored as str); default "_" + dotted child indices from the root.
+        role: a chat role ("system", "user", "assistant", ...) for a text prompt: the node starts a message of the
+          conversation its paths are rendered as (see the module docstring); None continues the message above.
         """
         index = len(self._children)
         where = f"node {key!r}" if key is not None else f"child {index} of {self._describe_key()}"
         prompt = _check_prompt(prompt, where)
         samples = _check_samples(samples, where)
+        role = check_role(role, where)
+        if role is not None and not isinstance(prompt, str):
+            raise PromptTreeError(f"{where}: a role is for a text prompt (a chat message), and this prompt is token "
+                                  f"ids; pass the message's text, or no role")
         if key is None:
             key = self._auto_key(index)
             if key in self.tree._nodes:
@@ -102,7 +115,7 @@ class Node:
                     f"duplicate key {key!r}: a node with this key already exists (under "
                     f"{self.tree._nodes[key].parent._describe_key()}); keys must be unique, pick another key"
                 )
-        child = Node(self.tree, key, prompt, samples, self)
+        child = Node(self.tree, key, prompt, samples, self, role)
         self._children.append(child)
         self.tree._nodes[key] = child
         self.tree._version += 1
@@ -138,7 +151,9 @@ class Node:
         text = repr(prompt)
         if len(text) > 40:
             text = text[:37] + "..."
-        return f"Node(key={self.key!r}, prompt={text}, samples={self.samples}, children={len(self._children)})"
+        role = f", role={self.role!r}" if self.role is not None else ""
+        return (f"Node(key={self.key!r}, prompt={text}, samples={self.samples}{role}, "
+                f"children={len(self._children)})")
 
 
 def _preorder(start: Node) -> Iterator[Node]:
@@ -187,38 +202,44 @@ class PromptTree:
 
     @property
     def graph(self):
-        """A fresh `networkx.DiGraph` snapshot: nodes are keys (root = ""), attributes `prompt` and `samples`;
-        edges parent -> child, added in child order. Editing it does not change the tree; use from_graph."""
+        """A fresh `networkx.DiGraph` snapshot: nodes are keys (root = ""), attributes `prompt` and `samples` (and
+        `role` where set); edges parent -> child, added in child order. Editing it does not change the tree; use
+        from_graph."""
         import networkx as nx
 
         g = nx.DiGraph()
         g.add_node(ROOT_KEY, prompt="", samples=0)
         for node in self.nodes():
-            g.add_node(node.key, prompt=node.prompt if node.is_text else list(node.prompt), samples=node.samples)
+            g.add_node(node.key, prompt=node.prompt if node.is_text else list(node.prompt), samples=node.samples,
+                       **({"role": node.role} if node.role is not None else {}))
             g.add_edge(node.parent.key, node.key)
         return g
 
     # ---- flattening ---------------------------------------------------------------------------------------------
-    def flatten(self, tokenizer: Any = None, max_len: int | None = None):
-        """Tokenize and order the tree into a Plan (see prompt_tree.plan). Token-id prompts need no tokenizer."""
-        from prompt_tree.plan import build_plan
+    def flatten(self, tokenizer: Any = None, max_len: int | None = None, *, add_bos: bool | None = None,
+                chat: bool = False) -> Plan:
+        """Tokenize and order the tree into a Plan (see prompt_tree.plan). Token-id prompts need no tokenizer.
 
-        plan = build_plan(self, tokenizer=tokenizer, max_len=max_len)
+        Every sequence's ids are its whole prompt's encoding (prompt_tree.tokenize). add_bos: True / False overrides
+        the tokenizer's BOS rule (prompt_tree.bos), None keeps it. chat: render every path as a conversation through
+        the tokenizer's chat template (text before the first role is a user message); a tree with roles is
+        rendered so anyway.
+        """
+        plan = build_plan(self, tokenizer=tokenizer, max_len=max_len, add_bos=add_bos, chat=chat)
         self._last_plan = (self._version, plan)
         return plan
 
     def describe(self, plan: Any = None, max_children: int = 8, bytes_per_token: int | None = None) -> str:
         """A readable outline (at most max_children shown under each node); with a plan (or after flatten, while
         the tree is unchanged) token counts per node and the plan's memory summary too."""
-        from prompt_tree.plan import describe_tree
-
         if plan is None and self._last_plan is not None and self._last_plan[0] == self._version:
             plan = self._last_plan[1]
         return describe_tree(self, plan, max_children, bytes_per_token)
 
     # ---- serialization -----------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
-        """JSON-safe dict: nodes in pre-order, each {key, parent (None = root), prompt (str | list[int]), samples}."""
+        """JSON-safe dict: nodes in pre-order, each {key, parent (None = root), prompt (str | list[int]), samples}
+        and `role` where a node has one."""
         return {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -228,6 +249,7 @@ class PromptTree:
                     "parent": None if n.parent.is_root else n.parent.key,
                     "prompt": n.prompt if n.is_text else list(n.prompt),
                     "samples": n.samples,
+                    **({"role": n.role} if n.role is not None else {}),
                 }
                 for n in self.nodes()
             ],
@@ -256,7 +278,7 @@ class PromptTree:
                     f"from_dict: parent {parent_key!r} of node {entry['key']!r} is not defined before it; list "
                     f"parents before their children (to_dict writes pre-order)"
                 )
-            parent.add(entry["prompt"], samples=entry.get("samples", 0), key=entry["key"])
+            parent.add(entry["prompt"], samples=entry.get("samples", 0), key=entry["key"], role=entry.get("role"))
         return tree
 
     def save(self, path: str) -> None:
@@ -272,7 +294,8 @@ class PromptTree:
     def from_graph(cls, g) -> PromptTree:
         """Build a tree from a networkx.DiGraph with edges parent -> child.
 
-        Node attributes: `prompt` (str or list of ids; required except on the root) and `samples` (default 0).
+        Node attributes: `prompt` (str or list of ids; required except on the root), `samples` (default 0) and
+        `role` (default None).
         Keys are str(node id). The graph must be a rooted tree: one node without parents, no node with two
         parents, no cycle. Its root is the implicit root when it has no (or an empty) prompt and no samples;
         otherwise it becomes the root's only child. Children keep the graph's successor order.
@@ -320,7 +343,8 @@ class PromptTree:
             attrs = g.nodes[v]
             if "prompt" not in attrs:
                 raise PromptTreeError(f"from_graph: node {v!r} has no 'prompt' attribute; set g.nodes[{v!r}]['prompt']")
-            node = parent.add(attrs["prompt"], samples=attrs.get("samples", 0), key=_check_key(v, f"node {v!r}"))
+            node = parent.add(attrs["prompt"], samples=attrs.get("samples", 0), key=_check_key(v, f"node {v!r}"),
+                              role=attrs.get("role"))
             stack.extend((c, node) for c in reversed(list(g.successors(v))))
         return tree
 
@@ -333,11 +357,13 @@ class PromptTree:
         min_shared_tokens: int = 1,
         *,
         keys: Sequence[str | int] | None = None,
+        add_bos: bool | None = None,
     ) -> PromptTree:
         """Build a tree from a flat list of prompts by their shared token prefixes (a compressed token trie).
 
-        prompts: strs (encoded whole with `tokenizer`, BOS included if it adds one) or token-id lists; the tree
-          holds token ids only, so `flatten()` needs no tokenizer and prompt_ids equals each prompt's encoding.
+        prompts: strs (each encoded whole with `tokenizer`, after the BOS rule's prefix as flatten does; add_bos
+          overrides the rule) or token-id lists; the tree holds token ids only, so `flatten()` needs no tokenizer
+          and prompt_ids equals each prompt's encoding.
         samples: completions per prompt (an int for all, or one per prompt).
         min_shared_tokens: a shared segment (the tokens a shared node adds beyond its parent) shorter than this is
           not made a node of its own; its tokens are copied into each node below it.
@@ -359,12 +385,13 @@ class PromptTree:
         if isinstance(min_shared_tokens, bool) or not isinstance(min_shared_tokens, numbers.Integral) or min_shared_tokens < 1:
             raise PromptTreeError(f"from_prompts: min_shared_tokens must be an int >= 1, got {min_shared_tokens!r}")
         token_lists = []
+        encoder = PromptEncoder(tokenizer, add_bos) if tokenizer is not None else None
         for i, p in enumerate(prompts):
             what = f"prompt {i} (key {str(keys[i])!r})"
             if isinstance(p, str):
-                if tokenizer is None:
+                if encoder is None:
                     raise PromptTreeError(f"{what} is a str but no tokenizer was given; pass tokenizer= or token ids")
-                ids = encode(tokenizer, p, what)
+                ids = encoder.sequence(p, what)
             else:
                 ids = check_token_ids(p, what)
             if not ids:
@@ -395,7 +422,8 @@ def _build_radix(tree: PromptTree, prompts: list[list[int]], samples: list[int],
     rank = [0] * len(prompts)
     for r, i in enumerate(order):
         rank[i] = r
-    adjacent_lcp = [_common_prefix_len(prompts[a], prompts[b]) for a, b in zip(order, order[1:])]
+    in_order = [prompts[i] for i in order]
+    neighbours = neighbour_prefixes(in_order)
     stack: list[tuple[str, Node, list[int], int, int]] = [("build", tree.root, list(range(len(prompts))), 0, 0)]
     while stack:
         kind, parent, idxs, start, pos = stack.pop()
@@ -418,9 +446,9 @@ def _build_radix(tree: PromptTree, prompts: list[list[int]], samples: list[int],
             continue
         first = prompts[group[0]]
         # A group is every prompt with one prefix (minus, perhaps, the shortest): a contiguous run in sorted order,
-        # so its common prefix is the least adjacent common prefix over that run.
+        # so its common prefix is the run's (prompt_tree.prefix).
         ranks = [rank[i] for i in group]
-        lcp = min(adjacent_lcp[min(ranks):max(ranks)])
+        lcp = run_prefix(in_order, neighbours, min(ranks), max(ranks) + 1)
         if lcp - start < min_shared:
             stack.append(("build", parent, group, start, lcp))  # too short to share: carry the tokens down
             continue
@@ -433,15 +461,3 @@ def _build_radix(tree: PromptTree, prompts: list[list[int]], samples: list[int],
             node = parent.add(first[start:lcp])
             rest = group
         stack.append(("build", node, rest, lcp, lcp))
-
-
-def _common_prefix_len(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix, by binary search on slice equality (compared in C, not token by token)."""
-    lo, hi = 0, min(len(a), len(b))
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if a[:mid] == b[:mid]:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo

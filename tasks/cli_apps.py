@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from prompt_tree.commands import tokenization
 from prompt_tree.commands.generate import DTYPE_CHOICES, dtype_arg
 from tasks.runner import RunConfig, RunConfigError, preflight, run_apps
 
@@ -50,7 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--few-shot-source", default=d.few_shot_source, metavar="SOURCE",
                    help="where the few-shot examples are drawn from (its train split, problems under evaluation "
                         "excluded): any value --source accepts (default: %(default)s)")
-    g.add_argument("--instruction", default=None, help="text put before the few-shot examples (default: none)")
+    g.add_argument("--instruction", default=None,
+                   help="text put before the few-shot examples (default: none; with --chat, the system turn, "
+                        "default: a request for one ```python block)")
+    tokenization.add_arguments(g)
     g.add_argument("--max-new-tokens", type=int, default=None,
                    help="tokens per completion (default: 512, the paper's setting; 64 for tiny/random models)")
     g.add_argument("--temperature", type=float, default=d.temperature, help="(default: %(default)s)")
@@ -94,7 +98,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
         model=args.model, source=args.source, split=args.split, difficulty=args.difficulty, limit=args.limit,
         samples=args.samples, k=tuple(args.k), few_shot=args.few_shot, few_shot_source=args.few_shot_source,
-        instruction=args.instruction,
+        instruction=args.instruction, bos=args.bos, chat=args.chat,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         seed=args.seed, timeout=args.timeout, memory_mb=args.memory_mb, workers=args.workers, device=args.device,
         dtype=args.dtype, attention=args.attention, max_batch_sequences=args.max_batch_sequences, tp=args.tp,

@@ -116,7 +116,7 @@ def run_apps_distributed(config: RunConfig, ctx, *, check_fn: Callable | None = 
             raise RunConfigError(f"model: {config.model!r} is not 'tiny', 'random:PRESET' or an existing "
                                  f"checkpoint directory")
         t0 = time.perf_counter()
-        engine = engine_for_rank(config.model, ctx, dtype=config.dtype, seed=0)
+        engine = engine_for_rank(config.model, ctx, dtype=config.dtype, seed=0, add_bos=config.bos)
         load_s = time.perf_counter() - t0
         if engine.tokenizer is None:
             raise RunConfigError(f"model: {config.model!r} has no tokenizer, and APPS prompts are text")

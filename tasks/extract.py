@@ -14,6 +14,9 @@ Rules, in order (each one a decision, kept explainable):
    another language, the text before the first fence is kept.
 4. Leading blank lines and trailing whitespace are dropped and common indentation removed, so code indented
    as a whole still compiles at top level.
+
+A chat answer (`prompt-tree apps --chat`) is one assistant turn that ends at the model's end-of-turn token: there
+is no prompt to echo and no next question to stop at, so only rules 3 and 4 apply (`extract_answer_code`).
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ from typing import Sequence
 
 # Stop sequences for APPS sampling: the start of another question or answer block, or a long blank run.
 DEFAULT_STOPS: tuple[str, ...] = ("\nQUESTION:", "\nANSWER:", "\n\n\n\n")
+# Chat answers end with their turn (an EOS id of the checkpoint), and their code may hold any blank lines.
+CHAT_STOPS: tuple[str, ...] = ()
 
 _PYTHON_TAGS = {"python", "py", "python3"}
 # an opening fence at the start of a line: ``` plus an optional language tag, then the end of that line
@@ -86,13 +91,24 @@ def _tidy(code: str) -> str:
     return textwrap.dedent("\n".join(lines)).rstrip()
 
 
-def extract_code(completion: str, stop: Sequence[str] = DEFAULT_STOPS, prompt: str | None = None) -> str:
-    """The program in `completion` (see the module docstring for the rules); "" if there is none."""
-    if not isinstance(completion, str):
-        raise TypeError(f"completion must be a str, got {type(completion).__name__}")
-    text = cut_at_stops(strip_echo(completion, prompt), stop)
+def _program(text: str) -> str:
+    """Rules 3 and 4: the chosen fenced block (or the text), tidied."""
     blocks = fenced_blocks(text)
     block = _pick_block(blocks)
     if block is None and blocks:
         block = text[: _FENCE_OPEN.search(text).start()]
     return _tidy(block if block is not None else text)
+
+
+def extract_code(completion: str, stop: Sequence[str] = DEFAULT_STOPS, prompt: str | None = None) -> str:
+    """The program in `completion` (see the module docstring for the rules); "" if there is none."""
+    if not isinstance(completion, str):
+        raise TypeError(f"completion must be a str, got {type(completion).__name__}")
+    return _program(cut_at_stops(strip_echo(completion, prompt), stop))
+
+
+def extract_answer_code(answer: str) -> str:
+    """The program in a chat answer: its first python (else untagged) fenced block, else the whole answer."""
+    if not isinstance(answer, str):
+        raise TypeError(f"answer must be a str, got {type(answer).__name__}")
+    return _program(answer)

@@ -30,7 +30,7 @@ VERDICTS_FILE = "verdicts.jsonl"
 SUMMARY_FILE = "summary.json"
 # Run-config fields added after runs were already being written, with the value a config.json that lacks one
 # meant: such a run resumes as before (config_differences fills them in when the wanted config has them).
-CONFIG_FIELD_DEFAULTS = {"few_shot_source": "embedded"}
+CONFIG_FIELD_DEFAULTS = {"few_shot_source": "embedded", "bos": None, "chat": False}
 
 
 class RunDirError(ValueError):

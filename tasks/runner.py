@@ -37,7 +37,7 @@ DEFAULT_MAX_NEW_TOKENS_TINY = 64
 # (workers, device, attention, batching, tp, progress, out, export) change how fast, not what.
 IDENTITY_FIELDS = (
     "model", "source", "split", "difficulty", "limit", "samples", "few_shot", "few_shot_source", "instruction",
-    "max_new_tokens", "temperature", "top_p", "top_k", "seed", "timeout", "memory_mb", "dtype",
+    "max_new_tokens", "temperature", "top_p", "top_k", "seed", "timeout", "memory_mb", "dtype", "bos", "chat",
 )
 # A config.json written before few_shot_source existed lacks it and meant the embedded set (tasks.results fills
 # in tasks.results.CONFIG_FIELD_DEFAULTS before comparing, so such runs resume as before).
@@ -62,6 +62,8 @@ class RunConfig:
     few_shot: int = 2
     few_shot_source: str = DEFAULT_FEW_SHOT_SOURCE  # the few-shot examples are drawn from its train split
     instruction: str | None = None
+    bos: bool | None = None  # None: the checkpoint's BOS rule (prompt_tree.bos); True / False: --bos / --no-bos
+    chat: bool = False  # render the prompts through the checkpoint's chat template (tasks.prompts.build_tree)
     max_new_tokens: int | None = None  # None: DEFAULT_MAX_NEW_TOKENS (tiny / random models: ..._TINY)
     temperature: float = 0.8
     top_p: float = 0.95
@@ -116,6 +118,11 @@ class RunConfig:
             fail("tp", "must be an int >= 1")
         if not self.out:
             fail("out", "must name a directory")
+        if self.bos not in (None, True, False) or self.chat not in (True, False):
+            fail("bos" if self.bos not in (None, True, False) else "chat", "must be a bool (bos: or None)")
+        if self.chat and self.bos:
+            fail("bos", "--bos cannot go with --chat: the chat template writes its own special tokens (Llama "
+                        "3.1's starts with bos_token); leave --bos out")
         # temperature / top_p / top_k are validated by SamplingParams when the run builds them (one place).
 
     @property
@@ -148,6 +155,8 @@ def run_identity(config: RunConfig, problems: Sequence[Problem]) -> dict:
     ident: dict[str, Any] = {name: getattr(config, name) for name in IDENTITY_FIELDS}
     ident["max_new_tokens"] = config.resolved_max_new_tokens
     ident["problem_ids"] = [p.problem_id for p in problems]
+    if config.generations is None:
+        ident["tokenization"] = tokenization_of(config)
     if config.generations is not None:
         # Programs come from a file: the model and sampling settings did not make them, the file did.
         for name in ("model", "few_shot", "few_shot_source", "instruction", "max_new_tokens", "temperature",
@@ -155,6 +164,29 @@ def run_identity(config: RunConfig, problems: Sequence[Problem]) -> dict:
             ident.pop(name)
         ident["generations_file_sha256"] = file_sha256(config.generations)
     return ident
+
+
+def tokenization_of(config: RunConfig) -> str:
+    """Which tokenization rule the run's prompts get, in words (prompt_tree.bos / prompt_tree.chat), from the
+    model's tokenizer alone: config.json records it, and the generation checks the engine tokenizes so. A
+    checkpoint without a chat template fails here under --chat, before anything is written."""
+    from prompt_tree.config import ModelConfig, get_preset, random_preset
+    from prompt_tree.tokenize import PromptEncoder
+    from prompt_tree.tokenizer import load_tokenizer, random_model_tokenizer
+
+    check_model(config)
+    preset = random_preset(config.model)
+    if preset is not None:
+        tokenizer = random_model_tokenizer(get_preset(preset))
+    else:  # as prompt_tree.loading loads it: the BOS id of config.json's model config
+        model_config = ModelConfig.from_hf(os.path.join(config.model, "config.json"))
+        tokenizer = load_tokenizer(config.model, bos_id=model_config.bos_token_id)
+    encoder = PromptEncoder(tokenizer, add_bos=config.bos)
+    if config.chat:
+        encoder.chat_template()
+    else:
+        encoder.bos.ids()  # a rule that wants an unknown BOS fails now, naming --no-bos
+    return encoder.describe(config.chat)
 
 
 def select_problems(config: RunConfig) -> list[Problem]:
@@ -217,7 +249,7 @@ def load_engine(config: RunConfig):
     from prompt_tree.config import random_preset
 
     check_model(config)  # before building anything
-    kwargs = dict(device=config.device, dtype=config.dtype)
+    kwargs = dict(device=config.device, dtype=config.dtype, add_bos=config.bos)
     preset = random_preset(config.model)
     if preset is not None:
         return Engine.random(preset, seed=0, **kwargs)
@@ -245,7 +277,7 @@ def build_sample_tree(problems: Sequence[Problem], missing: dict[str, list[int]]
 
     few_shot = list(examples) if examples is not None else config.few_shot
     base = build_tree(problems, samples=1, few_shot=few_shot, instruction=config.instruction, seed=config.seed,
-                      few_shot_source=config.few_shot_source)
+                      few_shot_source=config.few_shot_source, chat=config.chat)
     pids = {p.problem_id for p in problems}
     nodes = base.to_dict()["nodes"]
     out_nodes, keymap = [], {}
@@ -341,13 +373,13 @@ class _Executor:
 
 def sampling_params(config: RunConfig):
     """The engine's SamplingParams for the run; it stops where the next question or answer block would begin (the
-    same stops the extractor cuts at)."""
+    same stops the extractor cuts at); a chat answer ends with its turn (the end-of-turn token is an EOS id)."""
     from prompt_tree import SamplingParams
-    from tasks.extract import DEFAULT_STOPS
+    from tasks.extract import CHAT_STOPS, DEFAULT_STOPS
 
     return SamplingParams(
         max_new_tokens=config.resolved_max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-        top_k=config.top_k, stop=tuple(DEFAULT_STOPS), seed=config.seed,
+        top_k=config.top_k, stop=tuple(CHAT_STOPS if config.chat else DEFAULT_STOPS), seed=config.seed,
     )
 
 
@@ -466,6 +498,15 @@ def _generate_missing(config, params, problems, wanted, store, executor, engine,
         engine = load_engine(config)
     load_s = time.perf_counter() - t0
     tree, keymap = build_sample_tree(problems, missing, config, examples)
+    plan = engine.plan(tree.flatten(engine.tokenizer, add_bos=config.bos), params)
+    recorded = store.config.get("tokenization")
+    if recorded is not None and plan.tokenization != recorded:
+        raise RuntimeError(f"the engine's tokenizer tokenizes by {plan.tokenization!r}, but the run (config.json) "
+                           f"records {recorded!r}; the engine does not match --model {config.model!r}")
+    if config.chat:  # the answer's code, from its fenced block, with no base-model stops to cut at
+        from tasks.extract import extract_answer_code
+
+        extract_code = extract_answer_code
     n_missing = sum(len(v) for v in missing.values())
     log(f"generating {n_missing} completions for {len(missing)} problems (max {params.max_new_tokens} new tokens)")
 
@@ -481,7 +522,7 @@ def _generate_missing(config, params, problems, wanted, store, executor, engine,
         executor.submit(rec)
 
     t1 = time.perf_counter()
-    result = engine.generate(tree, params, progress=config.progress, on_complete=on_complete,
+    result = engine.generate(plan, params, progress=config.progress, on_complete=on_complete,
                              **_engine_options(config))
     wall = time.perf_counter() - t1
     unreported = [key for key in keymap if keymap[key] not in store.generations]

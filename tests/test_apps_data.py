@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.apps import (
+from tasks.sources import (
     DIFFICULTIES,
     MalformedProblemWarning,
     ProblemFormatError,

@@ -224,6 +224,10 @@ def test_check_catches_broken_plans():
     bad_tokens = Plan(plan.sequences, plan.levels, {"a": [1, 9], "b": [2]}, plan.parent, plan.children, plan.samples)
     with pytest.raises(AssertionError, match="says 1 tokens, the node has 2"):
         bad_tokens.check()
+    bad_tail = Plan(plan.sequences, plan.levels, plan.node_tokens, plan.parent, plan.children, plan.samples,
+                    tails={"a": "b"})  # b is a child with samples of its own, not a's tail
+    with pytest.raises(AssertionError, match="tail 'b' of 'a' must be its first child"):
+        bad_tail.check()
 
 
 def test_lookups_and_errors():

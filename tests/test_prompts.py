@@ -220,3 +220,43 @@ def test_cut_at_stops_matches_a_slow_reference():
 def test_fenced_blocks():
     assert fenced_blocks("no fences") == []
     assert fenced_blocks("```Python\na\n```\n```\nb\n```\n```js\nc") == [("python", "a\n"), ("", "b\n"), ("js", "c")]
+
+
+# ---------------------------------------------------------------------------------------- chat
+
+
+@pytest.mark.parametrize("answer, code", [
+    ("```python\n" + CODE + "\n```", CODE),
+    ("Here you go:\n\n```py\n" + CODE + "\n```\n\nIt prints 0..n-1.", CODE),
+    ("```text\n0\n1\n```\n```python\n" + CODE + "\n```", CODE),
+    (CODE, CODE),  # no fence: the whole answer
+    ("```python\n" + CODE.replace("\n", "\n\n\n\n"), CODE.replace("\n", "\n\n\n\n")),  # no base-model stops
+    ("QUESTION:\nnot an echo here\n```python\n" + CODE + "\n```", CODE),
+])
+def test_extract_answer_code(answer, code):
+    from tasks.extract import extract_answer_code
+
+    assert extract_answer_code(answer) == code
+
+
+def test_chat_tree_shape_and_errors():
+    from tasks.prompts import CHAT_INSTRUCTION, chat_answer, chat_question
+
+    problems = load_problems(limit=3)
+    tree = build_tree(problems, samples=2, few_shot=[STDIN, CALL], instruction=None, chat=True)
+    outline = [(n.key, n.role, n.samples) for n in tree.nodes()]
+    assert outline == [(INSTRUCTION_KEY, "system", 0),
+                       (f"{FEW_SHOT_KEY}/0/user", "user", 0), (f"{FEW_SHOT_KEY}/0/assistant", "assistant", 0),
+                       (f"{FEW_SHOT_KEY}/1/user", "user", 0), (f"{FEW_SHOT_KEY}/1/assistant", "assistant", 0)] + [
+                          (p.problem_id, "user", 2) for p in problems]
+    assert tree.node(INSTRUCTION_KEY).prompt == CHAT_INSTRUCTION
+    assert tree.node(f"{FEW_SHOT_KEY}/1/assistant").prompt == chat_answer(CALL.solutions[0])
+    assert chat_answer("x = 1\n") == "```python\nx = 1\n```"
+    assert chat_question(STDIN) == format_question(STDIN).strip("\n")
+    assert chat_question(STDIN).startswith("QUESTION:\n") and chat_question(STDIN).endswith("\nANSWER:")
+    with pytest.raises(TypeError, match="turns: pass few_shot as an int"):
+        build_tree(problems, samples=1, few_shot="ready text", chat=True)
+    with pytest.raises(ValueError, match="no reference solution"):
+        build_tree(problems, samples=1, few_shot=[Problem("x", "q")], chat=True)
+    tree = build_tree(problems, samples=1, few_shot=0, instruction="Be brief.", chat=True)
+    assert [n.key for n in tree.root.children] == [INSTRUCTION_KEY] and tree.root.children[0].prompt == "Be brief."

@@ -89,6 +89,9 @@ class Interrupting:
 
         return self.engine.generate(tree, params, on_complete=cb, **kw)
 
+    def __getattr__(self, name):  # plan, tokenizer, ...: the wrapped engine's
+        return getattr(self.engine, name)
+
 
 class CountingCheck:
     def __init__(self):

@@ -240,6 +240,15 @@ def test_from_prompts_strings_and_errors():
     for i, (key, _) in enumerate(plan.sequences):
         assert plan.prompt_ids(i) == Chars().encode(prompts[int(key)])
     assert plan.levels[0][0].num_tokens == len("QUESTION: ") + 1
+    # A trained BPE: each string is encoded whole after the BOS rule's prefix, as flatten encodes paths.
+    from bpe_fixtures import plain, trained
+
+    bpe = trained("byte_level", bos=True)
+    texts = ["def solve(x):\n    return x\n", "def solve(x):\n    print(x)\n"]
+    plan = PromptTree.from_prompts(texts, tokenizer=bpe).flatten()
+    assert [plan.prompt_ids(i) for i in range(2)] == [[0] + plain(bpe, t) for t in texts]
+    plan = PromptTree.from_prompts(texts, tokenizer=bpe, add_bos=False).flatten()
+    assert [plan.prompt_ids(i) for i in range(2)] == [plain(bpe, t) for t in texts]
     with pytest.raises(PromptTreeError, match="prompt 0 .* is a str but no tokenizer"):
         PromptTree.from_prompts(["abc"])
     with pytest.raises(PromptTreeError, match="prompt 1 .* is empty"):

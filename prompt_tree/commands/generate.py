@@ -13,6 +13,8 @@ import json
 import os
 import sys
 
+from prompt_tree.commands import tokenization
+
 
 # The dtypes the attention kernels run in (prompt_tree.loading also knows fp64, which the kernels refuse).
 DTYPE_CHOICES = ("bf16", "bfloat16", "fp16", "float16", "fp32", "float32")
@@ -55,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "presets other than tiny have no tokenizer, so their trees need token-id prompts)")
     p.add_argument("--tree", required=True, help="prompt tree JSON (as written by PromptTree.save)")
     p.add_argument("--out", required=True, help="output JSONL: key, sample_index, text, token_ids, finish_reason")
+    tokenization.add_arguments(p)
     p.add_argument("--samples", type=int, default=None,
                    help="override: N samples at every node that asks for samples (at every leaf if none asks)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most per sample")
@@ -82,14 +85,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_engine(spec: str, device=None, dtype=None, **kwargs):
-    """`tiny`, `random:PRESET` or a checkpoint directory -> Engine."""
+    """`tiny`, `random:PRESET` or a checkpoint directory -> Engine. A checkpoint without tokenizer.json loads its
+    weights alone (no tokenizer: the tree must hold token ids, which run() checks first)."""
     from prompt_tree.config import random_preset
     from prompt_tree.engine import Engine
+    from prompt_tree.loading import load_model
 
     preset = random_preset(spec)
     if preset is not None:
         return Engine.random(preset, device=device, dtype=dtype, **kwargs)
+    if not has_tokenizer_file(spec):
+        loaded = load_model(spec, device, dtype, tokenizer=False)
+        return Engine(loaded.model, loaded.config, None, loaded.eos_ids, **kwargs)
     return Engine.from_pretrained(spec, device=device, dtype=dtype, **kwargs)
+
+
+def has_tokenizer_file(model: str) -> bool:
+    """Whether a checkpoint directory holds a tokenizer.json (anything else passes: load errors name it)."""
+    return not os.path.isdir(model) or os.path.isfile(os.path.join(model, "tokenizer.json"))
 
 
 def override_samples(tree_dict: dict, samples: int) -> dict:
@@ -140,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     from prompt_tree.config import random_preset
     from prompt_tree.parallel.env import PEER_FAILED_EXIT, RankFailedError, init_distributed, run_guarded
     from prompt_tree.sampling import SamplingParams
+    from prompt_tree.chat import with_user_turns
     from prompt_tree.tree import PromptTree
 
     if not os.path.isfile(args.tree):
@@ -161,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.samples is not None:
             tree = PromptTree.from_dict(override_samples(tree.to_dict(), args.samples))
+        if args.chat:  # every path a conversation, here and on every data-parallel rank (prompt_tree.chat)
+            tree = PromptTree.from_dict(with_user_turns(tree.to_dict()))
         params = SamplingParams(
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
             min_p=args.min_p, stop=tuple(args.stop), stop_token_ids=tuple(args.stop_token_id), seed=args.seed,
@@ -168,6 +184,16 @@ def run(args: argparse.Namespace) -> int:
         if tree.num_samples == 0:
             return _fail("the tree asks for no samples (set samples on its nodes or pass --samples)")
         preset = random_preset(args.model)
+        if preset is None and not has_tokenizer_file(args.model):  # refuse before loading any weights
+            text_key = text_node_needing_tokenizer(tree)
+            if text_key is not None:
+                return _fail(
+                    f"--model {args.model!r} has no tokenizer.json, but node {text_key!r} of --tree has a text prompt; "
+                    f"copy the checkpoint's tokenizer.json (with tokenizer_config.json) into that directory, or give "
+                    f"the tree token-id prompts (a checkpoint without tokenizer.json then runs on its weights alone)")
+            if args.stop:
+                return _fail(f"--stop needs a tokenizer to decode text, and --model {args.model!r} has no "
+                             f"tokenizer.json; use --stop-token-id instead")
         if preset is not None and not preset_has_tokenizer(preset):  # refuse before building any weights
             text_key = text_node_needing_tokenizer(tree)
             if text_key is not None:
@@ -183,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
             from prompt_tree.parallel.dp_generate import run_distributed
 
             return run_guarded(ctx, lambda: run_distributed(args, ctx, tree, params))
-        engine = load_engine(args.model, args.device, args.dtype, cuda_graphs=not args.no_cuda_graphs)
+        engine = load_engine(args.model, args.device, args.dtype, cuda_graphs=not args.no_cuda_graphs,
+                             add_bos=args.bos)
         if args.stop and engine.tokenizer is None:
             return _fail(f"--stop needs a tokenizer to decode text, and model {args.model!r} has none; use "
                          f"--stop-token-id instead")
@@ -206,6 +233,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as e:
         return _fail(str(e))
     s = result.summary
+    if plan.tokenization is not None:
+        print(f"tokenization: {plan.tokenization}", file=sys.stderr)
     print(f"{s.num_sequences} sequences, {s.generated_tokens} tokens in {s.sub_batches} sub-batch(es): prefill "
           f"{s.prefill_seconds:.2f} s, decode {s.decode_seconds:.2f} s, {s.tokens_per_second:.0f} tokens/s, "
           f"KV {s.kv_bytes / 2**20:.1f} MiB, peak memory {s.peak_memory_bytes / 2**20:.0f} MiB", file=sys.stderr)

@@ -22,7 +22,8 @@ def run_distributed(args: argparse.Namespace, ctx: DistContext, tree, params) ->
     from .engine import engine_for_rank
 
     lay = ctx.layout
-    engine = engine_for_rank(args.model, ctx, dtype=args.dtype, cuda_graphs=not args.no_cuda_graphs)
+    engine = engine_for_rank(args.model, ctx, dtype=args.dtype, cuda_graphs=not args.no_cuda_graphs,
+                             add_bos=args.bos)
     plan = engine.plan(tree, params)  # also checks every prompt fits the context, on every rank alike
     node_tokens = {key: len(ids) for key, ids in plan.node_tokens.items()}
     mine = PromptTree.from_dict(split_tree(tree.to_dict(), node_tokens, lay.dp, params.max_new_tokens)[lay.dp_rank])
