@@ -61,3 +61,41 @@ def test_cuda_bf16_real_head_shape_tree_vs_flat():
     agree = sum(x.token_ids[0] == y.token_ids[0] for k in a for x, y in zip(a[k], b[k]))
     total = sum(len(a[k]) for k in a)
     assert agree == total
+
+
+def test_cuda_graph_buckets_replay_across_compositions(cuda_engine_factory):
+    """Unequal lengths make the batch change composition many times (rows finish, problems join): every bucket
+    is captured once (or again only when a composition outgrows its capacity) and the replays give what the
+    eager engine gives."""
+    from test_engine_batching import lengths, problems_tree, same
+
+    tree = problems_tree(5, problems=8, samples=5)
+    params = SamplingParams(max_new_tokens=24, temperature=0.8, seed=2, logprobs=True)
+    budget = lengths(3, 24)
+    eager = cuda_engine_factory(cuda_graphs=False).generate(tree, params, progress=False, length_budget=budget)
+    graphs = cuda_engine_factory(cuda_graphs=True, compact_fraction=0.25)
+    got = graphs.generate(tree, params, progress=False, length_budget=budget, step_log=True)
+    same(eager, got, logprobs=False)
+    for x, y in zip(eager.all(), got.all()):
+        torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-3, rtol=0)
+    s = got.summary
+    buckets = {graphs.options.bucket(n) for n, _ in got.step_log if n}
+    assert s.captures >= 1 and s.captures <= 2 * len(buckets)  # once per bucket, again only on a capacity grow
+    assert len(got.step_log) == s.decode_steps
+
+
+def test_cuda_continuous_preemption_equals_unconstrained(cuda_engine_factory):
+    from test_engine_batching import problems_tree, same, tight_budget
+
+    tree = problems_tree(7, problems=6, samples=6)
+    params = SamplingParams(max_new_tokens=40, temperature=0.8, seed=9, logprobs=True)
+
+    def budget(key, s):
+        return 2 if key.split("/")[0] in ("p0", "p1", "p2") else 40
+
+    ref = cuda_engine_factory().generate(tree, params, progress=False, length_budget=budget)
+    small = cuda_engine_factory(memory_budget_bytes=tight_budget(30, rows=39), prefill_chunk_tokens=64,
+                                max_batch_sequences=64, watermark=0.0)
+    got = small.generate(tree, params, progress=False, length_budget=budget)
+    same(ref, got, logprobs=False)
+    assert got.summary.preemptions > 0

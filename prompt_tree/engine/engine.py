@@ -21,7 +21,7 @@ import torch
 from ..config import get_preset
 from ..loading import load_model, random_model
 from ..sampling import SamplingParams, StopChecker, sample
-from ..tokenizer import PromptEncoder, random_model_tokenizer
+from ..tokenizer import random_model_tokenizer
 from .memory import BatchCost, available_memory, plan_cost
 from .options import EngineOptions
 from .results import Completion, GenerationResult
@@ -111,12 +111,14 @@ class Engine:
     # ----- planning
 
     def plan(self, tree_or_plan, params: SamplingParams | None = None):
-        """The Plan of a PromptTree (tokenized with the BOS rule), or a Plan unchanged; checked to fit the
-        model's context and vocabulary."""
+        """The Plan of a PromptTree (each sequence its whole prompt's encoding, under the tokenizer's BOS rule or
+        the add_bos option: prompt_tree.bos), or a Plan unchanged; checked to fit the model's context and
+        vocabulary."""
         if hasattr(tree_or_plan, "levels") and hasattr(tree_or_plan, "sequences"):
             plan = tree_or_plan
         elif hasattr(tree_or_plan, "flatten"):
-            plan = tree_or_plan.flatten(tokenizer=PromptEncoder(self.tokenizer) if self.tokenizer else None)
+            plan = (tree_or_plan.flatten(tokenizer=self.tokenizer, add_bos=self.options.add_bos) if self.tokenizer
+                    else tree_or_plan.flatten())
         else:
             raise TypeError(f"generate takes a PromptTree or a Plan, not {type(tree_or_plan).__name__}")
         max_new = params.max_new_tokens if params else 0

@@ -86,7 +86,7 @@ class GenerationRun:
                 self.node_path[g.node] = above + ((g.node,) if g.num_tokens > 0 else ())
         self.seqs: list[Sequence] = []
         for i, (key, s) in enumerate(plan.sequences):
-            path = self.node_path[key]
+            path = self.node_path[plan.sequence_node(i)]  # the plan node (a tail node may hold its samples)
             limit = params.max_new_tokens if limits is None else limits(key, s)
             if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= params.max_new_tokens:
                 raise ValueError(f"the length budget of sample {s} of {key!r} must be an int in [1, "
