@@ -52,20 +52,21 @@ def _describe(x: torch.Tensor) -> str:
 
 
 def _check_buffers(q: torch.Tensor, meta: TreeAttentionMeta, out: torch.Tensor | None, workspace) -> None:
-    """Preallocated buffers must be what the kernels write: out like q; the workspace (o_part [T, slots, Hq, D],
-    l_part [T, slots, Hq], fp32, the last two / one dims contiguous) with slots = max(meta.max_slots, 1)."""
-    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.device != q.device
+    """Preallocated buffers must be what the kernels write (they do not bound-check: a small one would be written
+    past): out like q; the workspace (o_part [T, slots, Hq, D], l_part [T, slots, Hq], fp32, the last two / one
+    dims contiguous) with slots = max(meta.max_slots, 1). Kept cheap: plain calls pay it every time."""
+    dev = q.get_device()
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.get_device() != dev
                             or out.stride(2) != 1):
         raise ValueError(f"out must match q: out {_describe(out)}, q {_describe(q)}")
     if workspace is None:
         return
     t, hq, d = q.shape
-    slots = max(meta.max_slots, 1)
     o_part, l_part = workspace
-    ok = (tuple(o_part.shape) == (t, slots, hq, d) and tuple(l_part.shape) == (t, slots, hq)
-          and o_part.dtype == l_part.dtype == torch.float32 and o_part.device == l_part.device == q.device
-          and o_part.stride(3) == 1 and o_part.stride(2) == d and l_part.stride(2) == 1)
-    if not ok:
+    slots = meta.max_slots or 1
+    if o_part.shape != (t, slots, hq, d) or l_part.shape != (t, slots, hq) or o_part.dtype != torch.float32 \
+            or l_part.dtype != torch.float32 or o_part.stride()[2:] != (d, 1) or l_part.stride(2) != 1 \
+            or o_part.get_device() != dev or l_part.get_device() != dev:
         raise ValueError(f"workspace must be fp32 o_part {(t, slots, hq, d)} and l_part {(t, slots, hq)} on "
                          f"{q.device}, contiguous in the heads and head_dim dimensions; got o_part "
                          f"{_describe(o_part)}, l_part {_describe(l_part)}")
@@ -107,8 +108,10 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     """
     _check(q, k_cache, v_cache, meta)
     _check_scale(scale, backend)
-    _check_buffers(q, meta, out, workspace)
-    _check_options(options)
+    if out is not None or workspace is not None:
+        _check_buffers(q, meta, out, workspace)
+    if options is not None and type(options) is not LaunchOptions:
+        _check_options(options)
     if backend == "triton" or (backend == "auto" and use_triton(q.device)):
         return tree_attention_triton(q, k_cache, v_cache, meta, scale=scale, return_lse=return_lse, out=out,
                                      workspace=workspace, options=options or DEFAULT_OPTIONS)

@@ -87,9 +87,8 @@ class LaunchList:
     return_lse: bool
 
 
-def resolve_overlap(meta: TreeAttentionMeta, q: torch.Tensor, options: LaunchOptions) -> bool:
+def resolve_overlap(meta: TreeAttentionMeta, q: torch.Tensor, options: LaunchOptions, has_shared: bool) -> bool:
     """Whether the own kernel runs on a side stream (LaunchOptions.overlap; None = the automatic rule)."""
-    has_shared = any(c.tiles.shape[0] for c in meta.shared_classes)
     if not (has_shared and q.is_cuda):
         return False
     if options.overlap is not None:
@@ -125,8 +124,8 @@ def build_launches(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
     if t == 0:
         return LaunchList([], False, out, lse, return_lse)
 
-    overlap = resolve_overlap(meta, q, options)
     has_shared = any(c.tiles.shape[0] for c in meta.shared_classes)
+    overlap = resolve_overlap(meta, q, options, has_shared)
     fuse = meta.own_splits == 1 and not overlap
     pdl = not overlap and has_shared and q.is_cuda and _pdl_ok(q.device, options)
     flags = dict(direct=options.direct, raw=options.raw)
@@ -178,15 +177,19 @@ def build_launches(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
 
 def run_launches(plan: LaunchList, device: torch.device, qkv: tuple | None = None):
     """Issue a call's launches (with q, k_cache, v_cache swapped for `qkv` when given) -> out (, lse)."""
-    def issue(ln: Launch, stream) -> None:
-        if stream is None:
+    if not plan.overlap:  # one stream: the plain loop (plain calls pay every function call in host time)
+        for ln in plan.launches:
             ln(qkv)
-        else:
-            with torch.cuda.stream(stream):
+    else:
+        def issue(ln: Launch, stream) -> None:
+            if stream is None:
                 ln(qkv)
+            else:
+                with torch.cuda.stream(stream):
+                    ln(qkv)
 
-    index = (device.index if device.index is not None else torch.cuda.current_device()) if plan.overlap else -1
-    fork_join(plan.launches, plan.overlap, index, issue)
+        fork_join(plan.launches, True, device.index if device.index is not None else torch.cuda.current_device(),
+                  issue)
     return (plan.out, plan.lse) if plan.return_lse else plan.out
 
 

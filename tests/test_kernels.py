@@ -265,15 +265,15 @@ def test_op_rejects_mismatched_tensors():
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_op_rejects_kv_ranges_past_the_cache(backend):
     """The kernels do not bound-check slots, so the op refuses metadata that reads past the cache, naming what."""
-    k = torch.randn(120, 2, 16)
-    q = torch.randn(2, 4, 16)
-    seg_meta = build_tree_meta([1, 1], [0, 5], [1, 1], [Segment(100, 60, 0, 2)], 4, 2, 16)
+    k = torch.randn(120, 2, 16, device=DEVICE)
+    q = torch.randn(2, 4, 16, device=DEVICE)
+    seg_meta = build_tree_meta([1, 1], [0, 5], [1, 1], [Segment(100, 60, 0, 2)], 4, 2, 16, DEVICE)
     with pytest.raises(ValueError, match=r"slots up to 159 \(segment 0\) but the cache has only 120"):
         tree_attention(q, k, k, seg_meta, backend=backend)
-    own_meta = build_tree_meta([1, 1], [0, 118], [1, 1], [], 4, 2, 16, own_capacity=[1, 5])
+    own_meta = build_tree_meta([1, 1], [0, 118], [1, 1], [], 4, 2, 16, DEVICE, own_capacity=[1, 5])
     with pytest.raises(ValueError, match=r"slots up to 122 \(own segment of query-sequence 1\)"):
         tree_attention(q, k, k, own_meta, backend=backend)
-    ok = build_tree_meta([1, 1], [0, 115], [1, 1], [Segment(100, 20, 0, 2)], 4, 2, 16, own_capacity=[1, 5])
+    ok = build_tree_meta([1, 1], [0, 115], [1, 1], [Segment(100, 20, 0, 2)], 4, 2, 16, DEVICE, own_capacity=[1, 5])
     assert torch.isfinite(tree_attention(q, k, k, ok, backend=backend)).all()
 
 

@@ -87,7 +87,7 @@ def test_padded_meta_is_bitwise_the_unpadded(backend, paged, q_per_seq, own_spli
         k, v, pages, caps = paged_copy(k, v, own_starts, own_lens, segs, 16, random.Random(seed))
         layout = dict(own_starts=None, own_pages=pages, page_size=16, own_capacity=caps)
     args = dict(q_lens=q_lens, own_lens=own_lens, segments=segs, num_q_heads=8, num_kv_heads=2, head_dim=16,
-                own_splits=own_splits, **layout)
+                device=q.device, own_splits=own_splits, **layout)
     plain = build_tree_meta(**args)
     need = required_capacity(plain)
     cap = MetaCapacity(need.num_seqs, need.num_rows, tuple(n + 3 for n in need.shared_tiles), need.own_tiles + 2,

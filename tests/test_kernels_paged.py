@@ -111,13 +111,13 @@ def test_chunked_prefill_reads_earlier_chunks_through_pages(backend, page):
     hq, hkv, d, n = 8, 2, 16, 45
     pages = [7, 2, 5, 0][:math.ceil(n / page)]  # shuffled; page 0 is slots 0..page-1
     shared = Segment(8 * page, 30, 0, 1)  # a parent node after the pages
-    k = torch.randn(8 * page + 30, hkv, d, generator=g)
+    k = torch.randn(8 * page + 30, hkv, d, generator=g).to(DEVICE)
     v = torch.randn_like(k)
-    q = torch.randn(n, hq, d, generator=g)
+    q = torch.randn(n, hq, d, generator=g).to(DEVICE)
 
     def run(rows: slice, q_lens, own_lens):
         segs = [Segment(shared.kv_start, shared.kv_len, 0, len(q_lens))]
-        meta = build_tree_meta(q_lens, None, own_lens, segs, hq, hkv, d, own_pages=[pages] * len(q_lens),
+        meta = build_tree_meta(q_lens, None, own_lens, segs, hq, hkv, d, DEVICE, own_pages=[pages] * len(q_lens),
                                page_size=page)
         return tree_attention(q[rows], k, v, meta, backend=backend)
 
@@ -144,11 +144,11 @@ def test_padding_rows_are_exactly_zero(backend, paged):
         k, v, pages, _ = paged_copy(k, v, own_starts, own_lens, segs, 16, random.Random(seed))
         own_starts = None
         layout, layout_pad = dict(own_pages=pages, page_size=16), dict(own_pages=pages + [[]] * pad, page_size=16)
-    meta = build_tree_meta(q_lens, own_starts, own_lens, segs, 8, 2, 16, **layout)
+    meta = build_tree_meta(q_lens, own_starts, own_lens, segs, 8, 2, 16, q.device, **layout)
     starts_pad = None if own_starts is None else own_starts + [0] * pad
-    meta_pad = build_tree_meta(q_lens + [1] * pad, starts_pad, own_lens + [0] * pad, segs, 8, 2, 16,
+    meta_pad = build_tree_meta(q_lens + [1] * pad, starts_pad, own_lens + [0] * pad, segs, 8, 2, 16, q.device,
                                own_splits=meta.own_splits, **layout_pad)
-    q_pad = torch.cat([q, torch.randn(pad, 8, 16)])
+    q_pad = torch.cat([q, torch.randn(pad, 8, 16, device=q.device)])
     o, lse = tree_attention(q, k, v, meta, return_lse=True, backend=backend)
     out = torch.full_like(q_pad, float("nan"))
     o_pad, lse_pad = tree_attention(q_pad, k, v, meta_pad, return_lse=True, backend=backend, out=out)
@@ -200,9 +200,9 @@ def test_equal_range_segments_are_one_node(backend):
     stored in one run: each run is a slot of its own, merged like any other."""
     g = torch.Generator().manual_seed(3)
     hq, hkv, d = 8, 2, 16
-    k = torch.randn(300, hkv, d, generator=g)
+    k = torch.randn(300, hkv, d, generator=g).to(DEVICE)
     v = torch.randn_like(k)
-    q = torch.randn(4, hq, d, generator=g)
+    q = torch.randn(4, hq, d, generator=g).to(DEVICE)
     # node 0..69 contiguous at 0, a child run for sequences 2..3; the same node as runs 100..119, 150..179, 200..219
     k[100:120], k[150:180], k[200:220] = k[0:20], k[20:50], k[50:70]
     v[100:120], v[150:180], v[200:220] = v[0:20], v[20:50], v[50:70]
