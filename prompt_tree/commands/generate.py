@@ -14,6 +14,7 @@ import os
 import sys
 
 from prompt_tree.commands import tokenization
+from prompt_tree.engine.results import completion_writer
 
 
 # The dtypes the attention kernels run in (prompt_tree.loading also knows fp64, which the kernels refuse).
@@ -132,21 +133,6 @@ def _check_out(path: str) -> str | None:
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"--out {path!r}: directory {parent!r} is not writable; pass another --out path"
     return None
-
-
-def completion_writer(out):
-    """An on_complete callback writing each finished completion to `out` as one JSON line, flushed at once (a
-    killed run keeps what it finished). The format of --out, shared with the data-parallel path."""
-
-    def write(key, sample_index, c) -> None:
-        row = {"key": key, "sample_index": sample_index, "text": c.text, "token_ids": c.token_ids,
-               "finish_reason": c.finish_reason}
-        if c.logprobs is not None:
-            row["logprobs"] = c.logprobs
-        out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        out.flush()
-
-    return write
 
 
 def run(args: argparse.Namespace) -> int:

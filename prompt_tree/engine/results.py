@@ -1,6 +1,7 @@
 """What generate returns: one Completion per sample, a GenerationSummary of what the call cost."""
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
@@ -83,3 +84,19 @@ class GenerationResult(Mapping):
     def all(self) -> list[Completion]:
         """Every completion, node by node in plan order, samples in order."""
         return [c for cs in self._completions.values() for c in cs]
+
+
+def completion_writer(out):
+    """An on_complete callback writing each finished completion to the text file `out` as one JSON line (key,
+    sample_index, text, token_ids, finish_reason, logprobs when asked), flushed at once: a killed run keeps what
+    it finished. The format of `prompt-tree generate --out`, one process or data-parallel."""
+
+    def write(key, sample_index, c: Completion) -> None:
+        row = {"key": key, "sample_index": sample_index, "text": c.text, "token_ids": c.token_ids,
+               "finish_reason": c.finish_reason}
+        if c.logprobs is not None:
+            row["logprobs"] = c.logprobs
+        out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        out.flush()
+
+    return write

@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..engine.results import completion_writer
+from ..tree import PromptTree
 from .dp import merge_parts, part_path, split_tree
+from .engine import engine_for_rank
 from .env import DistContext
 
 
 def run_distributed(args: argparse.Namespace, ctx: DistContext, tree, params) -> int:
-    from ..commands.generate import completion_writer
-    from ..tree import PromptTree
-    from .engine import engine_for_rank
 
     lay = ctx.layout
     engine = engine_for_rank(args.model, ctx, dtype=args.dtype, cuda_graphs=not args.no_cuda_graphs,

@@ -23,7 +23,7 @@ import time
 from datetime import timedelta
 from typing import Callable
 
-from .env import PEER_FAILED_EXIT, DistTimeouts, TorchrunEnv
+from .layout import PEER_FAILED_EXIT, DistTimeouts, TorchrunEnv
 
 
 def status_key(rank: int) -> str:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, replace
-from .env import ParallelError
+from .layout import ParallelError
 
 # Parameter-name suffixes (this package's names, e.g. "layers.3.self_attn.q_proj.weight") and the dimension a
 # tensor-parallel rank slices. nn.Linear weights are [out, in]: column-parallel slices dim 0, row-parallel dim 1.

@@ -16,7 +16,7 @@ import torch
 
 from ..config import ModelConfig, get_preset
 from ..loading import LoadedModel, load_model, random_model, resolve_device_dtype
-from .env import ParallelError
+from .layout import ParallelError
 from .layers import parallelize, shard_config, split_dim, tp_part
 
 
