@@ -194,17 +194,22 @@ def rope_(qk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str =
     """Rotate every head of qk in place by its token's angles (HF's rotate_half pairing: (i, i + D/2)).
 
     qk: [T, H, D], any strides with a contiguous head dim (the model passes the q and k heads of its fused qkv
-    output, H = Hq + Hkv, without copying them out); cos, sin: fp32 [T, D/2]. Returns None.
+    output, H = Hq + Hkv, without copying them out); cos, sin: fp32 [T, D/2] (fp64 accepted by the torch path).
+    Returns None.
     """
     if qk.dim() != 3 or qk.stride(2) != 1 or qk.shape[2] % 2:
         raise ValueError(f"qk must be [T, H, D] with an even, contiguous head dim; got shape {tuple(qk.shape)} "
                          f"strides {qk.stride()}")
     T, _, D = qk.shape
     for name, t in (("cos", cos), ("sin", sin)):
-        if t.shape != (T, D // 2) or t.dtype != torch.float32 or t.device != qk.device or t.stride(1) != 1:
+        # fp64 tables come from a model cast with .to(float64) (its inv_freq buffer too): the torch path takes them
+        if t.shape != (T, D // 2) or t.dtype not in (torch.float32, torch.float64) or t.device != qk.device \
+                or t.stride(1) != 1:
             raise ValueError(f"{name} must be fp32 [{T}, {D // 2}] on {qk.device} with contiguous columns, got "
                              f"{t.dtype} {tuple(t.shape)} on {t.device}")
     if _use_triton(backend, qk):
+        if cos.dtype != torch.float32 or sin.dtype != torch.float32:
+            raise ValueError(f"the Triton RoPE takes fp32 cos/sin, got {cos.dtype}: use backend='torch'")
         rope_triton_(qk, cos, sin)
     else:
         rope_torch_(qk, cos, sin)

@@ -142,6 +142,25 @@ class _DenseFns:
     backend: str
 
 
+def _compiled(region: Callable, backend: str, token_args: tuple[int, ...]) -> Callable:
+    """torch.compile of a dense region whose token dimension is dynamic from the first call.
+
+    fullgraph: the region must trace as one graph (a break would silently leave part of it eager). The token
+    dimension of the `token_args` (x, residual, cos, sin) is marked dynamic before each call, so one graph serves every batch
+    size instead of a static graph for the first size and a dynamic one after (each compile costs seconds);
+    T = 1 still gets its own (torch specializes sizes 0 and 1). Every other size (hidden, heads) stays static.
+    """
+    compiled = torch.compile(region, backend=backend, fullgraph=True)
+
+    def call(*args):
+        for i in token_args:  # the positional arguments with a token dimension (residual may be None)
+            if args[i] is not None:
+                torch._dynamo.maybe_mark_dynamic(args[i], 0)
+        return compiled(*args)
+
+    return call
+
+
 class DecoderLayer(nn.Module):
     """Pre-norm block: residual + attn(norm(residual)), then + mlp(norm(.)), each add fused into the next norm."""
 
@@ -192,10 +211,8 @@ class LlamaModel(nn.Module):
             raise TypeError(f"options must be a DenseOptions, not {type(options).__name__}")
         self.dense_options = options
         if options.compile:
-            # fullgraph: each region must trace as one graph; a break would silently leave it eager
-            compiled = dict(backend=options.compile_backend, fullgraph=True)
-            self._dense = _DenseFns(torch.compile(attention_input, **compiled), torch.compile(mlp_input, **compiled),
-                                    "torch")
+            self._dense = _DenseFns(_compiled(attention_input, options.compile_backend, (0, 1, 6, 7)),
+                                    _compiled(mlp_input, options.compile_backend, (0, 1)), "torch")
         else:
             self._dense = _DenseFns(attention_input, mlp_input, options.kernels)
 

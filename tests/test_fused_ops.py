@@ -162,6 +162,8 @@ def test_bad_arguments_are_named():
         fo.rope_(torch.randn(2, 3, 5), torch.randn(2, 2), torch.randn(2, 2))
     with pytest.raises(ValueError, match=r"cos must be fp32 \[2, 4\]"):
         fo.rope_(torch.randn(2, 3, 8), torch.randn(2, 3), torch.randn(2, 4))
+    with pytest.raises(ValueError, match="Triton RoPE takes fp32 cos/sin"):
+        fo.rope_(torch.randn(2, 3, 8), torch.randn(2, 4).double(), torch.randn(2, 4).double(), backend="triton")
     with pytest.raises(ValueError, match="even number of columns"):
         fo.silu_mul(torch.randn(2, 7))
 
