@@ -1,19 +1,26 @@
 """Nested Hydragen tree attention: Triton kernels, their torch references, the public op and its plan/run form.
 
 This package imports nothing from `prompt_tree`: it takes tensors and small metadata objects, so it can be tested
-and benchmarked alone.
+and benchmarked alone. docs/kernels.md is the guide.
 
     from kernels import Segment, build_tree_meta, plan_tree_attention, tree_attention
     meta = build_tree_meta(q_lens, own_starts, own_lens, segments, num_q_heads, num_kv_heads, head_dim, device)
     out = tree_attention(q, k_cache, v_cache, meta)
     plan = plan_tree_attention(q, k_cache, v_cache, meta)  # or bind the host work once, then per layer:
     out = plan.run(q, k_cache, v_cache)
-"""
-from .meta import Segment, TreeAttentionMeta, build_tree_meta
-from .reference import attention_lse, merge_states, naive_tree_attention
-from .plan import TreeAttentionPlan, plan_tree_attention
-from .tree_attention import cuda_graph_path, tree_attention
 
-__all__ = ["Segment", "TreeAttentionMeta", "build_tree_meta", "tree_attention", "plan_tree_attention",
-           "TreeAttentionPlan", "cuda_graph_path", "attention_lse",
-           "merge_states", "naive_tree_attention"]
+Paged own segments: build_tree_meta(..., own_starts=None, own_pages=[[page ids] per sequence], page_size=16);
+write new keys at own_slots(meta). Fixed shapes for CUDA graphs: capacity=MetaCapacity(...) and meta.update_().
+"""
+from .meta import (MetaCapacity, Segment, TreeAttentionMeta, own_slots, position_slots, query_slots,
+                   required_capacity)
+from .options import LaunchOptions, cuda_graph_path, in_graph_path
+from .reference import attention_lse, merge_states, naive_tree_attention
+from .worklist import build_tree_meta
+from .plan import TreeAttentionPlan, plan_tree_attention
+from .tree_attention import tree_attention
+
+__all__ = ["Segment", "TreeAttentionMeta", "MetaCapacity", "build_tree_meta", "required_capacity", "own_slots",
+           "query_slots", "position_slots", "tree_attention", "plan_tree_attention", "TreeAttentionPlan",
+           "LaunchOptions", "cuda_graph_path", "in_graph_path", "attention_lse", "merge_states",
+           "naive_tree_attention"]

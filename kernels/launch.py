@@ -18,15 +18,18 @@ specializes on in these launches:
 - whether every pointer is 16-byte aligned. Only the all-aligned case is cached; any other goes through Triton
   every time, as before.
 Floats are never specialized; an argument of any other kind (bool, None, tuple) sends the call through Triton.
-So do calls off CUDA (the interpreter), with `DIRECT["enabled"]` false, on Triton < 3.3, with Triton's debug or
-instrumentation switches changed since import, and for a kernel with pre-run hooks.
+So do calls off CUDA (the interpreter), with `direct=False` (kernels.LaunchOptions), on Triton < 3.3, with
+Triton's debug or instrumentation switches changed since import, and for a kernel with pre-run hooks.
+
+`fork_join` is the one place that spreads a call's launches over the current stream and a side stream.
 """
 from __future__ import annotations
+
+from typing import Callable, Sequence
 
 import torch
 import triton
 
-DIRECT = {"enabled": True, "raw": True}
 MAX_CACHED = 256  # compiled kernels kept per launcher (one per distinct key; a model uses a handful)
 
 
@@ -91,10 +94,9 @@ def no_launch_hooks() -> bool:
 
 
 def raw_launch_ok() -> bool:
-    """Whether the compiled launcher may be called directly now: direct raw launches on, a supported Triton, its
-    debug/instrumentation knobs as at import, and no launch hook."""
-    return (_SUPPORTED and DIRECT["enabled"] and DIRECT["raw"] and _knobs is not None
-            and _knob_state() == _DEFAULT_KNOBS and no_launch_hooks())
+    """Whether the compiled launcher may be called directly now: a supported Triton, its debug/instrumentation
+    knobs as at import, and no launch hook (the caller also needs LaunchOptions direct and raw on)."""
+    return _SUPPORTED and _knobs is not None and _knob_state() == _DEFAULT_KNOBS and no_launch_hooks()
 
 
 _side_streams: dict[int, torch.cuda.Stream] = {}
@@ -105,6 +107,29 @@ def side_stream(index: int) -> torch.cuda.Stream:
     if index not in _side_streams:
         _side_streams[index] = torch.cuda.Stream(device=index)
     return _side_streams[index]
+
+
+def fork_join(launches: Sequence, overlap: bool, device_index: int, issue: Callable) -> None:
+    """Issue `launches` in order; with `overlap`, those marked `.side` on the device's side stream.
+
+    The side stream first waits for everything issued so far on the current stream (the fork); a launch marked
+    `.join` makes the current stream wait for the side stream first (the merge after the own kernel). issue(ln,
+    stream) launches one: stream None = the current stream, else the side stream (a torch.cuda.Stream)."""
+    if not overlap:
+        for ln in launches:
+            issue(ln, None)
+        return
+    main = torch.cuda.current_stream(device_index)
+    side = side_stream(device_index)
+    side.wait_stream(main)
+    joined = False
+    for ln in launches:
+        if ln.join:
+            main.wait_stream(side)
+            joined = True
+        issue(ln, side if ln.side else None)
+    if not joined:  # work left on the side stream would race with whatever the caller does next
+        raise RuntimeError("an overlapped call must join its side stream")
 
 
 def grid3(grid: tuple) -> tuple[int, int, int]:
@@ -128,7 +153,7 @@ class DirectLauncher:
     def compile(self, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int = 3,
                 launch_pdl: bool = False):
         """The compiled kernel for these arguments without launching it (Triton's warm-up), or None where direct
-        launches do not apply (off CUDA, direct launches off, changed knobs, hooks, misaligned pointers...)."""
+        launches do not apply (off CUDA, changed knobs, hooks, misaligned pointers...)."""
         if not raw_launch_ok() or getattr(self.kernel, "pre_run_hooks", None):
             return None
         if any(isinstance(a, torch.Tensor) and (not _on_gpu(a) or a.data_ptr() & 15) for a in args) \
@@ -144,9 +169,11 @@ class DirectLauncher:
         return self.kernel[grid](*args, **constexprs, **_options(num_warps, num_stages, launch_pdl))
 
     def __call__(self, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int = 3,
-                 launch_pdl: bool = False):
+                 launch_pdl: bool = False, direct: bool = True, raw: bool = True):
+        """Launch on the current stream. direct=False: always through Triton's dispatcher; raw=False: cached
+        kernels through Triton's public runner instead of the compiled launcher (kernels.LaunchOptions)."""
         first = args[0] if args else None
-        if not _SUPPORTED or not DIRECT["enabled"] or not isinstance(first, torch.Tensor) or not _on_gpu(first) \
+        if not _SUPPORTED or not direct or not isinstance(first, torch.Tensor) or not _on_gpu(first) \
                 or _knob_state() != _DEFAULT_KNOBS or getattr(self.kernel, "pre_run_hooks", None):
             return self._dispatch(grid, args, constexprs, num_warps, num_stages, launch_pdl)
         ints, dtypes, ptrs = [], [], 0
@@ -174,7 +201,7 @@ class DirectLauncher:
             return compiled
         full = args + self.constexpr_values(len(args), constexprs)
         g = grid3(grid)
-        if DIRECT["raw"] and _knobs is not None and no_launch_hooks():
+        if raw and _knobs is not None and no_launch_hooks():
             # The compiled launcher itself (signature of Triton >= 3.3): no per-call closure or metadata.
             stream = _current_stream(device)
             compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata, None, None, None,

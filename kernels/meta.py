@@ -1,50 +1,26 @@
-"""Tree-attention metadata: from segments and query-sequences (CPU, pure Python) to device work lists.
+"""Tree-attention metadata: what the kernels read for one batch composition, and how it is reused.
 
-The attention of a batch over a prompt tree is cut into work items that the kernels run in a constant number of
-launches, whatever the depth or width of the tree:
+`kernels.worklist.build_tree_meta` turns segments and query-sequences into a TreeAttentionMeta (the rules of that
+are documented there). This module holds the types:
 
-- shared work: each shared segment (a tree node's KV, read non-causally by a contiguous range of query-sequences)
-  becomes tiles of (query rows x the g query heads of one KV head) = the M dimension of one matrix product, looped
-  over the segment's KV. When there are too few tiles to fill the GPU the KV is split (flash-decoding). One launch
-  per tile class (BLOCK_M of 16, 64 or 128): at most three launches for all levels together.
-- own work: each query-sequence's own segment (its generated suffix in decode, the node itself in prefill), read
-  causally, one tile per (sequence, block of its query rows), optionally split along the KV.
-- merge: every query row combines its partial (output, LSE) pairs; fused into the own-work epilogue when the own
-  segment is not split.
-
-Partial results live in a workspace indexed by (query row, slot): a row's slots are 0..n-1, one per (segment, KV
-split) on its path, outermost first, then its own splits. Because the segments of a tree are laminar (two ranges
-are nested or disjoint), a segment's slot base is the same for every row it covers.
-
-All tensors built here are int32 on the target device and never change shape while the batch composition is the
-same, so a decode step that only bumps `own_lens` (`set_own_lens`) can be captured in a CUDA graph.
+- TreeAttentionMeta: host-side description plus device work lists. Every device tensor is a view into one flat
+  int32 buffer (one host-to-device copy per build, one device copy per `update_`), each view 16-byte aligned.
+- MetaCapacity: fixed sizes for those tensors. A meta built with `capacity=` has device tensors of exactly those
+  shapes (padded with no-op work items), so metas of different compositions can replace each other in place
+  (`update_`) under one captured CUDA graph or one plan.
+- own_slots / query_slots: the KV slot of a position of a query-sequence's own segment (contiguous or paged),
+  computed on the device, so that the caller writes new keys exactly where the kernels will read them.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 
-# Tile classes for shared work, by query-block height (rows x heads). A 1-row GQA-4 group wastes 75% of a 16-row
-# tile but 97% of a 128-row one: picking the smallest class that holds the whole group keeps narrow groups (flat
-# mode, few samples per problem) memory-bound instead of tensor-core-bound.
+# Tile classes for shared work, by query-block height (rows x heads); see kernels.worklist for the choice.
 SHARED_BLOCK_MS = (16, 64, 128)
-OWN_BLOCK_M_DECODE = 16  # decode: g query heads of one token (g <= 16 in every supported model)
-OWN_BLOCK_M_PREFILL = 64
-BLOCK_N = 64  # KV rows per inner-loop step; splits are aligned to it
-# Split size floor: a segment is cut into ceil(len / max(this, work per SM)) splits, so splits are at least about
-# this long (a 600-token segment gives 2 of ~300). Each split costs a partial write and read, and a short split
-# is mostly pipeline ramp. Shared segments: 512 measured best on the small decode rows (H100,
-# tools/launch_overhead.py: 32/8 B=16 4K prefix 16.8 us against 19.8 us at 256; equal or better on the other rows
-# below 0.15 ms; rows with more work split coarser anyway). Own segments keep 256, the value they were tuned with.
-MIN_SPLIT_TOKENS = 512
-MIN_OWN_SPLIT_TOKENS = 256
-MAX_SPLITS = 64  # bounds the workspace: slots per row <= levels * MAX_SPLITS + own splits
-# Aim for this many programs per SM when deciding splits. One wave measured best on an H100 (B=16, 16K prefix:
-# 44 us against 54 us with two): fewer, longer splits amortize the pipeline ramp and leave fewer slots to merge.
-TARGET_WAVES = 1
 
 
 class Segment(NamedTuple):
@@ -70,35 +46,124 @@ class SegmentSplit:
 @dataclass
 class TileClass:
     block_m: int
-    tiles: torch.Tensor  # [n_tiles, 5] int32: row_lo, row_hi, kv_lo, kv_hi, slot
+    tiles: torch.Tensor  # [n_tiles, 5] int32: row_lo, row_hi, kv_lo, kv_hi, slot (padding: all 0, writes nothing)
+
+
+def _count(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"MetaCapacity.{name} must be a non-negative int, not {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class MetaCapacity:
+    """The shapes of a metadata's device tensors, fixed so that metas of other compositions fit them.
+
+    num_seqs, num_rows: exactly the query-sequences and query rows (the padded batch: pad with padding
+      query-sequences of q_len 1, own_len 0 and no segment, whose output is exactly 0).
+    shared_tiles: at most this many tiles per shared tile class, in SHARED_BLOCK_MS order (16, 64, 128 rows).
+    own_tiles: at most this many own tiles (decode: one per query-sequence).
+    max_slots: partial (output, LSE) slots per row, the workspace's second dimension (levels + splits).
+    max_pages: columns of the own page table (paged metas; 0 for contiguous own segments).
+    """
+
+    num_seqs: int
+    num_rows: int
+    shared_tiles: tuple[int, ...]
+    own_tiles: int
+    max_slots: int
+    max_pages: int = 0
+
+    def __post_init__(self):
+        for f in ("num_seqs", "num_rows", "own_tiles", "max_slots", "max_pages"):
+            _count(f, getattr(self, f))
+        tiles = tuple(self.shared_tiles) if isinstance(self.shared_tiles, (tuple, list)) else None
+        if tiles is None or len(tiles) != len(SHARED_BLOCK_MS):
+            raise ValueError(f"MetaCapacity.shared_tiles must hold {len(SHARED_BLOCK_MS)} counts, one per shared "
+                             f"tile class {SHARED_BLOCK_MS}, not {self.shared_tiles!r}")
+        for t in tiles:
+            _count("shared_tiles", t)
+        object.__setattr__(self, "shared_tiles", tiles)
+
+    def overflow(self, need: MetaCapacity) -> list[str]:
+        """What of `need` does not fit this capacity, in words (empty when it fits)."""
+        out = []
+        for f in ("num_seqs", "num_rows"):
+            if getattr(need, f) != getattr(self, f):
+                out.append(f"{f} is {getattr(need, f)} but the capacity is for exactly {getattr(self, f)} (pad the "
+                           f"batch with query-sequences of q_len 1, own_len 0 and no segment)")
+        for bm, n, c in zip(SHARED_BLOCK_MS, need.shared_tiles, self.shared_tiles):
+            if n > c:
+                out.append(f"{n} shared tiles of {bm} rows exceed shared_tiles capacity {c}")
+        for f in ("own_tiles", "max_slots", "max_pages"):
+            if getattr(need, f) > getattr(self, f):
+                out.append(f"{f} {getattr(need, f)} exceeds the capacity {getattr(self, f)}")
+        return out
+
+    def union(self, other: MetaCapacity) -> MetaCapacity:
+        """The smallest capacity that holds both (same num_seqs and num_rows)."""
+        if (self.num_seqs, self.num_rows) != (other.num_seqs, other.num_rows):
+            raise ValueError(f"capacities for different batches cannot be joined: {self.num_seqs} sequences / "
+                             f"{self.num_rows} rows against {other.num_seqs} / {other.num_rows}")
+        return MetaCapacity(self.num_seqs, self.num_rows,
+                            tuple(max(a, b) for a, b in zip(self.shared_tiles, other.shared_tiles)),
+                            max(self.own_tiles, other.own_tiles), max(self.max_slots, other.max_slots),
+                            max(self.max_pages, other.max_pages))
+
+    def grow(self, factor: float = 1.5) -> MetaCapacity:
+        """Headroom: every bound (tiles, slots, pages) times `factor`, rounded up; the batch stays the same."""
+        if not (isinstance(factor, (int, float)) and factor >= 1):
+            raise ValueError(f"grow factor must be a number >= 1, not {factor!r}")
+
+        def up(n: int) -> int:
+            return math.ceil(n * factor)
+
+        return MetaCapacity(self.num_seqs, self.num_rows, tuple(up(n) for n in self.shared_tiles),
+                            up(self.own_tiles), up(self.max_slots), up(self.max_pages))
+
+
+# Fields that select kernel variants, grids or workspace shapes: metas must agree on them to replace each other.
+_MODE_FIELDS = ("num_q_heads", "num_kv_heads", "head_dim", "num_rows", "num_seqs", "max_slots", "own_splits",
+                "own_block_m", "causal_own", "page_size")
+# Host-side fields that `update_` replaces.
+_HOST_FIELDS = ("splits", "q_lens", "own_starts_host", "own_pages_host", "kv_extent", "kv_extent_owner",
+                "kv_tokens_read", "needed", "capacity")
 
 
 @dataclass
 class TreeAttentionMeta:
-    """Everything the kernels need for one batch composition. Built by `build_tree_meta`."""
+    """Everything the kernels need for one batch composition. Built by `kernels.build_tree_meta`."""
 
     num_q_heads: int
     num_kv_heads: int
     head_dim: int
     num_rows: int  # T, query rows
     num_seqs: int  # NB, query-sequences
-    max_slots: int  # partial slots per row in the workspace
+    max_slots: int  # partial slots per row in the workspace (the capacity's, when padded)
     own_splits: int  # KV splits of each own segment (1 = merge fused into the own kernel)
     own_block_m: int
     causal_own: bool  # False when every q_len is 1 (decode): no mask arithmetic in the own kernel
+    page_size: int  # own segments: 0 = contiguous slots from own_start; else paged through own_page_table
     # host-side description (tests, the torch path, debugging)
     splits: list[SegmentSplit]
     q_lens: list[int]
     own_starts_host: list[int]
-    # device tensors
+    own_pages_host: list[list[int]] | None
+    # device tensors (int32 views into `buffer`)
     shared_classes: list[TileClass]
-    own_tiles: torch.Tensor  # [n_own_tiles, 3] int32: seq, row_lo, row_hi
+    own_tiles: torch.Tensor  # [n_own_tiles, 3] int32: seq, row_lo, row_hi (padding: all 0, reads nothing)
     seq_q_start: torch.Tensor  # [NB] int32: first q row of each query-sequence
     seq_q_len: torch.Tensor  # [NB] int32
-    own_start: torch.Tensor  # [NB] int32
-    own_len: torch.Tensor  # [NB] int32, updated in place between decode steps
+    own_start: torch.Tensor  # [NB] int32 (all 0 when paged)
+    own_len: torch.Tensor  # [NB] int32, may be updated in place between decode steps (up to the own capacity)
     seq_shared_slots: torch.Tensor  # [NB] int32: partial slots of shared work on the sequence's path
     row_seq: torch.Tensor  # [T] int32: the query-sequence of each row
+    own_page_table: torch.Tensor | None  # [NB, max_pages] int32 page ids (paged), rows padded with a valid id
+    buffer: torch.Tensor  # the flat int32 buffer every device tensor above views
+    layout: tuple  # ((name, offset, shape), ...) of those views
+    # what this composition needs (required_capacity) and what it was padded to (None: unpadded)
+    needed: MetaCapacity
+    capacity: MetaCapacity | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     # One past the highest KV slot any segment or own segment (at its capacity) may read: the op checks the
     # cache holds it, because the kernels do not bound-check slots (an overrun would read other memory).
@@ -106,16 +171,13 @@ class TreeAttentionMeta:
     # (kind, index) of what reaches kv_extent, for the error message
     kv_extent_owner: tuple = ("", -1)
     # An estimate of the KV slots one call reads (each shared split once, though tiles of many rows re-read it,
-    # plus every own segment at build time; set_own_lens does not update it): sizes the call's GPU work for the
-    # launcher's plain-call choice of one stream or two (times Hkv x D x element bytes x 2 for K and V)
+    # plus every own segment at build time; in-place own_len updates do not change it): sizes the call's GPU
+    # work for the plain-call choice of one stream or two (times Hkv x D x element bytes x 2 for K and V)
     kv_tokens_read: int = 0
 
-    def set_own_lens(self, lens) -> None:
-        """In-place update of the own segment lengths (decode: one more token per step). CUDA-graph safe."""
-        if isinstance(lens, torch.Tensor):
-            self.own_len.copy_(lens.to(self.own_len.dtype))
-        else:
-            self.own_len.copy_(torch.tensor(list(lens), dtype=torch.int32))
+    @property
+    def paged(self) -> bool:
+        return self.page_size > 0
 
     @property
     def workspace_bytes(self) -> int:
@@ -126,187 +188,96 @@ class TreeAttentionMeta:
     def num_launches(self) -> int:
         return sum(1 for c in self.shared_classes if c.tiles.shape[0]) + 1 + (self.own_splits > 1)
 
+    def update_(self, other: TreeAttentionMeta) -> TreeAttentionMeta:
+        """Make this meta describe `other`'s composition, writing its device tensors in place (their shapes and
+        addresses stay: a CUDA graph or plan made with this meta now computes `other`'s attention).
 
-def _check_ints(name: str, values: Sequence[int], n: int | None = None, minimum: int = 0) -> list[int]:
-    vals = [int(v) for v in values]
-    if n is not None and len(vals) != n:
-        raise ValueError(f"{name} has {len(vals)} entries but there are {n} query-sequences")
-    bad = [i for i, v in enumerate(vals) if v < minimum]
-    if bad:
-        raise ValueError(f"{name}[{bad[0]}] = {vals[bad[0]]} is below {minimum}")
-    return vals
+        Both must agree on every kernel-variant field and tensor shape (build both with the same `capacity=`,
+        `own_splits=` and, when paged, page size): a ValueError names any mismatch. `other` may live on another
+        device (e.g. built on the CPU: one host-to-device copy). The copy is ordered on the current stream."""
+        if not isinstance(other, TreeAttentionMeta):
+            raise ValueError(f"update_ takes a TreeAttentionMeta, not {type(other).__name__}")
+        problems = [f"{f} {getattr(self, f)} vs {getattr(other, f)}" for f in _MODE_FIELDS
+                    if getattr(self, f) != getattr(other, f)]
+        mine, theirs = {n: s for n, _, s in self.layout}, {n: s for n, _, s in other.layout}
+        problems += [f"{n} of shape {tuple(mine.get(n, ()))} vs {tuple(theirs.get(n, ()))}"
+                     for n in sorted(set(mine) | set(theirs)) if mine.get(n) != theirs.get(n)]
+        if problems:
+            raise ValueError("cannot update this metadata in place from a differently shaped one: "
+                             + "; ".join(problems) + ". Build both with the same capacity= (kernels.MetaCapacity), "
+                             "own_splits= and page_size")
+        self.buffer.copy_(other.buffer)
+        for f in _HOST_FIELDS:
+            setattr(self, f, getattr(other, f))
+        return self
+
+    def views(self) -> dict[str, torch.Tensor]:
+        """Every device tensor by its layout name (all views into `buffer`)."""
+        out = {f"tiles{c.block_m}": c.tiles for c in self.shared_classes}
+        out.update(own_tiles=self.own_tiles, seq_q_start=self.seq_q_start, seq_q_len=self.seq_q_len,
+                   own_start=self.own_start, own_len=self.own_len, seq_shared_slots=self.seq_shared_slots,
+                   row_seq=self.row_seq)
+        if self.own_page_table is not None:
+            out["own_page_table"] = self.own_page_table
+        return out
+
+    def check(self) -> None:
+        """Invariants of the work lists (tests call this): views 16-byte aligned in the buffer with their layout
+        shapes, split slots in range, every row's slots within the workspace, padding within the capacity."""
+        views = self.views()
+        assert sorted(views) == sorted(n for n, _, _ in self.layout), "layout and views differ"
+        for name, off, shape in self.layout:
+            v = views[name]
+            assert off % 4 == 0 and tuple(v.shape) == tuple(shape), f"{name}: offset {off}, shape {tuple(v.shape)}"
+            assert v.numel() == 0 or v.data_ptr() == self.buffer.data_ptr() + 4 * off, f"{name}: not in the buffer"
+        for sp in self.splits:
+            assert 0 <= sp.row_lo <= sp.row_hi <= self.num_rows and sp.kv_lo <= sp.kv_hi <= self.kv_extent
+            assert 0 <= sp.slot < self.max_slots, f"split slot {sp.slot} outside {self.max_slots} slots"
+        shared = self.seq_shared_slots.tolist()
+        for b, n in enumerate(self.q_lens):
+            if n:
+                assert shared[b] + self.own_splits <= self.max_slots, f"sequence {b} needs more slots than exist"
+        assert self.capacity is None or not self.capacity.overflow(self.needed)
 
 
-def _order_laminar(segments: list[Segment]) -> list[tuple[int, Segment, int]]:
-    """Sort segments outermost first and return (index, segment, parent index or -1); reject crossing ranges.
-
-    Sorting by (seq_lo, -seq_hi, original index) visits a parent before its children (equal ranges, e.g. a
-    single-child chain, keep their given order: the first is the outer one).
-    """
-    order = sorted(range(len(segments)), key=lambda i: (segments[i].seq_lo, -segments[i].seq_hi, i))
-    stack: list[int] = []
-    out = []
-    for i in order:
-        s = segments[i]
-        while stack and segments[stack[-1]].seq_hi <= s.seq_lo:
-            stack.pop()
-        if stack and segments[stack[-1]].seq_hi < s.seq_hi:
-            p = segments[stack[-1]]
-            raise ValueError(
-                f"segments {stack[-1]} (sequences {p.seq_lo}..{p.seq_hi - 1}) and {i} (sequences {s.seq_lo}.."
-                f"{s.seq_hi - 1}) overlap without nesting: a prompt tree's groups must be nested or disjoint")
-        out.append((i, s, stack[-1] if stack else -1))
-        stack.append(i)
-    return out
+def required_capacity(meta: TreeAttentionMeta) -> MetaCapacity:
+    """The smallest MetaCapacity this meta's composition fits (before any padding): start a bucket from it, e.g.
+    `required_capacity(meta).grow(1.5)`, and join several with MetaCapacity.union."""
+    return meta.needed
 
 
-def _num_splits(kv_len: int, chunk: int) -> int:
-    return max(1, min(MAX_SPLITS, math.ceil(kv_len / chunk)))
+def position_slots(meta: TreeAttentionMeta, seq: torch.Tensor | None, pos: torch.Tensor,
+                   empty_slot: int = -1) -> torch.Tensor:
+    """[N] int64: the KV slot of own-segment position pos[i] (int64 [N]) of query-sequence seq[i] (int64 [N];
+    None: every sequence in order, N = NB), empty_slot where pos < 0. The one rule of where own positions live: contiguous from own_start, or paged
+    (position p at own_page_table[b, p // page_size] * page_size + p % page_size)."""
+    p = pos.clamp_min(0)
+    if meta.paged:
+        size = meta.page_size
+        table = meta.own_page_table if seq is None else meta.own_page_table.index_select(0, seq)
+        col = (p // size).clamp_max(table.shape[1] - 1)  # past the table only when own_len outgrew its pages
+        slot = table.gather(1, col[:, None]).squeeze(1).long() * size + p % size
+    else:
+        start = meta.own_start if seq is None else meta.own_start.index_select(0, seq)
+        slot = start.long() + p
+    return torch.where(pos >= 0, slot, torch.full_like(slot, empty_slot))
 
 
-def _block_m_for(rows: int, g: int) -> int:
-    m = rows * g
-    for bm in SHARED_BLOCK_MS:
-        if m <= bm:
-            return bm
-    return SHARED_BLOCK_MS[-1]
+def own_slots(meta: TreeAttentionMeta, empty_slot: int = -1) -> torch.Tensor:
+    """[NB] int64 on meta's device: the KV slot of position own_len[b] - 1 of each query-sequence's own segment
+    (decode: where this step's new key and value go, the fed token being the segment's last), or `empty_slot`
+    where own_len[b] is 0 (padding rows: pass a scratch slot the caller owns). Device ops only, so it can be
+    captured in a CUDA graph; it reads own_len as it is when it runs."""
+    return position_slots(meta, None, meta.own_len.long() - 1, empty_slot)
 
 
-def build_tree_meta(q_lens: Sequence[int], own_starts: Sequence[int], own_lens: Sequence[int],
-                    segments: Sequence[Segment | tuple], num_q_heads: int, num_kv_heads: int, head_dim: int,
-                    device: torch.device | str | None = None, *, share: bool = True,
-                    own_capacity: Sequence[int] | None = None, num_sms: int | None = None) -> TreeAttentionMeta:
-    """Build the work lists for one batch composition.
-
-    q_lens[b]: query rows of query-sequence b (rows are packed in order of b); own_starts[b], own_lens[b]: its own
-    KV slots, read causally, whose last q_lens[b] entries are the queries' own keys (or none at all: own_len 0
-    means the queries see shared KV only); segments: shared KV read
-    non-causally, laminar ranges of query-sequences. share=False gives the no-sharing baseline: each sequence
-    reads each segment on its path itself. own_capacity[b]: the largest own_len while this meta is reused (decode),
-    used to decide own-segment splits. num_sms: multiprocessor count for split decisions (read off the device when
-    None and CUDA is used; 132 otherwise).
-    """
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if num_q_heads <= 0 or num_kv_heads <= 0 or num_q_heads % num_kv_heads:
-        raise ValueError(f"query heads ({num_q_heads}) must be a positive multiple of kv heads ({num_kv_heads})")
-    if head_dim <= 0 or head_dim > 256:
-        raise ValueError(f"head_dim {head_dim} is not supported: 1..256")
-    g = num_q_heads // num_kv_heads
-    if g > OWN_BLOCK_M_DECODE:
-        raise ValueError(f"a GQA ratio of {g} is above the supported maximum of {OWN_BLOCK_M_DECODE}")
-    q_lens = _check_ints("q_lens", q_lens)
-    nb = len(q_lens)
-    own_starts = _check_ints("own_starts", own_starts, nb)
-    own_lens = _check_ints("own_lens", own_lens, nb)
-    cap = _check_ints("own_capacity", own_capacity, nb) if own_capacity is not None else list(own_lens)
-    for b in range(nb):
-        if 0 < own_lens[b] < q_lens[b]:
-            raise ValueError(f"query-sequence {b} has {q_lens[b]} query rows but an own segment of only "
-                             f"{own_lens[b]} slots: the queries' own keys must be the last slots of the segment "
-                             f"(or the segment empty, when the queries see only shared KV)")
-        cap[b] = max(cap[b], own_lens[b])
-    # extent: one past the highest slot read, and what reads it (checked against the cache by the op)
-    extent, owner = 0, ("", -1)
-    for b in range(nb):
-        if cap[b] > 0 and own_starts[b] + cap[b] > extent:
-            extent, owner = own_starts[b] + cap[b], ("own segment of query-sequence", b)
-    segs = []
-    for i, s in enumerate(segments):
-        s = Segment(*(int(x) for x in s))
-        if s.kv_start < 0 or s.kv_len < 0 or not (0 <= s.seq_lo <= s.seq_hi <= nb):
-            raise ValueError(f"segment {i} = {tuple(s)} is out of range for {nb} query-sequences")
-        if s.kv_len == 0 or s.seq_lo == s.seq_hi:
-            continue  # contributes nothing (an empty node): no work, no slot
-        if s.kv_start + s.kv_len > extent:
-            extent, owner = s.kv_start + s.kv_len, ("segment", i)
-        if share:
-            segs.append(s)
-        else:
-            segs.extend(Segment(s.kv_start, s.kv_len, b, b + 1) for b in range(s.seq_lo, s.seq_hi))
-    if num_sms is None:
-        num_sms = (torch.cuda.get_device_properties(device).multi_processor_count
-                   if device.type == "cuda" else 132)
-
-    q_start = [0] * (nb + 1)
-    for b in range(nb):
-        q_start[b + 1] = q_start[b] + q_lens[b]
-    t = q_start[nb]
-
-    # KV split size: enough tiles for TARGET_WAVES waves, never finer than MIN_SPLIT_TOKENS.
-    ordered = _order_laminar(segs)
-    base_tiles = 0
-    work = 0  # tile-steps of KV, summed
-    for _, s, _ in ordered:
-        rows = q_start[s.seq_hi] - q_start[s.seq_lo]
-        if rows == 0:
-            continue
-        bm = _block_m_for(rows, g)
-        n_m = math.ceil(rows * g / bm) if rows * g > bm else 1
-        base_tiles += n_m * num_kv_heads
-        work += n_m * num_kv_heads * s.kv_len
-    target = TARGET_WAVES * num_sms
-    chunk = max(MIN_SPLIT_TOKENS, math.ceil(work / target / BLOCK_N) * BLOCK_N) if work else MIN_SPLIT_TOKENS
-
-    slot_base: dict[int, int] = {}
-    nsplit: dict[int, int] = {}
-    seq_slots = [0] * nb
-    splits: list[SegmentSplit] = []
-    for i, s, parent in ordered:
-        n = _num_splits(s.kv_len, chunk) if base_tiles < target else 1
-        base = 0 if parent < 0 else slot_base[parent] + nsplit[parent]
-        slot_base[i], nsplit[i] = base, n
-        for b in range(s.seq_lo, s.seq_hi):
-            seq_slots[b] = max(seq_slots[b], base + n)
-        row_lo, row_hi = q_start[s.seq_lo], q_start[s.seq_hi]
-        if row_lo == row_hi:
-            continue
-        step = math.ceil(s.kv_len / n / BLOCK_N) * BLOCK_N
-        for j in range(n):
-            lo = s.kv_start + j * step
-            hi = min(s.kv_start + s.kv_len, lo + step)
-            if lo < hi:
-                splits.append(SegmentSplit(row_lo, row_hi, lo, hi, base + j))
-            else:  # rounding left this split empty: it still owns a slot, so write an empty partial
-                splits.append(SegmentSplit(row_lo, row_hi, lo, lo, base + j))
-
-    # Own work: split the KV only when sequences x kv heads cannot fill the GPU and the segments are long.
-    causal_own = any(q > 1 for q in q_lens)
-    own_block_m = OWN_BLOCK_M_PREFILL if causal_own else OWN_BLOCK_M_DECODE
-    rows_per_own_tile = max(1, own_block_m // g)
-    own_tiles = []
-    for b in range(nb):
-        for r in range(q_start[b], q_start[b + 1], rows_per_own_tile):
-            own_tiles.append((b, r, min(r + rows_per_own_tile, q_start[b + 1])))
-    max_cap = max(cap) if cap else 0
-    own_splits = 1
-    if own_tiles and len(own_tiles) * num_kv_heads < target and max_cap >= 2 * MIN_OWN_SPLIT_TOKENS:
-        own_splits = min(MAX_SPLITS, max_cap // MIN_OWN_SPLIT_TOKENS,
-                         math.ceil(target / (len(own_tiles) * num_kv_heads)))
-    max_slots = max([seq_slots[b] + own_splits for b in range(nb) if q_lens[b]] or [0])
-
-    # Shared tiles by class.
-    classes = {bm: [] for bm in SHARED_BLOCK_MS}
-    for sp in splits:
-        rows = sp.row_hi - sp.row_lo
-        bm = _block_m_for(rows, g)
-        rpt = max(1, bm // g)
-        for r in range(sp.row_lo, sp.row_hi, rpt):
-            classes[bm].append((r, min(r + rpt, sp.row_hi), sp.kv_lo, sp.kv_hi, sp.slot))
-
-    i32 = dict(dtype=torch.int32, device=device)
-
-    def tens(rows, width):
-        return torch.tensor(rows, **i32) if rows else torch.zeros((0, width), **i32)
-
-    row_seq = [b for b in range(nb) for _ in range(q_lens[b])]
-    return TreeAttentionMeta(
-        num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, num_rows=t, num_seqs=nb,
-        max_slots=max_slots, own_splits=own_splits, own_block_m=own_block_m, causal_own=causal_own,
-        splits=splits, q_lens=q_lens, own_starts_host=own_starts,
-        shared_classes=[TileClass(bm, tens(classes[bm], 5)) for bm in SHARED_BLOCK_MS],
-        own_tiles=tens(own_tiles, 3),
-        seq_q_start=torch.tensor(q_start[:nb], **i32), seq_q_len=torch.tensor(q_lens, **i32),
-        own_start=torch.tensor(own_starts, **i32), own_len=torch.tensor(own_lens, **i32),
-        seq_shared_slots=torch.tensor(seq_slots, **i32), row_seq=torch.tensor(row_seq, **i32), device=device,
-        kv_extent=extent, kv_extent_owner=owner,
-        kv_tokens_read=sum(sp.kv_hi - sp.kv_lo for sp in splits) + sum(own_lens))
+def query_slots(meta: TreeAttentionMeta, empty_slot: int = -1) -> torch.Tensor:
+    """[T] int64 on meta's device: the KV slot of each query row's own key (row i of query-sequence b is position
+    own_len[b] - q_len[b] + i of its own segment), or `empty_slot` for rows whose sequence has an empty own
+    segment. Prefill writes a chunk's keys here; in decode (q_len 1) it equals own_slots."""
+    seq = meta.row_seq.long()
+    rows = torch.arange(meta.num_rows, device=seq.device)
+    pos = (meta.own_len.long() - meta.seq_q_len.long()).index_select(0, seq) + rows \
+        - meta.seq_q_start.long().index_select(0, seq)
+    empty = meta.own_len.index_select(0, seq) == 0
+    return torch.where(empty, torch.full_like(rows, empty_slot), position_slots(meta, seq, pos, empty_slot))

@@ -13,12 +13,13 @@ import torch
 
 
 def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
-                  scale: float | None = None, dtype: torch.dtype = torch.float32):
+                  mask: torch.Tensor | None = None, scale: float | None = None, dtype: torch.dtype = torch.float32):
     """Softmax attention returning the output and its LSE.
 
     q: [Tq, Hq, D], k: [Tk, Hkv, D], v: [Tk, Hkv, D] with Hq a multiple of Hkv (GQA: query head h reads kv head
     h // (Hq // Hkv)).
     causal: query row i sees key j iff j <= i + (Tk - Tq) (the queries are the last Tq positions of the keys).
+    mask: [Tq, Tk] bool, True = visible (combined with causal). A row that sees no key gets o = 0, lse = -inf.
     Computed in `dtype` (fp32 or fp64). Returns (o [Tq, Hq, D], lse [Tq, Hq]) in `dtype`.
     """
     tq, hq, d = q.shape
@@ -27,18 +28,17 @@ def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: 
         raise ValueError(f"query heads ({hq}) must be a multiple of kv heads ({hkv})")
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     g = hq // hkv
-    qf = q.to(dtype)
-    kf = k.to(dtype).repeat_interleave(g, dim=1)  # [Tk, Hq, D]
-    vf = v.to(dtype).repeat_interleave(g, dim=1)
-    s = torch.einsum("qhd,khd->hqk", qf, kf) * scale  # [Hq, Tq, Tk]
+    qf = q.to(dtype).view(tq, hkv, g, d)
+    s = torch.einsum("qhgd,khd->hgqk", qf, k.to(dtype)) * scale  # [Hkv, g, Tq, Tk]
     if causal:
         allowed = torch.arange(tk, device=q.device)[None, :] <= (torch.arange(tq, device=q.device)[:, None] + tk - tq)
-        s = s.masked_fill(~allowed, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)  # [Hq, Tq]; -inf where a row sees nothing
-    p = torch.exp(s - torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)[..., None])
-    p = torch.nan_to_num(p, nan=0.0)  # rows with no key: exp(-inf - 0) = 0 already; guard anyway
-    o = torch.einsum("hqk,khd->qhd", p, vf)
-    return o, lse.transpose(0, 1).contiguous()
+        mask = allowed if mask is None else mask & allowed
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)  # [Hkv, g, Tq]; -inf where a row sees nothing
+    p = torch.exp(s - torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)[..., None])  # 0 where s = -inf
+    o = torch.einsum("hgqk,khd->qhgd", p, v.to(dtype)).reshape(tq, hq, d)
+    return o, lse.permute(2, 0, 1).reshape(tq, hq)
 
 
 def merge_states(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor]):
@@ -61,79 +61,78 @@ def merge_states(outs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor]):
     return out, m_safe + torch.log(total)
 
 
+def own_slot_list(b: int, own_starts, own_lens, own_pages=None, page_size: int | None = None) -> list[int]:
+    """The KV slots of query-sequence b's own segment, position 0 first: own_starts[b] + p, or, paged,
+    own_pages[b][p // page_size] * page_size + p % page_size."""
+    if own_pages is None:
+        return list(range(own_starts[b], own_starts[b] + own_lens[b]))
+    return [own_pages[b][p // page_size] * page_size + p % page_size for p in range(own_lens[b])]
+
+
+def _path(b: int, q_lens, own_starts, own_lens, segments, own_pages, page_size, device):
+    """(slots of every key sequence b sees, in order, as a long tensor; its own-segment key positions, -1 for the
+    shared keys): the shared segments on its path, then its own segment."""
+    slots = []
+    for seg in segments:
+        kv_start, kv_len, lo, hi = seg[0], seg[1], seg[2], seg[3]
+        if lo <= b < hi:
+            slots.extend(range(kv_start, kv_start + kv_len))
+    n_shared = len(slots)
+    slots.extend(own_slot_list(b, own_starts, own_lens, own_pages, page_size))
+    own_pos = torch.arange(len(slots), device=device) - n_shared
+    return torch.tensor(slots, dtype=torch.long, device=device), own_pos
+
+
 def naive_tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, q_lens: Sequence[int],
-                         own_starts: Sequence[int], own_lens: Sequence[int], segments: Sequence,
-                         *, scale: float | None = None, dtype: torch.dtype = torch.float64):
+                         own_starts: Sequence[int] | None, own_lens: Sequence[int], segments: Sequence,
+                         *, own_pages: Sequence[Sequence[int]] | None = None, page_size: int | None = None,
+                         scale: float | None = None, dtype: torch.dtype = torch.float64):
     """The ground truth: every query-sequence attends to the concatenation of its path's KV and its own segment.
 
     q: [T, Hq, D] rows packed by query-sequence b (q_lens[b] rows each); k_cache, v_cache: [S, Hkv, D].
     Sequence b sees, in order, the KV of every segment (kv_start, kv_len, seq_lo, seq_hi) with seq_lo <= b < seq_hi
-    (non-causal), then its own slots own_starts[b] .. own_starts[b] + own_lens[b] - 1, of which its q rows are the
-    last q_lens[b] (causal; an empty own segment leaves the rows with the shared keys only). Nothing is shared: each sequence gathers its own copy. Returns (o [T, Hq, D],
-    lse [T, Hq]) in `dtype`.
+    (non-causal), then its own segment's own_lens[b] positions (slots: own_slot_list), of which its q rows are the
+    last q_lens[b] (causal; an empty own segment leaves the rows with the shared keys only). Nothing is shared:
+    each sequence gathers its own copy. Returns (o [T, Hq, D], lse [T, Hq]) in `dtype`.
     """
     t, hq, d = q.shape
     out = torch.zeros(t, hq, d, dtype=dtype, device=q.device)
     lse = torch.full((t, hq), float("-inf"), dtype=dtype, device=q.device)
     row = 0
     for b, qn in enumerate(q_lens):
-        slots = []
-        for seg in segments:
-            kv_start, kv_len, lo, hi = seg[0], seg[1], seg[2], seg[3]
-            if lo <= b < hi:
-                slots.extend(range(kv_start, kv_start + kv_len))
-        n_shared = len(slots)
-        slots.extend(range(own_starts[b], own_starts[b] + own_lens[b]))
         if qn == 0:
             continue
-        idx = torch.tensor(slots, dtype=torch.long, device=q.device)
-        kb, vb = k_cache.index_select(0, idx), v_cache.index_select(0, idx)
-        # causal only within the own segment: build the mask explicitly (shared keys always visible)
-        qb = q[row:row + qn].to(dtype)
-        g = hq // k_cache.shape[1]
-        s = torch.einsum("qhd,khd->hqk", qb, kb.to(dtype).repeat_interleave(g, 1))
-        s = s * (1.0 / math.sqrt(d) if scale is None else scale)
-        key_pos = torch.arange(len(slots), device=q.device)
-        own_pos = key_pos - n_shared  # position within the own segment (negative for shared keys)
+        idx, own_pos = _path(b, q_lens, own_starts, own_lens, segments, own_pages, page_size, q.device)
         q_pos = torch.arange(qn, device=q.device) + own_lens[b] - qn
-        allowed = (own_pos[None, :] < 0) | (own_pos[None, :] <= q_pos[:, None])
-        s = s.masked_fill(~allowed, float("-inf"))
-        l_b = torch.logsumexp(s, dim=-1)
-        p = torch.exp(s - torch.where(torch.isinf(l_b), torch.zeros_like(l_b), l_b)[..., None])
-        out[row:row + qn] = torch.einsum("hqk,khd->qhd", p, vb.to(dtype).repeat_interleave(g, 1))
-        lse[row:row + qn] = l_b.transpose(0, 1)
+        allowed = (own_pos[None, :] < 0) | (own_pos[None, :] <= q_pos[:, None])  # causal within the own segment
+        out[row:row + qn], lse[row:row + qn] = attention_lse(
+            q[row:row + qn], k_cache.index_select(0, idx), v_cache.index_select(0, idx), mask=allowed, scale=scale,
+            dtype=dtype)
         row += qn
     return out, lse
 
 
-def naive_tree_attention_lowp(q, k_cache, v_cache, q_lens, own_starts, own_lens, segments, *, scale=None):
+def naive_tree_attention_lowp(q, k_cache, v_cache, q_lens, own_starts, own_lens, segments, *, own_pages=None,
+                              page_size=None, scale=None):
     """The same ground truth computed the plain way in the inputs' own precision (scores, softmax and the
     weighted sum all in q.dtype): the "what torch gives at this precision" yardstick that kernel errors are
     compared against (tests allow a kernel at most 2x this error, both measured against the fp64 ground truth).
     Returns o [T, Hq, D] in q.dtype.
     """
     t, hq, d = q.shape
-    dt = q.dtype
-    out = torch.zeros(t, hq, d, dtype=dt, device=q.device)
+    out = torch.zeros(t, hq, d, dtype=q.dtype, device=q.device)
     row = 0
     g = hq // k_cache.shape[1]
     for b, qn in enumerate(q_lens):
-        slots = []
-        for seg in segments:
-            if seg[2] <= b < seg[3]:
-                slots.extend(range(seg[0], seg[0] + seg[1]))
-        n_shared = len(slots)
-        slots.extend(range(own_starts[b], own_starts[b] + own_lens[b]))
         if qn == 0:
             continue
-        if not slots:
+        idx, own_pos = _path(b, q_lens, own_starts, own_lens, segments, own_pages, page_size, q.device)
+        if idx.numel() == 0:
             row += qn
             continue
-        idx = torch.tensor(slots, dtype=torch.long, device=q.device)
         kb = k_cache.index_select(0, idx).repeat_interleave(g, 1)
         vb = v_cache.index_select(0, idx).repeat_interleave(g, 1)
         s = torch.einsum("qhd,khd->hqk", q[row:row + qn], kb) * (1.0 / math.sqrt(d) if scale is None else scale)
-        own_pos = torch.arange(len(slots), device=q.device) - n_shared
         q_pos = torch.arange(qn, device=q.device) + own_lens[b] - qn
         allowed = (own_pos[None, :] < 0) | (own_pos[None, :] <= q_pos[:, None])
         s = s.masked_fill(~allowed, float("-inf"))

@@ -1,34 +1,19 @@
 """The one public op: tree attention of a batch of query rows over a KV pool, for decode and tree prefill."""
 from __future__ import annotations
 
-import contextlib
 import os
 
 import torch
 
 from .meta import TreeAttentionMeta
+from .options import DEFAULT_OPTIONS, LaunchOptions, cuda_graph_path, in_graph_path
+from .torch_path import tree_attention_torch
+from .triton_tree import tree_attention_triton
+
+# cuda_graph_path and in_graph_path live in kernels/options.py; kept importable from here for existing callers.
+__all__ = ["tree_attention", "cuda_graph_path", "in_graph_path", "use_triton"]
 
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
-_GRAPH_PATH = {"depth": 0}
-
-
-@contextlib.contextmanager
-def cuda_graph_path():
-    """Plain calls inside take the launch path a CUDA-graph capture takes.
-
-    Small plain calls stay on one stream (kernels.triton_tree.OVERLAP); a capture always overlaps the own-suffix
-    kernel on a side stream. Run the warm-up before a capture inside this, and it compiles and runs exactly the
-    kernels the capture records (and gives the same bits as the replay).
-    """
-    _GRAPH_PATH["depth"] += 1
-    try:
-        yield
-    finally:
-        _GRAPH_PATH["depth"] -= 1
-
-
-def in_graph_path() -> bool:
-    return _GRAPH_PATH["depth"] > 0
 
 
 def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: TreeAttentionMeta) -> None:
@@ -62,11 +47,40 @@ def _check(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: 
             raise ValueError(f"{name} must be contiguous in its last (head_dim) dimension")
 
 
+def _describe(x: torch.Tensor) -> str:
+    return f"{tuple(x.shape)} strides {tuple(x.stride())} {x.dtype} on {x.device}"
+
+
+def _check_buffers(q: torch.Tensor, meta: TreeAttentionMeta, out: torch.Tensor | None, workspace) -> None:
+    """Preallocated buffers must be what the kernels write: out like q; the workspace (o_part [T, slots, Hq, D],
+    l_part [T, slots, Hq], fp32, the last two / one dims contiguous) with slots = max(meta.max_slots, 1)."""
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or out.device != q.device
+                            or out.stride(2) != 1):
+        raise ValueError(f"out must match q: out {_describe(out)}, q {_describe(q)}")
+    if workspace is None:
+        return
+    t, hq, d = q.shape
+    slots = max(meta.max_slots, 1)
+    o_part, l_part = workspace
+    ok = (tuple(o_part.shape) == (t, slots, hq, d) and tuple(l_part.shape) == (t, slots, hq)
+          and o_part.dtype == l_part.dtype == torch.float32 and o_part.device == l_part.device == q.device
+          and o_part.stride(3) == 1 and o_part.stride(2) == d and l_part.stride(2) == 1)
+    if not ok:
+        raise ValueError(f"workspace must be fp32 o_part {(t, slots, hq, d)} and l_part {(t, slots, hq)} on "
+                         f"{q.device}, contiguous in the heads and head_dim dimensions; got o_part "
+                         f"{_describe(o_part)}, l_part {_describe(l_part)}")
+
+
 def _check_scale(scale: float | None, backend: str) -> None:
     if scale is not None and not scale > 0:  # the kernels take the row max before scaling: needs scale > 0
         raise ValueError(f"scale must be a positive number, not {scale!r}")
     if backend not in ("auto", "triton", "torch"):
         raise ValueError(f"backend must be 'auto', 'triton' or 'torch', not {backend!r}")
+
+
+def _check_options(options) -> None:
+    if options is not None and not isinstance(options, LaunchOptions):
+        raise ValueError(f"options must be a kernels.LaunchOptions, not {type(options).__name__}")
 
 
 def use_triton(device: torch.device) -> bool:
@@ -77,22 +91,31 @@ def use_triton(device: torch.device) -> bool:
 
 
 def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: TreeAttentionMeta,
-                   scale: float | None = None, return_lse: bool = False, backend: str = "auto", **kwargs):
+                   scale: float | None = None, return_lse: bool = False, backend: str = "auto", *,
+                   out: torch.Tensor | None = None, workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   options: LaunchOptions | None = None):
     """Attention of packed query rows over a prompt tree's KV, each shared node read once for its whole group.
 
-    q: [T, Hq, D] (rows packed by query-sequence, see kernels.meta.build_tree_meta); k_cache, v_cache: [S, Hkv, D]
-    holding every node's and every sequence's own keys/values (the caller has written the new tokens' k/v).
-    Returns o [T, Hq, D] in q.dtype, and lse [T, Hq] (fp32, natural log) when return_lse.
+    q: [T, Hq, D] (rows packed by query-sequence, see kernels.build_tree_meta); k_cache, v_cache: [S, Hkv, D]
+    holding every node's and every sequence's own keys/values (the caller has written the new tokens' k/v, at
+    kernels.own_slots / query_slots for the own segments). Returns o [T, Hq, D] in q.dtype, and lse [T, Hq]
+    (fp32, natural log) when return_lse. Rows that see no key at all (padding rows) get o = 0 and lse = -inf.
     backend: "auto" (Triton on CUDA, batched torch elsewhere), "triton" or "torch".
-    kwargs: `out=` / `workspace=` preallocated buffers for the Triton path (CUDA graphs).
+    out [T, Hq, D] / workspace (o_part [T, slots, Hq, D], l_part [T, slots, Hq] fp32, slots = max(meta.max_slots,
+    1)): preallocated buffers (the torch path takes out only). options: kernels.LaunchOptions (GPU launches).
     Calling it for every layer of a step repeats the host work; kernels.plan_tree_attention does it once.
     """
     _check(q, k_cache, v_cache, meta)
     _check_scale(scale, backend)
+    _check_buffers(q, meta, out, workspace)
+    _check_options(options)
     if backend == "triton" or (backend == "auto" and use_triton(q.device)):
-        from .triton_tree import tree_attention_triton
-
-        return tree_attention_triton(q, k_cache, v_cache, meta, scale=scale, return_lse=return_lse, **kwargs)
-    from .torch_path import tree_attention_torch
-
-    return tree_attention_torch(q, k_cache, v_cache, meta, scale=scale, return_lse=return_lse)
+        return tree_attention_triton(q, k_cache, v_cache, meta, scale=scale, return_lse=return_lse, out=out,
+                                     workspace=workspace, options=options or DEFAULT_OPTIONS)
+    if workspace is not None:
+        raise ValueError("workspace= applies to the Triton backend only (the torch path allocates its own)")
+    res = tree_attention_torch(q, k_cache, v_cache, meta, scale=scale, return_lse=return_lse)
+    if out is None:
+        return res
+    out.copy_(res[0] if return_lse else res)
+    return (out, res[1]) if return_lse else out

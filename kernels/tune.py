@@ -12,7 +12,7 @@ import sys
 
 import torch
 
-from kernels import build_tree_meta, meta as meta_mod, tree_attention, triton_tree
+from kernels import LaunchOptions, build_tree_meta, tree_attention, triton_tree, worklist
 from kernels.bench import graph_per_layer, make_workload
 
 WORKLOADS = [  # hq, hkv, B, levels, suffix
@@ -33,7 +33,6 @@ def variants():
         yield f"own16={cfg}", {"own": (16, cfg)}
     for cfg in [(64, 8, 4), (64, 8, 5)]:
         yield f"sh128={cfg}", {"shared": (128, cfg)}
-    yield "overlap_ownfirst", {"overlap": True, "own_first": True}
     yield "overlap_sharedfirst", {"overlap": True}
     yield "overlap_sf+own(32,4,2)", {"overlap": True, "own": (16, (32, 4, 2))}
     yield "overlap_sf+own(64,4,2)+sh(64,8,4)", {"overlap": True, "own": (16, (64, 4, 2)), "shared": (128, (64, 8, 4))}
@@ -45,7 +44,7 @@ def main(argv=None):
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
     args = ap.parse_args(argv)
     base_shared, base_own = dict(triton_tree.SHARED_CFG), dict(triton_tree.OWN_CFG)
-    base_waves, base_min = meta_mod.TARGET_WAVES, meta_mod.MIN_SPLIT_TOKENS
+    base_waves, base_min = worklist.TARGET_WAVES, worklist.MIN_SPLIT_TOKENS
     data = {}
     for hq, hkv, B, levels, suffix in WORKLOADS:
         q, k, v, segs, own_starts, _ = make_workload(hq, hkv, B, levels, suffix)
@@ -54,7 +53,7 @@ def main(argv=None):
         for vname, var in variants():
             triton_tree.SHARED_CFG.clear(); triton_tree.SHARED_CFG.update(base_shared)
             triton_tree.OWN_CFG.clear(); triton_tree.OWN_CFG.update(base_own)
-            meta_mod.TARGET_WAVES, meta_mod.MIN_SPLIT_TOKENS = var.get("waves", base_waves), var.get("minsplit", base_min)
+            worklist.TARGET_WAVES, worklist.MIN_SPLIT_TOKENS = var.get("waves", base_waves), var.get("minsplit", base_min)
             if "own" in var:
                 triton_tree.OWN_CFG[var["own"][0]] = var["own"][1]
             if "shared" in var:
@@ -63,8 +62,8 @@ def main(argv=None):
             out = torch.empty_like(q)
             ws = (torch.empty(B, max(m.max_slots, 1), hq, 128, device="cuda"),
                   torch.empty(B, max(m.max_slots, 1), hq, device="cuda"))
-            triton_tree.OVERLAP["own_first"] = var.get("own_first", False)
-            fn = lambda: tree_attention(q, k, v, m, out=out, workspace=ws, overlap=var.get("overlap", False))  # noqa
+            opts = LaunchOptions(overlap=var.get("overlap", False))
+            fn = lambda: tree_attention(q, k, v, m, out=out, workspace=ws, options=opts)  # noqa: B023,E731
             try:
                 o = fn().float()
                 if ref is None:

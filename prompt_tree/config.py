@@ -286,6 +286,13 @@ PRESETS: dict[str, ModelConfig] = {
         rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192), rms_norm_eps=1e-5,
         max_position_embeddings=131072, bos_token_id=128000, eos_token_ids=(128001, 128008, 128009),
     ),
+    # Llama 3.2 1B (tied embeddings): the Large Language Monkeys / tokasaurus GSM8K shape.
+    "llama-3.2-1b": _llama(
+        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_layers=16, num_heads=32,
+        num_kv_heads=8, head_dim=64, rope_theta=500000.0,
+        rope_scaling=RopeScaling("llama3", 32.0, 1.0, 4.0, 8192), rms_norm_eps=1e-5, tie_word_embeddings=True,
+        max_position_embeddings=131072, bos_token_id=128000, eos_token_ids=(128001, 128008, 128009),
+    ),
     "llama2-7b": _llama(
         vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32,
         num_kv_heads=32, head_dim=128, rope_theta=10000.0, rms_norm_eps=1e-5, max_position_embeddings=4096,

@@ -22,10 +22,9 @@ from prompt_tree.benchmark.workloads import (FEW_SHOT_KEY, HierarchicalShape, Hi
                                              sequence_prompts, shared_prefix_tree, single_level)
 from prompt_tree.config import get_preset, replace
 from prompt_tree.engine import Engine
-from prompt_tree.kv import bytes_per_slot
+from prompt_tree.engine.memory import kv_bytes_per_token, plan_cost
 from prompt_tree.loading import random_model
 from prompt_tree.sampling import SamplingParams
-from prompt_tree.scheduler import batch_cost
 
 CONFIG = get_preset("tiny")
 MODEL = random_model(CONFIG, seed=0, std=0.1, device="cpu", dtype=torch.float32)
@@ -102,7 +101,7 @@ def test_single_level_tree_holds_the_same_prompts_and_copies_the_few_shot_block(
     params = SamplingParams(max_new_tokens=SHAPE.new_tokens)
     extra = eng.cost(single, params).kv_bytes - eng.cost(tree, params).kv_bytes
     # The few-shot block is stored once per problem (3) instead of once.
-    assert extra == (3 - 1) * SHAPE.few_shot * bytes_per_slot(CONFIG, torch.float32)
+    assert extra == (3 - 1) * SHAPE.few_shot * kv_bytes_per_token(CONFIG, torch.float32)
 
 
 def test_workload_trees_are_deterministic_and_fill_problems_in_order():
@@ -183,7 +182,7 @@ E2E_SHAPES = {"2a": {"few_shot": 48, "problem": 6, "samples": 2, "new_tokens": 4
 
 
 def _cost(tree, new_tokens: int) -> int:
-    return batch_cost(tree.flatten(), new_tokens, CONFIG, torch.float32, 8192).total
+    return plan_cost(tree.flatten(), new_tokens, CONFIG, torch.float32, 8192).total
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from prompt_tree.config import get_preset
 from prompt_tree.engine import Completion, Engine
 from prompt_tree.loading import random_model
 from prompt_tree.sampling import SamplingParams
-from prompt_tree.scheduler import SchedulingError
+from prompt_tree.engine import SchedulingError
 from prompt_tree.tokenizer import ByteTokenizer
 from prompt_tree.tree import PromptTree
 

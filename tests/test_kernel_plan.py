@@ -10,7 +10,8 @@ import random
 import pytest
 import torch
 
-from kernels import build_tree_meta, launch, plan_tree_attention, tree_attention
+from kernels import LaunchOptions, build_tree_meta, launch, plan_tree_attention, tree_attention, triton_tree
+from kernels.plan import RawLaunch
 from kernels.reference import naive_tree_attention
 from tests.test_kernels import DEVICE, make_case, rel_err
 
@@ -57,8 +58,14 @@ def test_plan_rejects_other_layouts_with_a_clear_error():
         plan_tree_attention(q, k, v, meta, out=torch.empty_like(q[:-1]))
     with pytest.raises(ValueError, match="scale must be a positive number"):
         plan_tree_attention(q, k, v, meta, scale=0.0)
+    with pytest.raises(ValueError, match=r"workspace must be fp32 o_part \(12, 4, 8, 32\)"):
+        plan_tree_attention(q, k, v, meta, workspace=(q, q))
+    t, slots, hq, d = q.shape[0], max(meta.max_slots, 1), q.shape[1], q.shape[2]
+    ws = (torch.empty(t, slots, hq, d), torch.empty(t, slots, hq))
     with pytest.raises(ValueError, match="Triton backend only"):
-        plan_tree_attention(q, k, v, meta, backend="torch", overlap=True)
+        plan_tree_attention(q, k, v, meta, backend="torch", workspace=ws)
+    with pytest.raises(ValueError, match="options must be a kernels.LaunchOptions"):
+        plan_tree_attention(q, k, v, meta, options={"overlap": True})
 
 
 class _Recorder:
@@ -124,11 +131,17 @@ def test_plan_raw_overlap_forks_then_joins_before_the_merge(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_stream", lambda idx=None: main)
     monkeypatch.setattr(plan, "_device", torch.device("cuda", 0))
     plan.overlap = True
-    raw = [(_Recorder(n, log).run, (1, 1, 1), f"fn:{n}", f"md:{n}", (), False, on_side, join)
+    raw = [RawLaunch(_Recorder(n, log).run, (1, 1, 1), f"fn:{n}", f"md:{n}", (), False, on_side, join)
            for n, on_side, join in (("shared", False, False), ("own", True, False), ("merge", False, True))]
     plan._run_raw(raw, (0, 0, 0))
     assert [(e[0], e[1], e[2]) if e[0] == "wait" else (e[0], e[2]) for e in log] == [
         ("wait", "side", "main"), ("shared", 1), ("own", 2), ("wait", "main", "side"), ("merge", 1)]
+    # one-stream calls never touch a stream object; an overlapped list without a join is refused
+    log.clear()
+    launch.fork_join(raw, False, 0, lambda ln, stream: log.append((ln.function, stream)))
+    assert log == [("fn:shared", None), ("fn:own", None), ("fn:merge", None)]
+    with pytest.raises(RuntimeError, match="must join its side stream"):
+        launch.fork_join(raw[:2], True, 0, lambda ln, stream: None)
 
 
 @pytest.mark.cuda
@@ -140,23 +153,23 @@ def test_cuda_plan_is_bit_identical_to_the_op(overlap, q_per_seq):
                                                             torch.bfloat16, q_per_seq=q_per_seq)
     meta = build_tree_meta(q_lens, own_starts, own_lens, segs, 32, 8, 128, q.device)
     for return_lse in (False, True):
-        plan = plan_tree_attention(q, k, v, meta, overlap=overlap, return_lse=return_lse)
+        plan = plan_tree_attention(q, k, v, meta, options=LaunchOptions(overlap=overlap), return_lse=return_lse)
         assert plan._raw is not None, "the plan did not take the direct path"
         for layer in range(3):
             xs = (q, k, v) if layer == 0 else tuple(torch.randn_like(x) for x in (q, k, v))
             got = plan.run(*xs)
-            want = tree_attention(*xs, meta, overlap=overlap, return_lse=return_lse)
+            want = tree_attention(*xs, meta, options=LaunchOptions(overlap=overlap), return_lse=return_lse)
             got, want = (got, want) if return_lse else ((got,), (want,))
             for a, b in zip(got, want):
                 assert torch.equal(a, b), f"layer {layer}, lse {return_lse} (seed {seed}, splits {meta.own_splits})"
     # a q that is not 16-byte aligned goes through Triton, and is still right
     buf = torch.empty(q.numel() + 1, dtype=q.dtype, device=q.device)
     q_odd = buf[1:].view_as(q).copy_(q)
-    plan = plan_tree_attention(q, k, v, meta, overlap=overlap)
+    plan = plan_tree_attention(q, k, v, meta, options=LaunchOptions(overlap=overlap))
     direct = []
     run_raw = plan._run_raw
     plan._run_raw = lambda *a: (direct.append(1), run_raw(*a))
-    assert torch.equal(plan.run(q_odd, k, v), tree_attention(q, k, v, meta, overlap=overlap))
+    assert torch.equal(plan.run(q_odd, k, v), tree_attention(q, k, v, meta, options=LaunchOptions(overlap=overlap)))
     assert not direct, "a misaligned q took the direct path"
     plan.run(q, k, v)
     assert direct, "an aligned q did not take the direct path"
@@ -179,30 +192,27 @@ def test_cuda_plan_replays_in_a_graph():
     q, k, v, q_lens, own_starts, own_lens, segs = make_case(seed, 32, 8, 128, 2, [17, 97, 300], [17, 200],
                                                             torch.bfloat16)
     meta = build_tree_meta(q_lens, own_starts, own_lens, segs, 32, 8, 128, q.device)
-    plan = plan_tree_attention(q, k, v, meta, overlap=True)
+    plan = plan_tree_attention(q, k, v, meta, options=LaunchOptions(overlap=True))
     eager = plan.run(q, k, v).clone()
     assert torch.equal(_replayed(plan, q, k, v), eager), f"seed {seed}"
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("q_per_seq", [1, 33], ids=["decode", "prefill"])
-def test_cuda_pdl_gives_the_same_bits(q_per_seq, monkeypatch):
-    """Programmatic dependent launch (triton_tree.PDL) only changes when the own kernel starts: same bits as without
-    it, plain, planned and replayed from a CUDA graph."""
-    from kernels import triton_tree
-
+def test_cuda_pdl_gives_the_same_bits(q_per_seq):
+    """Programmatic dependent launch (LaunchOptions.pdl) only changes when the own kernel starts: same bits as
+    without it, plain, planned and replayed from a CUDA graph."""
     seed = random.randrange(1 << 30)
     q, k, v, q_lens, own_starts, own_lens, segs = make_case(seed, 32, 8, 128, 3, [1, 17, 97, 600], [1, 17, 900],
                                                             torch.bfloat16, q_per_seq=q_per_seq)
     meta = build_tree_meta(q_lens, own_starts, own_lens, segs, 32, 8, 128, q.device)
-    monkeypatch.setitem(triton_tree.PDL, "enabled", False)
-    want = tree_attention(q, k, v, meta, overlap=False)
-    assert not any(ln.launch_pdl for ln in triton_tree.build_launches(q, k, v, meta, overlap=False).launches)
-    monkeypatch.setitem(triton_tree.PDL, "enabled", True)
-    launches = triton_tree.build_launches(q, k, v, meta, overlap=False).launches
+    off, on = LaunchOptions(overlap=False, pdl=False), LaunchOptions(overlap=False, pdl=True)
+    want = tree_attention(q, k, v, meta, options=off)
+    assert not any(ln.launch_pdl for ln in triton_tree.build_launches(q, k, v, meta, options=off).launches)
+    launches = triton_tree.build_launches(q, k, v, meta, options=on).launches
     assert any(ln.launch_pdl for ln in launches), "PDL was not used"
-    assert torch.equal(tree_attention(q, k, v, meta, overlap=False), want), f"seed {seed}"
-    plan = plan_tree_attention(q, k, v, meta, overlap=False)
+    assert torch.equal(tree_attention(q, k, v, meta, options=on), want), f"seed {seed}"
+    plan = plan_tree_attention(q, k, v, meta, options=on)
     assert plan._raw is not None
     assert torch.equal(plan.run(q, k, v), want), f"seed {seed}"
     assert torch.equal(_replayed(plan, q, k, v), want), f"seed {seed}"

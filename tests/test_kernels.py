@@ -16,8 +16,8 @@ import random
 import pytest
 import torch
 
-from kernels import (Segment, build_tree_meta, cuda_graph_path, launch, merge_states, naive_tree_attention,
-                     tree_attention, triton_tree)
+from kernels import (LaunchOptions, Segment, build_tree_meta, cuda_graph_path, launch, merge_states,
+                     naive_tree_attention, tree_attention, triton_tree)
 from kernels.reference import attention_lse, naive_tree_attention_lowp
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -73,30 +73,35 @@ def make_case(seed: int, hq: int, hkv: int, d: int, depth: int, lengths, suffix_
     return q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), q_lens, own_starts, own_lens, segments
 
 
-def check_case(q, k, v, q_lens, own_starts, own_lens, segments, backend, *, share=True, num_sms=None, **op_kwargs):
+def check_case(q, k, v, q_lens, own_starts, own_lens, segments, backend, *, share=True, num_sms=None,
+               own_pages=None, page_size=None, own_splits=None, capacity=None, **op_kwargs):
+    """Build the metadata, run the op with a NaN-poisoned `out` and check it against the fp64 ground truth
+    (error bound in the module doc). Returns (o, lse, meta)."""
     hq, d, hkv = q.shape[1], q.shape[2], k.shape[1]
-    ref, ref_lse = naive_tree_attention(q, k, v, q_lens, own_starts, own_lens, segments)
+    layout = dict(own_pages=own_pages, page_size=page_size)
+    ref, ref_lse = naive_tree_attention(q, k, v, q_lens, own_starts, own_lens, segments, **layout)
     meta = build_tree_meta(q_lens, own_starts, own_lens, segments, hq, hkv, d, q.device, share=share,
-                           num_sms=num_sms)
+                           num_sms=num_sms, own_splits=own_splits, capacity=capacity, **layout)
+    meta.check()
     out = torch.full_like(q, float("nan"))  # poisoned: every element must be written
-    kwargs = {"out": out, **op_kwargs} if backend == "triton" else {}
-    o, lse = tree_attention(q, k, v, meta, return_lse=True, backend=backend, **kwargs)
-    if backend == "triton":
-        assert o.data_ptr() == out.data_ptr()
-    low = naive_tree_attention_lowp(q, k, v, q_lens, own_starts, own_lens, segments)
+    o, lse = tree_attention(q, k, v, meta, return_lse=True, backend=backend, out=out, **op_kwargs)
+    assert o.data_ptr() == out.data_ptr()
+    low = naive_tree_attention_lowp(q, k, v, q_lens, own_starts, own_lens, segments, **layout)
     if ref.norm() == 0:  # every row sees nothing: exactly zero output, -inf lse
         assert torch.all(o == 0) and torch.all(torch.isinf(lse))
-        return
+        return o, lse, meta
     err, err_torch = rel_err(o, ref), rel_err(low, ref)
     slack = 0.0
     if q.dtype == torch.float32:
-        max_score = (q.double().abs().sum(-1).max() * k.double().abs().max() / math.sqrt(d)).item()
+        max_score = (q.double().abs().sum(-1).max() * k.double().nan_to_num().abs().max() / math.sqrt(d)).item()
         slack = 2 * max_score * math.log2(math.e) * 2.0**-24
     assert err <= 2 * err_torch + slack, f"{backend}: error {err:.3g} vs torch {err_torch:.3g} (+{slack:.2g})"
     finite = torch.isfinite(ref_lse)
     assert torch.equal(torch.isfinite(lse), finite), "LSE is -inf exactly where a row sees no key"
+    assert torch.all(o[~finite.all(-1)] == 0), "a row that sees no key must be exactly 0"
     lse_err = (lse.double() - ref_lse)[finite].abs().max().item() if finite.any() else 0.0
     assert lse_err <= (1e-4 if q.dtype == torch.float32 else 2e-2), f"lse error {lse_err}"
+    return o, lse, meta
 
 
 # --- the reference itself ------------------------------------------------------------------------------------
@@ -288,35 +293,32 @@ def test_cuda_decode_and_prefill(dtype, heads):
     for q_per_seq in (1, 33):
         case = make_case(seed, heads[0], heads[1], 128, 3, [1, 17, 97, 300], [1, 17, 200], dtype,
                          q_per_seq=q_per_seq)
-        check_case(*case, "triton", overlap=False)  # own kernel merges in its epilogue
-        check_case(*case, "triton", overlap=True)  # own kernel on a side stream, then the merge kernel
+        # own kernel merging in its epilogue; own kernel on a side stream, then the merge kernel
+        check_case(*case, "triton", options=LaunchOptions(overlap=False))
+        check_case(*case, "triton", options=LaunchOptions(overlap=True))
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("raw", [True, False], ids=["launcher", "runner"])
 @pytest.mark.parametrize("overlap", [False, True])
-def test_cuda_direct_launch_runs_the_same_kernels(overlap, raw, monkeypatch):
+def test_cuda_direct_launch_runs_the_same_kernels(overlap, raw):
     """Repeat launches skip Triton's dispatcher (kernels/launch.py) and must give bit-identical results."""
     seed = random.randrange(1 << 30)
     q, k, v, q_lens, own_starts, own_lens, segs = make_case(seed, 32, 8, 128, 3, [1, 17, 97, 300], [1, 17, 200],
                                                             torch.bfloat16)
     meta = build_tree_meta(q_lens, own_starts, own_lens, segs, 32, 8, 128, q.device)
     q2 = torch.randn_like(q)
-    monkeypatch.setitem(launch.DIRECT, "raw", raw)
-    try:
-        launch.DIRECT["enabled"] = False
-        want = [tree_attention(x, k, v, meta, overlap=overlap) for x in (q, q2)]
-        launch.DIRECT["enabled"] = True
-        got = [tree_attention(x, k, v, meta, overlap=overlap) for x in (q, q2, q, q2)]
-    finally:
-        launch.DIRECT["enabled"] = True
+    jit = LaunchOptions(overlap=overlap, direct=False)
+    want = [tree_attention(x, k, v, meta, options=jit) for x in (q, q2)]
+    opts = LaunchOptions(overlap=overlap, raw=raw)
+    got = [tree_attention(x, k, v, meta, options=opts) for x in (q, q2, q, q2)]
     assert triton_tree._LAUNCH_OWN.compiled, "the own kernel was never launched directly"
     for i, o in enumerate(got):
         assert torch.equal(o, want[i % 2]), f"call {i} (seed {seed})"
     # a q that is not 16-byte aligned goes through Triton every time, and is still right
     buf = torch.empty(q.numel() + 1, dtype=q.dtype, device=q.device)
     q_odd = buf[1:].view_as(q).copy_(q)
-    assert torch.equal(tree_attention(q_odd, k, v, meta, overlap=overlap), want[0])
+    assert torch.equal(tree_attention(q_odd, k, v, meta, options=opts), want[0])
 
 
 @pytest.mark.cuda
@@ -382,9 +384,12 @@ def test_direct_launcher_caches_per_specialization(monkeypatch, raw):
     monkeypatch.setattr(launch, "_current_stream", lambda idx: 0)
     device = [0]
     monkeypatch.setattr(launch, "_current_device", lambda: device[0])
-    monkeypatch.setitem(launch.DIRECT, "raw", raw)
     kern = _FakeKernel()
-    run = launch.DirectLauncher(kern)
+    launcher = launch.DirectLauncher(kern)
+
+    def run(grid, args, consts, warps, direct=True):
+        return launcher(grid, args, consts, warps, direct=direct, raw=raw)
+
     x = torch.zeros(64)
     run((2,), (x, 16, 0.5), {"BLOCK": 32}, 4)  # compiles (dispatcher)
     run((3, 2), (x, 16, 0.25), {"BLOCK": 32}, 4)  # same key: direct, with the new float and a padded grid
@@ -408,8 +413,7 @@ def test_direct_launcher_caches_per_specialization(monkeypatch, raw):
     monkeypatch.setattr(launch, "_knob_state", lambda: launch._DEFAULT_KNOBS)
     run((2,), (x, 16, 0.5), {"BLOCK": 32}, 4)
     assert kern.log[-1][0] == direct  # back to the cached kernel
-    monkeypatch.setitem(launch.DIRECT, "enabled", False)
-    run((2,), (x, 16, 0.5), {"BLOCK": 32}, 4)
+    run((2,), (x, 16, 0.5), {"BLOCK": 32}, 4, direct=False)
     assert kern.log[-1][0] == "dispatch"
 
 

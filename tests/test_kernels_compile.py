@@ -20,7 +20,7 @@ import inspect, itertools
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels import triton_tree as tt
+from kernels import triton_kernels as tk, triton_tree as tt
 
 try:
     from triton.backends import backends
@@ -52,23 +52,31 @@ def compile_one(fn, consts, warps, stages):
 n = 0
 for bm, (bn, w, s) in tt.SHARED_CFG.items():
     for d in (64, 128, 96):  # 96: a head dim below its power-of-two block (masked d)
-        compile_one(tt._shared_kernel, dict(G=4, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=tt._block_d(d),
+        compile_one(tk._shared_kernel, dict(G=4, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=tt._block_d(d),
                                             IEEE=False, PDL=False), w, s); n += 1
 for bm, (bn, w, s) in tt.OWN_CFG.items():
     for causal, fuse, nsplit in itertools.product((False, True), (False, True), (1, 4)):
-        compile_one(tt._own_kernel, dict(G=4, HEAD_DIM=128, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=128, NSPLIT=nsplit,
+        compile_one(tk._own_kernel, dict(G=4, HEAD_DIM=128, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=128, NSPLIT=nsplit,
                                          SPLIT_ALIGN_=tt.SPLIT_ALIGN, CAUSAL=causal, FUSE_MERGE=fuse,
-                                         WRITE_LSE=True, IEEE=False, PDL=False), w, s); n += 1
+                                         WRITE_LSE=True, IEEE=False, PDL=False, PAGED=False, PAGE_SIZE=1), w, s)
+        n += 1
+# Paged own segments (the page-table gather): decode and prefill, each fused and split, pages of 16 and 32.
+for bm, causal, page, fuse, nsplit in ((16, False, 16, True, 1), (16, False, 32, False, 4),
+                                       (64, True, 32, True, 1), (64, True, 16, False, 4)):
+    bn, w, s = tt.OWN_CFG[bm]
+    compile_one(tk._own_kernel, dict(G=4, HEAD_DIM=128, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=128, NSPLIT=nsplit,
+                                     SPLIT_ALIGN_=tt.SPLIT_ALIGN, CAUSAL=causal, FUSE_MERGE=fuse, WRITE_LSE=True,
+                                     IEEE=False, PDL=False, PAGED=True, PAGE_SIZE=page), w, s); n += 1
 # Programmatic dependent launch (one-stream calls): the grid-dependency instructions in both kernels.
 bn, w, s = tt.SHARED_CFG[16]
-compile_one(tt._shared_kernel, dict(G=4, HEAD_DIM=128, BLOCK_M=16, BLOCK_N=bn, BLOCK_D=128, IEEE=False, PDL=True),
+compile_one(tk._shared_kernel, dict(G=4, HEAD_DIM=128, BLOCK_M=16, BLOCK_N=bn, BLOCK_D=128, IEEE=False, PDL=True),
             w, s); n += 1
-for bm, causal in ((16, False), (64, True)):  # decode and prefill, each fused with the merge
+for bm, causal, paged in ((16, False, False), (64, True, False), (16, False, True)):  # fused with the merge
     bn, w, s = tt.OWN_CFG[bm]
-    compile_one(tt._own_kernel, dict(G=4, HEAD_DIM=128, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=128, NSPLIT=1,
-                                     SPLIT_ALIGN_=tt.SPLIT_ALIGN, CAUSAL=causal, FUSE_MERGE=True,
-                                     WRITE_LSE=False, IEEE=False, PDL=True), w, s); n += 1
-compile_one(tt._merge_kernel, dict(NUM_HEADS=32, HEAD_DIM=128, EXTRA_SLOTS=1, BLOCK_H=8, BLOCK_D=128,
+    compile_one(tk._own_kernel, dict(G=4, HEAD_DIM=128, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=128, NSPLIT=1,
+                                     SPLIT_ALIGN_=tt.SPLIT_ALIGN, CAUSAL=causal, FUSE_MERGE=True, WRITE_LSE=False,
+                                     IEEE=False, PDL=True, PAGED=paged, PAGE_SIZE=16 if paged else 1), w, s); n += 1
+compile_one(tk._merge_kernel, dict(NUM_HEADS=32, HEAD_DIM=128, EXTRA_SLOTS=1, BLOCK_H=8, BLOCK_D=128,
                                    WRITE_LSE=True), 4, 1); n += 1
 print("compiled", n)
 '''
@@ -84,4 +92,4 @@ def test_kernels_compile_for_sm90():
     assert run.returncode == 0, run.stderr[-3000:]
     if run.stdout.startswith("SKIP"):
         pytest.skip(run.stdout.strip())
-    assert run.stdout.strip().startswith("compiled 29"), run.stdout
+    assert run.stdout.strip().startswith("compiled 34"), run.stdout

@@ -23,8 +23,8 @@ import time
 
 import torch
 
-from kernels import build_tree_meta, launch, meta as meta_mod, plan as plan_mod, plan_tree_attention, tree_attention
-from kernels import triton_tree
+from kernels import LaunchOptions, build_tree_meta, launch, plan as plan_mod, plan_tree_attention, tree_attention
+from kernels import triton_tree, worklist
 from kernels.bench import graph_per_layer, make_workload
 from kernels.tree_attention import _check
 
@@ -59,13 +59,11 @@ def main(argv=None) -> int:
     ws = (torch.empty(B, m.max_slots, hq, D, device="cuda"), torch.empty(B, m.max_slots, hq, device="cuda"))
     h = res["host_us"]
     h["op_default"] = host_us(lambda: tree_attention(q, k, v, m, out=out, workspace=ws))
-    launch.DIRECT["raw"] = False
-    h["op_direct_runner"] = host_us(lambda: tree_attention(q, k, v, m, out=out, workspace=ws))
-    launch.DIRECT["raw"] = True
-    launch.DIRECT["enabled"] = False
-    h["op_jit_dispatch"] = host_us(lambda: tree_attention(q, k, v, m, out=out, workspace=ws))
-    launch.DIRECT["enabled"] = True
-    h["op_side_stream"] = host_us(lambda: tree_attention(q, k, v, m, out=out, workspace=ws, overlap=True))
+    runner, jit = LaunchOptions(raw=False), LaunchOptions(direct=False)
+    h["op_direct_runner"] = host_us(lambda: tree_attention(q, k, v, m, out=out, workspace=ws, options=runner))
+    h["op_jit_dispatch"] = host_us(lambda: tree_attention(q, k, v, m, out=out, workspace=ws, options=jit))
+    two = LaunchOptions(overlap=True)
+    h["op_side_stream"] = host_us(lambda: tree_attention(q, k, v, m, out=out, workspace=ws, options=two))
     h["op_alloc"] = host_us(lambda: tree_attention(q, k, v, m))
     plan = plan_tree_attention(q, k, v, m, out=out, workspace=ws)
     assert plan._raw is not None, "the plan is not on the direct path"
@@ -93,9 +91,7 @@ def main(argv=None) -> int:
     h["merge_launch_jit"] = host_us(lambda: triton_tree._merge_kernel[grid](*margs, **mkw, num_warps=4))
     direct = launch.DirectLauncher(triton_tree._merge_kernel)
     h["merge_launch_direct"] = host_us(lambda: direct(grid, margs, mkw, 4))
-    launch.DIRECT["raw"] = False
-    h["merge_launch_direct_runner"] = host_us(lambda: direct(grid, margs, mkw, 4))
-    launch.DIRECT["raw"] = True
+    h["merge_launch_direct_runner"] = host_us(lambda: direct(grid, margs, mkw, 4, raw=False))
     h["torch_add_small"] = host_us(lambda: l_part.add_(0.0))
     h["torch_empty_x3"] = host_us(lambda: (torch.empty_like(q), torch.empty(B, 4, hq, D, device="cuda"),
                                            torch.empty(B, 4, hq, device="cuda")))
@@ -117,20 +113,21 @@ def main(argv=None) -> int:
 
     rows = [(32, 8, 16, 1024), (32, 8, 16, 4096), (32, 8, 16, 16384), (32, 8, 64, 1024), (32, 8, 64, 4096),
             (40, 40, 16, 1024), (40, 40, 16, 4096), (40, 40, 64, 1024)]
-    split_default = meta_mod.MIN_SPLIT_TOKENS
+    split_default = worklist.MIN_SPLIT_TOKENS
     for hq, hkv, B, n in rows:
         q, k, v, segs, own_starts, _ = make_workload(hq, hkv, B, [(n, 1)], suffix)
         name = f"{hq}/{hkv} B{B} {n}"
-        for variant, kw, split in (("overlap", {}, split_default), ("no_overlap", {"overlap": False}, split_default),
+        for variant, kw, split in (("overlap", {}, split_default),
+                                   ("no_overlap", {"options": LaunchOptions(overlap=False)}, split_default),
                                    ("split256", {}, 256)):
-            meta_mod.MIN_SPLIT_TOKENS = split
+            worklist.MIN_SPLIT_TOKENS = split
             m = build_tree_meta([1] * B, own_starts, [suffix] * B, segs, hq, hkv, D, "cuda")
             out = torch.empty_like(q)
             ws = (torch.empty(B, m.max_slots, hq, D, device="cuda"), torch.empty(B, m.max_slots, hq, device="cuda"))
             t = graph_per_layer(lambda: tree_attention(q, k, v, m, out=out, workspace=ws, **kw)) * 1e3  # noqa: B023
             res["graph_us"].setdefault(name, {})[variant] = t
             print(f"graph {name:22s} {variant:12s} {t:7.1f} us", flush=True)
-        meta_mod.MIN_SPLIT_TOKENS = split_default
+        worklist.MIN_SPLIT_TOKENS = split_default
     with open(os.path.join(args.out, "launch_overhead.json"), "w") as f:
         json.dump(res, f, indent=1)
     return 0

@@ -116,9 +116,58 @@ def attention_floor_seconds(work: DecodeWork, ceilings: Ceilings) -> float:
     return work.num_layers * per_layer
 
 
-def limit_seconds(none_decode_seconds: float, work: DecodeWork, ceilings: Ceilings) -> float:
-    """The limit of a decode run: the measured no-attention time plus the attention floor."""
-    return none_decode_seconds + attention_floor_seconds(work, ceilings)
+# ----- the physical floor of a whole decode step (issue: the no-attention step has a floor too)
+
+
+def activation_elements_per_row(config) -> int:
+    """Elements one decode row writes per layer on the dense path once each op is fused (each is then read
+    once): the normed input, q/k/v, the attention output, o_proj's output, the second norm, gate|up, the
+    activation, down's output, plus the residual stream updated twice."""
+    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    h, i = config.hidden_size, config.intermediate_size
+    return h + (q + 2 * kv) + q + h + h + 2 * i + i + h + 2 * h
+
+
+def dense_step_bytes(config, dtype_bytes: int, batch: int) -> int:
+    """Bytes a decode step's dense path must move at least: every weight once (the embedding only for the rows
+    it gathers; the LM head whole), each activation written and read once, the logits written and read once."""
+    embed = config.vocab_size * config.hidden_size
+    weights = config.num_parameters() - (0 if config.tie_word_embeddings else embed)
+    acts = 2 * batch * config.num_layers * activation_elements_per_row(config)
+    logits = 2 * batch * config.vocab_size
+    return dtype_bytes * (weights + acts + logits + batch * config.hidden_size)
+
+
+def dense_step_flops(config, batch: int) -> int:
+    """Matmul flops of a decode step's dense path: 2 per weight per row (the embedding gather is not a matmul;
+    the LM head is)."""
+    embed = config.vocab_size * config.hidden_size
+    matmul_params = config.num_parameters() - (0 if config.tie_word_embeddings else embed)
+    return 2 * matmul_params * batch
+
+
+def physical_step_seconds(config, dtype_bytes: int, batch: int, ceilings: Ceilings, *, kv_tokens_read: int = 0,
+                          keys_attended: int = 0) -> float:
+    """The floor of one whole decode step: max(bytes read once / copy bandwidth, flops / matmul rate), with the
+    dense path (dense_step_bytes / dense_step_flops) plus attention: kv_tokens_read distinct KV tokens (each
+    node once, each suffix) and keys_attended = the sum over rows of their context length."""
+    kv = 2 * config.num_layers * config.num_kv_heads * config.head_dim * dtype_bytes * kv_tokens_read
+    qo = 2 * config.num_layers * batch * config.num_heads * config.head_dim * dtype_bytes if keys_attended else 0
+    attn_flops = 4 * config.num_layers * config.num_heads * config.head_dim * keys_attended
+    nbytes = dense_step_bytes(config, dtype_bytes, batch) + kv + qo
+    flops = dense_step_flops(config, batch) + attn_flops
+    return max(nbytes / ceilings.copy_bytes_per_s, flops / ceilings.matmul_flops_per_s)
+
+
+def physical_run_seconds(work: DecodeWork, config, ceilings: Ceilings, *, attention: bool = True) -> float:
+    """The physical floor of a decode run: physical_step_seconds summed over its steps at their real lengths."""
+    total = 0.0
+    for s in range(1, work.decode_steps + 1):
+        kv = work.unique_prompt_tokens + work.num_sequences * s if attention else 0
+        keys = work.prompt_tokens_attended + work.num_sequences * s if attention else 0
+        total += physical_step_seconds(config, work.dtype_bytes, work.num_sequences, ceilings, kv_tokens_read=kv,
+                                       keys_attended=keys)
+    return total
 
 
 # ----- time estimates (the time budget's guard; not results)

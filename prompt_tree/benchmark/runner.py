@@ -8,7 +8,7 @@ other row's limit needs its measured no-attention time.
 Workload 1 rows: the grid of prefixes x batches; a batch that does not fit a mode's memory is a skipped row.
 Workload 2 rows, per mode: at the same batch (the largest every engine mode fits, so all compare at one batch),
 and at the largest batch that fits the mode's own memory (whole problems while one fits, else samples of one).
-Fit is predicted with the scheduler's cost model (`prompt_tree.scheduler.batch_cost`, what `Engine.cost` returns)
+Fit is predicted with the scheduler's cost model (`prompt_tree.engine.memory.plan_cost`, what `Engine.cost` returns)
 against the engine's memory budget; the transformers baseline with its own prediction (hf_baseline).
 """
 from __future__ import annotations
@@ -26,11 +26,12 @@ import torch
 
 from prompt_tree.config import PRESETS, ModelConfig, get_preset
 from prompt_tree.config import replace as replace_config
-from prompt_tree.scheduler import available_memory, batch_cost
+from prompt_tree.engine.memory import available_memory, plan_cost
 from prompt_tree.tree import PromptTree
 
 from .hf_baseline import hf_generate, hf_model, hf_predicted_bytes, hf_unavailable_reason
-from .limit import Ceilings, attention_floor_seconds, decode_work, estimate_run_seconds, measure_ceilings
+from .limit import (Ceilings, attention_floor_seconds, decode_work, estimate_run_seconds, measure_ceilings,
+                    physical_run_seconds)
 from .workloads import (BATCHES, DEFAULT_2A, DEFAULT_2B, MAX_SEARCH_BATCH, NEW_TOKENS_1, PREFIXES, HierarchicalShape,
                         HierarchicalWorkload, sequence_prompts, shared_prefix_tree, shrink, single_level)
 
@@ -127,6 +128,8 @@ class Row:
     limit_s: float | None = None
     measured_over_limit: float | None = None
     attention_floor_s: float | None = None
+    physical_s: float | None = None  # the whole step's floor summed over the run (limit.physical_run_seconds)
+    measured_over_physical: float | None = None
     max_batch: int | None = None
     predicted_gib: float | None = None
     kv_gib: float | None = None
@@ -213,7 +216,7 @@ class Planner:
         self._max_1: dict[int, int] = {}  # prefix -> largest workload-1 batch of the engine modes
 
     def cost(self, tree: PromptTree, new_tokens: int) -> int:
-        return batch_cost(tree.flatten(), new_tokens, self.config, self.dtype, self.chunk).total
+        return plan_cost(tree.flatten(), new_tokens, self.config, self.dtype, self.chunk).total
 
     def fits(self, tree: PromptTree, new_tokens: int) -> bool:
         return self.cost(tree, new_tokens) <= self.budget
@@ -572,6 +575,9 @@ class Runner:
         row = cell.row
         work = decode_work(cell.tree.flatten(), row.new_tokens, config, self.dtype)
         row.attention_floor_s = attention_floor_seconds(work, self.ceilings)
+        row.physical_s = physical_run_seconds(work, config, self.ceilings, attention=row.mode != "none")
+        if row.seconds:
+            row.measured_over_physical = row.seconds / row.physical_s
         none = self._find((row.model, row.workload, row.shape, row.batch, "none", row.new_tokens))
         none_s = row.seconds if row.mode == "none" else (none or {}).get("seconds")
         if none_s is not None:

@@ -20,6 +20,7 @@ import sys
 QUICK = {"models": ("llama3-8b",), "prefixes": (1024, 4096), "batches": (32, 256), "new_tokens_1": 32,
          "2a": {"problems": 2, "new_tokens": 64}, "2b": {"problems": 16, "new_tokens": 64}}
 _SHAPE_FIELDS = ("few_shot", "problem", "samples", "new_tokens", "problems")
+EXTRA_WORKLOADS = ("step", "job")  # their own modules and JSON files
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,7 +28,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated model presets with random weights (default llama3-8b,codellama-7b; "
                         "'tiny' for CPU smoke tests)")
     p.add_argument("--workloads", default="1,2a,2b",
-                   help="comma-separated: 1 (one shared prefix), 2a and 2b (few-shot -> problems -> samples)")
+                   help="comma-separated: 1 (one shared prefix), 2a and 2b (few-shot -> problems -> samples), step "
+                        "(one decode step of the real job against its physical floor: step.json) and job (the "
+                        "sampling job with realistic lengths, per engine: job.json)")
+    p.add_argument("--job-shapes", default="apps", help="job workload shapes: apps, gsm8k (comma-separated)")
+    p.add_argument("--lengths", default="lognormal,fixed,mix",
+                   help="job workload length distributions: fixed, lognormal, mix")
+    p.add_argument("--engines", default="continuous-tree,static-tree,continuous-flat,ideal",
+                   help="job workload engines: continuous-tree, static-tree, continuous-flat, ideal")
+    p.add_argument("--problems", type=int, default=None, help="job workload: problems per shape (default: the shape's)")
+    p.add_argument("--samples", type=int, default=None, help="job workload: samples per problem (default: the shape's)")
+    p.add_argument("--sampling", default="greedy,sampled", help="step workload: greedy, sampled")
+    p.add_argument("--steps", type=int, default=None, help="step workload: timed steps per row (default 16)")
     p.add_argument("--prefixes", default=None, help="workload 1 prefix lengths (default 1024,2048,4096,8192,16384)")
     p.add_argument("--batches", default=None, help="workload 1 batch sizes (default 32,128,512,1024,2048)")
     p.add_argument("--modes", default="tree,single,flat,none,hf",
@@ -134,7 +146,7 @@ def config_from_args(args: argparse.Namespace):
     default_models = QUICK["models"] if quick else ("llama3-8b", "codellama-7b")
     return BenchConfig(
         models=_list(args.models, "models") if args.models is not None else default_models,
-        workloads=_list(args.workloads, "workloads"),
+        workloads=tuple(w for w in _list(args.workloads, "workloads") if w not in EXTRA_WORKLOADS) or ("1",),
         prefixes=(_list(args.prefixes, "prefixes", int) if args.prefixes is not None
                   else QUICK["prefixes"] if quick else PREFIXES),
         batches=(_list(args.batches, "batches", int) if args.batches is not None
@@ -167,6 +179,12 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         bench = config_from_args(args)
+        asked = _list(args.workloads, "workloads")
+        for w in asked:
+            if w in EXTRA_WORKLOADS:
+                _run_extra(w, args, bench)
+        if all(w in EXTRA_WORKLOADS for w in asked):
+            return 0
     except ValueError as e:
         print(f"prompt-tree bench: {e}", file=sys.stderr)
         return 2
@@ -176,3 +194,46 @@ def run(args: argparse.Namespace) -> int:
         print(f"prompt-tree bench: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _run_extra(workload: str, args: argparse.Namespace, bench) -> None:
+    """The step and job workloads (their own JSON files in --out)."""
+    if workload == "step":
+        from prompt_tree.benchmark import step
+
+        models = bench.models
+        modes = tuple(m for m in bench.modes if m in step.MODES) or step.MODES
+        samplings = _list(args.sampling, "sampling")
+        bad = [x for x in samplings if x not in step.SAMPLINGS]
+        if bad:
+            raise ValueError(f"--sampling: {bad[0]!r} is not one of {', '.join(step.SAMPLINGS)}")
+        step.run_step_benchmark(models, bench.batches if args.batches else step.BATCHES,
+                                bench.prefixes if args.prefixes else step.PREFIXES, modes, samplings, bench.out,
+                                bench.device, bench.dtype, bench.time_budget_s, bench.ceilings,
+                                bench.memory_budget_bytes, steps=args.steps or step.STEPS)
+        return
+    from prompt_tree.benchmark import job
+
+    shapes = _list(args.job_shapes, "job-shapes")
+    lengths = _list(args.lengths, "lengths")
+    engines = _list(args.engines, "engines")
+    for name, values, allowed in (("job-shapes", shapes, job.SHAPES), ("lengths", lengths, job.LENGTHS),
+                                  ("engines", engines, (*job.ENGINES, "ideal"))):
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise ValueError(f"--{name}: {bad[0]!r} is not one of {', '.join(allowed)}")
+    if "ideal" in engines and "continuous-tree" not in engines:
+        raise ValueError("--engines: ideal needs continuous-tree in the same run (its measured step times)")
+    for name in ("problems", "samples"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise ValueError(f"--{name} must be >= 1, got {v}")
+    engines = tuple(e for e in engines if e != "ideal") + (("ideal",) if "ideal" in engines else ())
+
+    def models_of(shape):
+        return bench.models if args.models is not None else job.DEFAULT_MODELS[shape]
+
+    job.run_job_benchmark(shapes, models_of, lengths, engines, bench.out, bench.device, bench.dtype,
+                          problems=args.problems, samples=args.samples, max_new=args.new_tokens,
+                          memory_budget_bytes=bench.memory_budget_bytes, time_budget_s=bench.time_budget_s,
+                          seed=args.seed)

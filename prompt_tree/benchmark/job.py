@@ -1,0 +1,249 @@
+"""The sampling job as users run it: `prompt-tree bench --workloads job`.
+
+Shapes (prompts are random token ids of these lengths; problem lengths vary by +-10%):
+- apps: the paper's APPS setup -- a 2400-token few-shot block shared by P problems of ~500 tokens, 128 samples
+  each, at most 512 new tokens;
+- gsm8k: the Large Language Monkeys GSM8K setup -- a ~900-token few-shot block, P problems of ~120 tokens, 1024
+  samples each, at most 512 new tokens (llama-3.2-1b).
+
+Every row samples (T=0.8, top-p 0.95, the APPS stop strings, a real BPE tokenizer). A random-weight model never
+ends on its own, so each sample gets a length budget drawn from one distribution -- the benchmark's only device;
+the scheduler never sees it (it predicts lengths from the samples finished so far):
+- fixed: every sample at the cap;
+- lognormal: median 180, sigma 0.6, capped at 512;
+- mix: 15% at the cap, the rest lognormal with median 150, sigma 0.6.
+
+Engines: continuous-tree (the default engine), static-tree (batching="static": sub-batches reserving the cap,
+lockstep), continuous-flat (attention="flat": no sharing in attention, what vLLM does), and `ideal`: the job's
+decode tokens at the largest batch memory allows, at the step time measured in the continuous-tree run (a line
+fitted to its (batch, step time) pairs), i.e. a batch that never drains.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..config import get_preset
+from ..engine import Engine
+from ..engine.memory import kv_bytes_per_token
+from ..sampling import SamplingParams
+from ..tree import PromptTree
+from .bench_tokenizer import bench_tokenizer
+from .step import APPS_STOPS
+
+CAP = 512
+
+
+@dataclass(frozen=True)
+class JobShape:
+    name: str
+    few_shot: int
+    problem: int
+    problems: int
+    samples: int
+    max_new: int = CAP
+
+
+SHAPES = {"apps": JobShape("apps", 2400, 500, 120, 128), "gsm8k": JobShape("gsm8k", 900, 120, 128, 1024)}
+DEFAULT_MODELS = {"apps": ("llama3-8b", "codellama-7b"), "gsm8k": ("llama-3.2-1b",)}
+LENGTHS = ("fixed", "lognormal", "mix")
+ENGINES = {"continuous-tree": ("continuous", "tree"), "static-tree": ("static", "tree"),
+           "continuous-flat": ("continuous", "flat")}
+
+
+def draw_length(kind: str, rng: random.Random, cap: int = CAP) -> int:
+    """One sample's length budget (tokens, 1..cap) from the named distribution."""
+    if kind == "fixed":
+        return cap
+    if kind == "lognormal":
+        return max(1, min(cap, round(math.exp(math.log(180) + 0.6 * rng.gauss(0, 1)))))
+    if kind == "mix":
+        if rng.random() < 0.15:
+            return cap
+        return max(1, min(cap, round(math.exp(math.log(150) + 0.6 * rng.gauss(0, 1)))))
+    raise ValueError(f"unknown length distribution {kind!r}; choose from {', '.join(LENGTHS)}")
+
+
+def job_tree(shape: JobShape, vocab: int, seed: int = 0) -> PromptTree:
+    rng = random.Random(seed)
+    tree = PromptTree()
+    shots = tree.root.add([rng.randrange(vocab) for _ in range(shape.few_shot)], key="shots")
+    for p in range(shape.problems):
+        n = max(1, round(shape.problem * rng.uniform(0.9, 1.1)))
+        shots.add([rng.randrange(vocab) for _ in range(n)], samples=shape.samples, key=f"p{p}")
+    return tree
+
+
+def budgets(shape: JobShape, kind: str, seed: int = 0) -> dict:
+    rng = random.Random(f"{seed}:{kind}")
+    return {(f"p{p}", s): draw_length(kind, rng, shape.max_new)
+            for p in range(shape.problems) for s in range(shape.samples)}
+
+
+@dataclass
+class JobRow:
+    model: str
+    shape: str
+    lengths: str
+    engine: str
+    problems: int
+    samples: int
+    seconds: float | None = None  # first prefill to last token, one-off CUDA-graph captures excluded
+    capture_seconds: float | None = None
+    tokens_per_s: float | None = None  # generated tokens / seconds
+    generated_tokens: int | None = None
+    mean_budget: float | None = None
+    mean_batch: float | None = None
+    kv_occupancy: float | None = None
+    preemptions: int | None = None
+    captures: int | None = None
+    decode_steps: int | None = None
+    prefill_s: float | None = None
+    host_s: float | None = None
+    skipped: str | None = None
+
+
+def _ideal(row: JobRow, pairs: list, shape: JobShape, config, dtype, kv_bytes: int, mean_len: float,
+           max_rows: int) -> JobRow:
+    """The ideal row: every decode step at the largest batch memory allows, at the measured step time."""
+    per_token = kv_bytes_per_token(config, dtype)
+    shared = shape.few_shot + shape.problems * shape.problem
+    live_per_seq = mean_len / 2 + shape.problem / shape.samples  # a sample's suffix is half done on average
+    b = int(min(max_rows, max(1, (kv_bytes / per_token - shared) / live_per_seq)))
+    xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+    if len(set(xs)) >= 2:
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+        step = my + slope * (b - mx)
+    else:
+        step = ys[0] if ys else float("nan")
+    tokens = row.generated_tokens or 0
+    row.mean_batch = float(b)
+    row.seconds = tokens / b * step / 1e3
+    row.tokens_per_s = tokens / row.seconds if row.seconds else None
+    return row
+
+
+def write(results: dict, out: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "job.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    lines = [f"# The sampling job ({results['device']}, torch {results['torch']}, triton {results['triton']})", "",
+             "Sampled (T=0.8, top-p 0.95, APPS stop strings, real BPE tokenizer), length budgets per sample from "
+             "the named distribution. seconds: first prefill to last token, CUDA-graph captures excluded (listed).",
+             "", "| model | shape | lengths | engine | problems x samples | seconds | tokens/s | mean batch | "
+             "kv occupancy | preemptions | captures (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(x, d=1):
+        return "-" if x is None else f"{x:,.{d}f}"
+
+    for r in results["rows"]:
+        cap = "-" if r["captures"] is None else f"{r['captures']} ({f(r['capture_seconds'])})"
+        lines.append(f"| {r['model']} | {r['shape']} | {r['lengths']} | {r['engine']} | {r['problems']} x "
+                     f"{r['samples']} | {f(r['seconds'])} | {f(r['tokens_per_s'], 0)} | {f(r['mean_batch'], 0)} | "
+                     f"{f(r['kv_occupancy'], 2)} | {r['preemptions'] if r['preemptions'] is not None else '-'} | "
+                     f"{cap}{' ' + r['skipped'] if r.get('skipped') else ''} |")
+    with open(os.path.join(out, "job.md"), "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str = "cuda", dtype: str = "bf16",
+                      problems: int | None = None, samples: int | None = None, max_new: int | None = None,
+                      memory_budget_bytes: int | None = None, time_budget_s: float | None = None,
+                      seed: int = 0, log=print) -> dict:
+    import triton
+
+    dev = torch.device(device)
+    start = time.monotonic()
+    results = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+               "torch": torch.__version__, "triton": triton.__version__, "rows": [], "not_run": []}
+    path = os.path.join(out, "job.json")
+    if os.path.exists(path):  # resume: keep measured rows
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        results["rows"] = [r for r in old.get("rows", []) if not r.get("skipped")]
+    done = {(r["model"], r["shape"], r["lengths"], r["engine"], r["problems"], r["samples"]) for r in results["rows"]}
+    for shape_name in shapes:
+        shape = SHAPES[shape_name]
+        shape = JobShape(shape.name, shape.few_shot, shape.problem, problems or shape.problems,
+                         samples or shape.samples, max_new or shape.max_new)
+        for model in models_of(shape_name):
+            config = get_preset(model)
+            tok, tok_name = bench_tokenizer(config.vocab_size)
+            results.setdefault("tokenizers", {})[model] = tok_name
+            eng_cache = {}
+            tree = job_tree(shape, config.vocab_size, seed)
+            for kind in lengths:
+                budget = budgets(shape, kind, seed)
+                mean_budget = statistics.fmean(budget.values())
+                pairs_of_tree = None
+                for name in engines:
+                    row = JobRow(model, shape.name, kind, name, shape.problems, shape.samples, mean_budget=mean_budget)
+                    key = (model, shape.name, kind, name, shape.problems, shape.samples)
+                    if key in done:
+                        continue
+                    if time_budget_s is not None and time.monotonic() - start > time_budget_s:
+                        results["not_run"].append(asdict(row))
+                        continue
+                    if name == "ideal":
+                        tree_row = next((r for r in results["rows"] if r["model"] == model and r["lengths"] == kind
+                                         and r["engine"] == "continuous-tree" and r["shape"] == shape.name), None)
+                        if tree_row is None or pairs_of_tree is None:
+                            row.skipped = "needs the continuous-tree row of the same run"
+                        else:
+                            row.generated_tokens = tree_row["generated_tokens"]
+                            _ideal(row, pairs_of_tree, shape, config, eng.dtype, eng_kv_bytes,
+                                   tree_row["generated_tokens"] / (shape.problems * shape.samples), eng_rows)
+                        results["rows"].append(asdict(row))
+                        write(results, out)
+                        continue
+                    batching, attention = ENGINES[name]
+                    if batching not in eng_cache:
+                        eng_cache.clear()
+                        if dev.type == "cuda":
+                            torch.cuda.empty_cache()
+                        eng_cache[batching] = Engine.random(config, device=dev, dtype=dtype, tokenizer=tok,
+                                                            memory_budget_bytes=memory_budget_bytes,
+                                                            batching=batching)
+                    eng = eng_cache[batching]
+                    eng.eos_ids = ()
+                    params = SamplingParams(max_new_tokens=shape.max_new, temperature=0.8, top_p=0.95,
+                                            stop=APPS_STOPS, seed=seed)
+                    # warm-up: compiles this composition's kernels (not timed)
+                    small = job_tree(JobShape("w", 64, 16, 2, 4, 8), config.vocab_size, seed + 1)
+                    eng.generate(small, SamplingParams(max_new_tokens=8, temperature=0.8, top_p=0.95,
+                                                       stop=APPS_STOPS), attention=attention, progress=False)
+                    try:
+                        res = eng.generate(tree, params, attention=attention, progress=False,
+                                           length_budget=lambda k, s: budget[(k, s)], step_log=True)
+                    except torch.cuda.OutOfMemoryError as e:
+                        row.skipped = f"out of memory: {str(e)[:120]}"
+                        results["rows"].append(asdict(row))
+                        write(results, out)
+                        continue
+                    sm = res.summary
+                    row.seconds, row.capture_seconds = sm.seconds, sm.capture_seconds
+                    row.generated_tokens = sm.generated_tokens
+                    row.tokens_per_s = sm.tokens_per_second
+                    row.mean_batch, row.kv_occupancy = sm.mean_batch, sm.kv_occupancy
+                    row.preemptions, row.captures = sm.preemptions, sm.captures
+                    row.decode_steps, row.prefill_s, row.host_s = sm.decode_steps, sm.prefill_seconds, sm.host_seconds
+                    if name == "continuous-tree":
+                        pairs_of_tree = res.step_log
+                        eng_kv_bytes, eng_rows = sm.kv_bytes, sm.max_rows
+                    del res
+                    results["rows"].append(asdict(row))
+                    log(f"{model} {shape.name} {kind} {name}: {row.seconds:.1f} s, {row.tokens_per_s:,.0f} tok/s, "
+                        f"batch {row.mean_batch:.0f}, occupancy {row.kv_occupancy:.2f}, preemptions "
+                        f"{row.preemptions}, captures {row.captures}")
+                    write(results, out)
+            eng_cache.clear()
+    write(results, out)
+    return results

@@ -1,0 +1,190 @@
+"""The decode step of the real job against its physical floor: `prompt-tree bench --workloads step`.
+
+A row is one (model, batch, prefix, mode, sampling): `batch` sequences share one `prefix`-token prompt and have
+each generated `suffix` tokens; the engine's own loop (GenerationRun: page growth, graph replay, the host reading
+step t while the device runs step t+1) then runs `steps` decode steps. Measured per row:
+
+- step_ms: the median device time of one step (CUDA events around each graph replay);
+- host_ms: the device's idle time between consecutive steps (host work the overlap did not hide), mean;
+- physical_ms: limit.physical_step_seconds at the row's mean lengths, with the ceilings measured in this run.
+
+sampling "greedy" is argmax without stop strings; "sampled" is T=0.8, top-p 0.95 and the APPS stop strings with
+a real BPE tokenizer (bench_tokenizer). EOS is off so every row runs its steps. Rows are written to step.json
+and step.md after each one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..config import get_preset
+from ..engine import Engine
+from ..engine.engine import _Stops, make_sampler
+from ..engine.run import GenerationRun
+from ..sampling import SamplingParams
+from ..tree import PromptTree
+from .bench_tokenizer import bench_tokenizer
+from .limit import Ceilings, measure_ceilings, physical_step_seconds
+
+APPS_STOPS = ("\nQUESTION:", "\nANSWER:", "\n\n\n\n")
+BATCHES = (32, 128, 512, 1024, 2048)
+PREFIXES = (1024, 4096, 16384)
+MODES = ("none", "tree", "flat")
+SAMPLINGS = ("greedy", "sampled")
+SUFFIX = 128
+WARMUP_STEPS = 3
+STEPS = 16
+
+
+@dataclass
+class StepRow:
+    model: str
+    batch: int
+    prefix: int
+    mode: str
+    sampling: str
+    engine: str = "after"
+    suffix: int = SUFFIX
+    step_ms: float | None = None
+    host_ms: float | None = None
+    physical_ms: float | None = None
+    step_over_physical: float | None = None
+    skipped: str | None = None
+
+
+def sampling_params(sampled: bool, max_new: int) -> SamplingParams:
+    if sampled:
+        return SamplingParams(max_new_tokens=max_new, temperature=0.8, top_p=0.95, stop=APPS_STOPS, seed=1)
+    return SamplingParams(max_new_tokens=max_new, temperature=0.0)
+
+
+def physical_ms(config, dtype_bytes: int, batch: int, prefix: int, suffix: int, mode: str, ceilings: Ceilings,
+                steps: int = STEPS) -> float:
+    """The row's step floor at its mean suffix length over the timed steps (KV read once whatever the mode)."""
+    mean_suffix = suffix + steps / 2
+    kv = 0 if mode == "none" else int(prefix + batch * mean_suffix)
+    keys = 0 if mode == "none" else int(batch * (prefix + mean_suffix))
+    return 1e3 * physical_step_seconds(config, dtype_bytes, batch, ceilings, kv_tokens_read=kv, keys_attended=keys)
+
+
+def measure_row(engine: Engine, batch: int, prefix: int, mode: str, sampled: bool, suffix: int = SUFFIX,
+                steps: int = STEPS, seed: int = 0) -> tuple[float, float]:
+    """(step_ms, host_ms) of one row through the engine's own decode loop."""
+    rng = random.Random(seed)
+    vocab = engine.config.vocab_size
+    tree = PromptTree()
+    shared = tree.root.add([rng.randrange(vocab) for _ in range(prefix)], key="prefix")
+    shared.add([], samples=batch, key="samples")
+    params = sampling_params(sampled, suffix + WARMUP_STEPS + steps + 4)
+    stops = _Stops(params.stop, engine.tokenizer.decode) if params.stop else None
+    run = GenerationRun(engine, engine.plan(tree, params), params, mode, batch, lambda c: None,
+                        make_sampler(params, engine.device), stops)
+    with torch.inference_mode():
+        run.runner.kv.normal_()  # never time on zeros; prefill overwrites the prefix
+        run.scheduler.admit()
+        while run.prefill_queue:
+            run._prefill_once()
+        for s in run.ready:  # as if each had generated `suffix` tokens (their KV: the random pool)
+            for _ in range(suffix - 1):
+                t = rng.randrange(vocab)
+                s.tokens.append(t)
+                s.logprobs.append(0.0)
+                if stops is not None:
+                    stops.push(s, t)
+        run._rebuild()
+        walls = []
+        for k in range(WARMUP_STEPS + steps):
+            if k == WARMUP_STEPS:
+                run.runner.sync()
+                run.runner.times.clear()
+            t0 = time.perf_counter()
+            run._ensure_pages()
+            step = run._enqueue()
+            if run.pending is not None:
+                run._process(*run.pending)
+            run.pending = step
+            walls.append(time.perf_counter() - t0)
+        run._drain()
+        run.runner.sync()
+    r = run.runner
+    if r.record_times:
+        gpu = [a.start.elapsed_time(a.end) for a in r.times if a is not None]
+        gaps, n = r.idle_gaps()
+        return statistics.median(gpu), 1e3 * gaps / max(1, n)
+    return 1e3 * statistics.median(walls[WARMUP_STEPS:]), 0.0
+
+
+def write(results: dict, out: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "step.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    lines = [f"# Decode step ({results['device']}, torch {results['torch']}, triton {results['triton']})", "",
+             f"Ceilings measured in the same run: copy {results['copy_bw_tbs']:.2f} TB/s, bf16 matmul "
+             f"{results['matmul_tflops']:.0f} TFLOP/s. Each row: `batch` sequences sharing a `prefix`-token prompt, "
+             f"{SUFFIX} generated tokens each, {STEPS} timed steps of the engine's own loop.", "",
+             "| model | engine | batch | prefix | mode | sampling | step ms | host ms | physical ms | step / physical |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(x, d=3):
+        return "-" if x is None else f"{x:.{d}f}"
+
+    for r in results["rows"]:
+        lines.append(f"| {r['model']} | {r['engine']} | {r['batch']} | {r['prefix']} | {r['mode']} | {r['sampling']} "
+                     f"| {f(r['step_ms'])} | {f(r['host_ms'])} | {f(r['physical_ms'])} | "
+                     f"{f(r['step_over_physical'], 2)}{' (' + r['skipped'] + ')' if r.get('skipped') else ''} |")
+    with open(os.path.join(out, "step.md"), "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+def run_step_benchmark(models, batches, prefixes, modes, samplings, out: str, device: str = "cuda",
+                       dtype: str = "bf16", time_budget_s: float | None = None, ceilings: Ceilings | None = None,
+                       memory_budget_bytes: int | None = None, steps: int = STEPS, suffix: int = SUFFIX,
+                       log=print) -> dict:
+    import triton
+
+    dev = torch.device(device)
+    start = time.monotonic()
+    ceilings = ceilings or measure_ceilings(dev)
+    results = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+               "torch": torch.__version__, "triton": triton.__version__,
+               "copy_bw_tbs": ceilings.copy_bytes_per_s / 1e12, "matmul_tflops": ceilings.matmul_flops_per_s / 1e12,
+               "rows": [], "not_run": []}
+    for name in models:
+        config = get_preset(name)
+        tok, tok_name = bench_tokenizer(config.vocab_size)
+        results.setdefault("tokenizers", {})[name] = tok_name
+        engine = Engine.random(config, device=dev, dtype=dtype, tokenizer=tok,
+                               memory_budget_bytes=memory_budget_bytes)
+        engine.eos_ids = ()
+        el = torch.empty((), dtype=engine.dtype).element_size()
+        for prefix in prefixes:
+            for batch in batches:
+                for mode in modes:
+                    for sampling in samplings:
+                        row = StepRow(name, batch, prefix, mode, sampling, suffix=suffix)
+                        if time_budget_s is not None and time.monotonic() - start > time_budget_s:
+                            results["not_run"].append(asdict(row))
+                            continue
+                        row.physical_ms = physical_ms(config, el, batch, prefix, suffix, mode, ceilings, steps)
+                        try:
+                            row.step_ms, row.host_ms = measure_row(engine, batch, prefix, mode,
+                                                                   sampling == "sampled", suffix, steps)
+                            row.step_over_physical = row.step_ms / row.physical_ms
+                        except (torch.cuda.OutOfMemoryError, ValueError) as e:  # does not fit: a skipped row
+                            row.skipped = f"{type(e).__name__}: {str(e)[:120]}"
+                        finally:
+                            if dev.type == "cuda":
+                                torch.cuda.empty_cache()
+                        results["rows"].append(asdict(row))
+                        log(f"{name} B{batch} P{prefix} {mode} {sampling}: step {row.step_ms} ms host "
+                            f"{row.host_ms} ms physical {row.physical_ms:.3f} ms")
+                        write(results, out)
+        del engine
+    write(results, out)
+    return results

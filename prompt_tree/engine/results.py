@@ -1,0 +1,85 @@
+"""What generate returns: one Completion per sample, a GenerationSummary of what the call cost."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator
+
+
+@dataclass
+class Completion:
+    """One sample. token_ids: the generated ids, without an EOS or stop token id (with the stop token id when
+    include_stop_str_in_output); for a stop string, through the token that completed it. text: their decoding,
+    cut before the stop string (after it with include_stop_str_in_output). logprobs: one per token_ids entry,
+    when SamplingParams.logprobs."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" | "length" | "eos"
+    logprobs: list[float] | None
+    key: Any
+    sample_index: int
+
+
+@dataclass
+class GenerationSummary:
+    """What a generate call cost. Times in seconds; memory in bytes.
+
+    seconds: wall time from the first prefill to the last token. decode_seconds: decode steps (CUDA-graph
+    captures excluded, see capture_seconds). prefill_seconds: prefill calls. kv_bytes: the KV pool (pages);
+    kv_occupancy: time-averaged fraction of the pool holding live KV (resident nodes + live suffix tokens).
+    mean_batch: sequences per decode step, averaged over steps. preemptions: subtrees sent back to wait (their
+    unfinished samples recomputed). captures: CUDA graphs captured. sub_batches: admissions (continuous: subtrees
+    admitted; static: sub-batches).
+    """
+
+    attention: str
+    batching: str
+    num_sequences: int
+    sub_batches: int
+    generated_tokens: int
+    prefill_tokens: int  # tokens run through the model in prefill (each node once per residency)
+    prefill_seconds: float
+    decode_seconds: float
+    tokens_per_second: float  # generated tokens / seconds
+    decode_tokens_per_second: float  # tokens sampled in decode steps / decode seconds
+    prefill_calls: int
+    decode_steps: int
+    decode_rows: int  # sum of the decode batch sizes (live rows, padding excluded)
+    padded_rows: int  # sum of the padded batch sizes the steps ran at
+    kv_bytes: int
+    peak_memory_bytes: int
+    seconds: float = 0.0
+    capture_seconds: float = 0.0
+    captures: int = 0
+    preemptions: int = 0
+    mean_batch: float = 0.0
+    kv_occupancy: float = 0.0
+    host_seconds: float = 0.0  # host time per run spent NOT overlapped with device work (waiting excluded)
+    bos_rule: str = ""
+    max_rows: int = 0  # the most rows a decode step could have (memory and graph buckets)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class GenerationResult(Mapping):
+    """key -> list[Completion], one per sample in sample order; `.summary` is a GenerationSummary."""
+
+    def __init__(self, completions: dict, summary: GenerationSummary, step_log: list | None = None):
+        self._completions = completions
+        self.summary = summary
+        self.step_log = step_log  # [(live rows, device ms)] per decode step, when generate(step_log=True)
+
+    def __getitem__(self, key) -> list[Completion]:
+        return self._completions[key]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._completions)
+
+    def __len__(self) -> int:
+        return len(self._completions)
+
+    def all(self) -> list[Completion]:
+        """Every completion, node by node in plan order, samples in order."""
+        return [c for cs in self._completions.values() for c in cs]

@@ -1,0 +1,422 @@
+"""One generate call: the loop schedule -> run -> postprocess, with the host's postprocess of step t overlapped
+with the device's step t+1.
+
+    admit subtrees (scheduler) -> prefill their new nodes, one chunk between two decode steps -> first tokens
+    -> rebuild the decode batch when sequences are ready to join or enough rows have finished
+    -> enqueue step t+1, then read step t's tokens: stop strings, finishes, on_complete, free pages
+
+The device decides EOS, stop token ids and the length limit inside the step; stop strings are matched on the
+host against each sequence's incrementally extended text. A sequence found stopped at step t has already run
+step t+1 on the device: that extra token is discarded and the row masked from step t+2 on. Its pages are freed
+at once, which is safe: every later use of a freed page is issued after that step on the same stream.
+Rebuilds and preemptions drain the pipeline first, so the host's view of every row is exact when the batch
+changes. Every decision depends only on the plan, the tokens and the page counts -- never on timing -- so the
+ranks of a tensor-parallel group, which see the same tokens, make the same model calls.
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..sampling import sequence_id
+from .blocks import KVBlocks, OutOfPages, pages_for
+from .memory import SchedulingError, plan_memory
+from .results import Completion, GenerationSummary
+from .runner import EOS, IDLE, LENGTH, STOP_ID, ModelRunner
+from .scheduler import Scheduler
+from .segments import Heads, PrefillPiece, decode_meta, prefill_meta
+from .sequence import Sequence, SeqState, Unit, make_units
+
+# Rows of vocabulary-sized fp32 work per first-token sampling call (a node shared by thousands of sequences
+# would otherwise expand to thousands of logit rows at once).
+_FIRST_TOKEN_ROWS_BYTES = 1 << 28
+# Extra no-op tiles a bucket's metadata keeps beyond the composition it was built for, so later compositions
+# (other groupings, more splits) replay the same graph.
+_CAPACITY_HEADROOM = 1.5
+
+
+@dataclass
+class _Stats:
+    prefill_seconds: float = 0.0
+    prefill_tokens: int = 0
+    prefill_calls: int = 0
+    decode_steps: int = 0
+    decode_rows: int = 0
+    padded_rows: int = 0
+    decode_tokens: int = 0
+    generated_tokens: int = 0
+    admissions: int = 0
+    preemptions: int = 0
+    occupancy_time: float = 0.0
+    occupancy_weight: float = 0.0
+
+
+class GenerationRun:
+    """State of one generate call over a Plan (see the module docstring)."""
+
+    def __init__(self, engine, plan, params, attention: str, max_rows: int | None, on_done, sampler, stops,
+                 limits=None):
+        opts = engine.options
+        self.engine, self.plan, self.params, self.opts = engine, plan, params, opts
+        self.attention = attention
+        self.on_done = on_done
+        self.stops = stops  # prompt_tree.stops matcher factory, or None without stop strings
+        self.tokenizer = engine.tokenizer
+        cfg = engine.config
+        self.heads = Heads(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+        self.page_size = ps = opts.page_size
+        self.max_fed = max(1, params.max_new_tokens - 1)  # the last sampled token is never fed back
+        self.capacity_pages = pages_for(self.max_fed, ps)
+
+        # ---- sequences, their paths (nodes with tokens, outermost first), node ancestry
+        self.node_path: dict = {}  # node -> nodes with tokens from the root down to it (itself included)
+        self.node_pos: dict = {}  # node -> position of its first token
+        for level in plan.levels:
+            for g in level:
+                up = plan.parent[g.node]
+                above = self.node_path.get(up, ()) if up is not None else ()
+                self.node_pos[g.node] = sum(len(plan.node_tokens[k]) for k in above)
+                self.node_path[g.node] = above + ((g.node,) if g.num_tokens > 0 else ())
+        self.seqs: list[Sequence] = []
+        for i, (key, s) in enumerate(plan.sequences):
+            path = self.node_path[key]
+            limit = params.max_new_tokens if limits is None else limits(key, s)
+            if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= params.max_new_tokens:
+                raise ValueError(f"the length budget of sample {s} of {key!r} must be an int in [1, "
+                                 f"max_new_tokens={params.max_new_tokens}], got {limit!r}")
+            self.seqs.append(Sequence(index=i, key=key, sample=s, seq_id=sequence_id(key, s),
+                                      prompt_len=plan.prompt_len(i), path=path, first_node=path[-1], limit=limit))
+        self.first_nodes = {s.first_node for s in self.seqs}
+
+        # ---- memory: decode rows and KV pages
+        rows_wanted = min(max_rows if max_rows is not None else opts.max_rows(), plan.num_sequences)
+        worst = max(sum(pages_for(len(plan.node_tokens[k]), ps) for k in s.path) for s in self.seqs)
+        self.memory = plan_memory(engine.budget_bytes(), rows_wanted, len(plan.levels), cfg, engine.dtype, ps,
+                                  opts.prefill_chunk_tokens, min_pages=1 + worst + self.capacity_pages)
+        self.max_rows = self.memory.max_rows
+        self.blocks = KVBlocks(self.memory.num_pages, ps)
+        unit_cap = max(1, min(self.max_rows, self.blocks.pool.usable_pages // (2 * self.capacity_pages)))
+        self.scheduler = Scheduler(self, [Unit(u, a, b) for u, (a, b) in enumerate(make_units(plan, unit_cap))])
+        self.runner = ModelRunner(engine.model, cfg, self.memory.num_pages, ps, attention, sampler,
+                                  engine.eos_ids, params.stop_token_ids, opts.cuda_graphs)
+        self.stats = _Stats()
+
+        # ---- prefill work and the decode batch
+        self.prefill_queue: list = []  # nodes placed but not yet prefilled, in (depth, plan) order
+        self.prefill_done: dict = {}  # node -> tokens prefilled so far
+        self.first_hidden: dict = {}  # node -> hidden state of its last token [hidden]
+        self.batch = None  # runner.DecodeBatch
+        self.rows: list[Sequence] = []
+        self.table = None  # numpy [B, capacity_pages] int32: the rows' page table as the host sees it
+        self.kill = None  # numpy [B] bool: rows the host stopped (stop strings)
+        self.next_gen: list[int] = []  # per row: the generated count at the next enqueued step
+        self.table_dirty = False
+        self.dead_rows = 0
+        self.pending = None  # (batch, staging index) of the enqueued step not yet read
+        self.ready: list[Sequence] = []  # have their first token, join the batch at the next rebuild
+        self.unfinished = plan.num_sequences
+        self._last_t = None
+
+    # ================================================================================================ the loop
+
+    def run(self) -> None:
+        with torch.inference_mode():
+            self._loop()
+        # every page back: nodes are dropped with their last reader, suffixes with their sequence
+        self.blocks.check()
+        if self.blocks.free_pages != self.blocks.pool.usable_pages:
+            raise AssertionError(f"{self.blocks.pool.usable_pages - self.blocks.free_pages} KV pages still held "
+                                 f"after the run (nodes {sorted(map(str, self.blocks.node_pages))[:5]})")
+
+    def _loop(self) -> None:
+        sched = self.scheduler
+        while self.unfinished:
+            progressed = sched.admit()
+            if self.prefill_queue:
+                self._prefill_once()
+                progressed = True
+            if self._want_rebuild():
+                self._drain()
+                self._rebuild()
+                progressed = True
+            step = None
+            if self.batch is not None and self._live_rows():
+                try:
+                    self._ensure_pages()
+                except OutOfPages:
+                    self._drain()
+                    sched.preempt()
+                    self._rebuild()
+                    continue
+                step = self._enqueue()
+                progressed = True
+            if self.pending is not None:
+                self._process(*self.pending)
+            self.pending = step
+            if not self.opts.overlap and self.pending is not None:
+                self._process(*self.pending)
+                self.pending = None
+            if not progressed and self.pending is None:
+                raise SchedulingError(
+                    f"the engine cannot make progress: {self.unfinished} sequences unfinished, none admissible "
+                    f"with {self.blocks.free_pages} free KV pages (a bug: please report it with the tree's shape)")
+        self._drain()
+
+    def _live_rows(self) -> int:
+        return len(self.rows) - self.dead_rows
+
+    def _drain(self) -> None:
+        if self.pending is not None:
+            self._process(*self.pending)
+            self.pending = None
+
+    # ================================================================================================ prefill
+
+    def queue_prefill(self, keys) -> None:
+        """Nodes just placed: prefill them (ancestors before descendants, plan order within a depth)."""
+        self.prefill_queue.extend(k for k in keys if k not in self.prefill_queue)
+        self.prefill_queue.sort(key=lambda k: (len(self.node_path[k]), self.plan.group(k).start))
+
+    def _prefill_once(self) -> None:
+        """One prefill call of at most prefill_chunk_tokens query rows; then the first tokens of every admitted
+        sequence whose nodes are all prefilled."""
+        chunk, blocks = self.opts.prefill_chunk_tokens, self.blocks
+        pieces, size = [], 0
+        for key in self.prefill_queue:
+            if any(a not in blocks.prefilled for a in self.node_path[key][:-1]):
+                continue  # its ancestors come first (a later call)
+            n = len(self.plan.node_tokens[key])
+            lo = self.prefill_done.get(key, 0)
+            take = min(n - lo, chunk - size)
+            if take <= 0:
+                break
+            pieces.append(PrefillPiece(key, lo, lo + take, tuple(blocks.node_pages[key]), self.node_path[key][:-1],
+                                       self.node_pos[key]))
+            size += take
+            if size >= chunk:
+                break
+        if not pieces:  # pragma: no cover - the queue is ordered so the first node is always ready
+            raise AssertionError("prefill queue holds no node whose ancestors are prefilled")
+        self.runner.sync()
+        t0 = time.perf_counter()
+        ids, positions, slots, logit_rows, logit_keys = [], [], [], [], []
+        for p in pieces:
+            toks = self.plan.node_tokens[p.key]
+            ids.extend(toks[p.lo:p.hi])
+            positions.extend(range(p.base_pos + p.lo, p.base_pos + p.hi))
+            slots.extend(blocks.node_slots(p.key, p.lo, p.hi))
+            if p.hi == len(toks) and p.key in self.first_nodes:
+                logit_rows.append(len(ids) - 1)
+                logit_keys.append(p.key)
+        meta = prefill_meta(pieces, blocks.node_runs, self.heads, self.page_size, self.runner.device,
+                            share=self.attention == "tree")
+        hidden = self.runner.prefill(ids, positions, slots, meta, logit_rows)
+        for key, h in zip(logit_keys, hidden):
+            self.first_hidden[key] = h
+        for p in pieces:
+            self.prefill_done[p.key] = p.hi
+            if p.hi == len(self.plan.node_tokens[p.key]):
+                blocks.prefilled.add(p.key)
+                self.prefill_queue.remove(p.key)
+                self.prefill_done.pop(p.key)
+        self.stats.prefill_calls += 1
+        self.stats.prefill_tokens += len(ids)
+        self._first_tokens()
+        self.runner.sync()
+        self.stats.prefill_seconds += time.perf_counter() - t0
+        self.runner.mark_break()
+
+    def _first_tokens(self) -> None:
+        """Token 0 of every PREFILLING sequence whose path is prefilled, from its first node's last hidden."""
+        ready = [s for s in self.scheduler.prefilling()
+                 if all(k in self.blocks.prefilled for k in s.path)]
+        if not ready:
+            return
+        per = max(1, _FIRST_TOKEN_ROWS_BYTES // (16 * self.engine.config.vocab_size))
+        for lo in range(0, len(ready), per):
+            part = ready[lo:lo + per]
+            hidden = torch.stack([self.first_hidden[s.first_node] for s in part])
+            toks, lps, codes = self.runner.first_tokens(hidden, [s.seq_id for s in part], [s.limit for s in part])
+            for s, t, lp, c in zip(part, toks, lps, codes):
+                s.state = SeqState.READY
+                self._accept(s, t, lp, c, row=None)
+                if s.state is SeqState.READY:
+                    self.ready.append(s)
+
+    # ================================================================================================ decode batch
+
+    def _want_rebuild(self) -> bool:
+        ready = len(self.ready)
+        if self.batch is None or not self._live_rows():
+            return ready > 0 or (self.batch is not None and not self._live_rows())
+        if ready and not self.prefill_queue:
+            return True
+        return self.dead_rows >= max(1, self.opts.compact_fraction * len(self.rows))
+
+    def _rebuild(self) -> None:
+        """The decode batch from scratch: running and ready sequences in plan order, padded to a bucket."""
+        while True:
+            rows = [s for s in self.rows if s.state is SeqState.RUNNING] + self.ready
+            try:  # pages for each row's first fed position (the metadata copies the page lists)
+                for s in rows:
+                    self.blocks.ensure_suffix(s, s.generated)
+                break
+            except OutOfPages:
+                self.scheduler.preempt()
+        rows.sort(key=lambda s: s.index)
+        self.ready = []
+        self.runner.mark_break()
+        self.rows, self.dead_rows = rows, 0
+        if not rows:
+            self.batch = None
+            return
+        for s in rows:
+            s.state = SeqState.RUNNING
+        n = len(rows)
+        bucket = self.opts.bucket(n) if self.runner.use_graphs else n
+        b = self.runner.batch(bucket, self.capacity_pages)
+        gens = [s.generated for s in rows]
+        self.next_gen = list(gens)
+        meta_args = ([s.path for s in rows], [s.pages for s in rows], gens, self.capacity_pages, bucket,
+                     self.blocks.node_runs, self.heads, self.page_size, self.runner.device,
+                     self.attention == "tree")
+        meta = None
+        if b.capacity is not None:
+            try:
+                meta = decode_meta(*meta_args, capacity=b.capacity)
+            except ValueError:  # the composition outgrew the bucket's capacity: a new one, a new capture
+                meta = None
+        if meta is None:
+            from kernels import required_capacity
+
+            b.capacity = required_capacity(decode_meta(*meta_args)).grow(_CAPACITY_HEADROOM)
+            meta = decode_meta(*meta_args, capacity=b.capacity)
+            b.meta, b.graph = meta, None
+        else:
+            b.meta.update_(meta)
+        pad = bucket - n
+
+        def fill(buf, values, dtype):
+            buf.copy_(torch.tensor(list(values) + [0] * pad, dtype=dtype))
+
+        fill(b.tokens, [s.tokens[-1] for s in rows], torch.int64)
+        fill(b.gen, gens, torch.int64)
+        fill(b.prompt_len, [s.prompt_len for s in rows], torch.int64)
+        fill(b.seq_ids, [s.seq_id for s in rows], torch.int64)
+        fill(b.limit, [s.limit for s in rows], torch.int64)
+        fill(b.live, [True] * n, torch.bool)
+        self.table = np.zeros((bucket, self.capacity_pages), dtype=np.int32)
+        for r, s in enumerate(rows):
+            self.table[r, :len(s.pages)] = s.pages
+        self.kill = np.zeros(bucket, dtype=bool)
+        self.table_dirty = True
+        self.batch = b
+
+    def _ensure_pages(self) -> None:
+        """Pages for the positions the next step feeds (host-live rows; an allocation for a row the device has
+        already finished is returned when the host learns it)."""
+        blocks, table = self.blocks, self.table
+        for r, s in enumerate(self.rows):
+            if s.state is SeqState.RUNNING:
+                for col, page in blocks.ensure_suffix(s, self.next_gen[r]):
+                    table[r, col] = page
+                    self.table_dirty = True
+
+    def _enqueue(self):
+        b = self.batch
+        running = [r for r, s in enumerate(self.rows) if s.state is SeqState.RUNNING]
+        live = len(running)
+        i = self.runner.enqueue(b, self.table, self.kill, self.table_dirty, live)
+        self.table_dirty = False
+        for r in running:
+            self.next_gen[r] += 1
+        st = self.stats
+        st.decode_steps += 1
+        st.padded_rows += b.rows
+        return b, i
+
+    def _process(self, b, i) -> None:
+        """Read a step's outputs and apply them to the host-live rows."""
+        toks, codes, lps = self.runner.outputs(b, i)
+        toks, codes, lps = toks.tolist(), codes.tolist(), lps.tolist()
+        ran = sum(c != IDLE for c in codes)  # rows the device computed a token for (discarded extras included)
+        self.stats.decode_rows += ran
+        self.stats.decode_tokens += ran
+        suffix_tokens = 0
+        for r, s in enumerate(self.rows):
+            if s.state is not SeqState.RUNNING:
+                continue  # finished on the host earlier: this is its discarded extra token
+            c = codes[r]
+            if c == IDLE:  # pragma: no cover - the device and the host agree on live rows by construction
+                raise AssertionError(f"row {r} ran idle on the device while the host had it running")
+            self._accept(s, toks[r], lps[r], c, row=r)
+            suffix_tokens += s.generated
+        now = time.perf_counter()
+        if self._last_t is not None:
+            dt = now - self._last_t
+            used = self.blocks.node_tokens + suffix_tokens
+            self.stats.occupancy_time += dt * used / max(1, self.memory.kv_tokens)
+            self.stats.occupancy_weight += dt
+        self._last_t = now
+
+    # ================================================================================================ finishing
+
+    def _accept(self, s: Sequence, token: int, logprob: float, code: int, row: int | None) -> None:
+        """Append a sampled token; finish the sequence if a stop condition holds (the device's code first, then
+        the host's stop strings, which rank above the length limit)."""
+        p = self.params
+        s.tokens.append(token)
+        s.logprobs.append(logprob)
+        if code == STOP_ID:
+            self._finish(s, "stop", keep_last=p.include_stop_str_in_output, cut=False)
+        elif code == EOS:
+            self._finish(s, "eos", keep_last=False, cut=False)
+        elif self.stops is not None and self.stops.push(s, token):
+            self._finish(s, "stop", keep_last=True, cut=True)
+            if row is not None:
+                self.kill[row] = True  # the device still runs it: masked from the next enqueued step
+        elif code == LENGTH:
+            self._finish(s, "length", keep_last=True, cut=False)
+
+    def _finish(self, s: Sequence, reason: str, *, keep_last: bool, cut: bool) -> None:
+        ids = s.tokens if keep_last else s.tokens[:-1]
+        lps = s.logprobs if keep_last else s.logprobs[:-1]
+        text = self.tokenizer.decode(ids) if self.tokenizer is not None else ""
+        if cut:
+            text = self.stops.cut(text, self.params.include_stop_str_in_output)
+        was_running = s.state is SeqState.RUNNING
+        s.state = SeqState.FINISHED
+        s.finish_reason = reason
+        self.unfinished -= 1
+        if was_running:
+            self.dead_rows += 1
+        self.stats.generated_tokens += len(ids)
+        self.scheduler.finished(s)
+        self.on_done(Completion(text=text, token_ids=list(ids), finish_reason=reason,
+                                logprobs=list(lps) if self.params.logprobs else None, key=s.key,
+                                sample_index=s.sample))
+
+    # ================================================================================================ summary
+
+    def summary(self, wall: float, peak: int) -> GenerationSummary:
+        st, r = self.stats, self.runner
+        gaps, _ = r.idle_gaps() if r.record_times else (0.0, 0)
+        decode_s = max(0.0, wall - st.prefill_seconds - r.capture_seconds)
+        total = wall - r.capture_seconds
+        return GenerationSummary(
+            attention=self.attention, batching=self.opts.batching, num_sequences=self.plan.num_sequences,
+            sub_batches=st.admissions, generated_tokens=st.generated_tokens, prefill_tokens=st.prefill_tokens,
+            prefill_seconds=st.prefill_seconds, decode_seconds=decode_s,
+            tokens_per_second=st.generated_tokens / total if total > 0 else 0.0,
+            decode_tokens_per_second=st.decode_tokens / decode_s if decode_s > 0 else 0.0,
+            prefill_calls=st.prefill_calls, decode_steps=st.decode_steps, decode_rows=st.decode_rows,
+            padded_rows=st.padded_rows, kv_bytes=r.nbytes, peak_memory_bytes=peak, seconds=total,
+            capture_seconds=r.capture_seconds, captures=r.captures, preemptions=st.preemptions,
+            mean_batch=st.decode_rows / st.decode_steps if st.decode_steps else 0.0,
+            kv_occupancy=st.occupancy_time / st.occupancy_weight if st.occupancy_weight else 0.0,
+            host_seconds=gaps, max_rows=self.max_rows)
+

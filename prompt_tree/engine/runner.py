@@ -1,0 +1,285 @@
+"""The device side of one generate call: the paged KV pool, prefill calls, and decode steps replayed from CUDA
+graphs captured once per padded batch size.
+
+The decode step is one function of static buffers (`DecodeBatch`): feed each row's last token, write its K/V
+at its suffix position (through its page table), attend (kernels.tree_attention over the step's metadata),
+sample (the seeded sampler), and decide on the device whether the row ended (EOS, a stop token id, the length
+limit). Its outputs ([3, rows]: token, finish code, logprob bits) are copied to pinned host memory without a
+sync; the host reads them a step later (see run.py). Rows the host has stopped (stop strings) are masked
+through the `kill` buffer; rows that ended write their keys to the scratch page and read nothing.
+
+A batch composition changes (rows finish, new sequences join) by copying new values into the same buffers and
+the same metadata tensors (`TreeAttentionMeta.update_`), so a bucket's graph is captured once and replayed for
+every composition its capacity holds.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from kernels import cuda_graph_path, plan_tree_attention, tree_attention
+from kernels.tree_attention import in_graph_path
+
+from .blocks import SCRATCH_PAGE
+
+# Finish codes the step writes per row (the host maps them to finish reasons; a stop string, matched on the
+# host, ranks between EOS and the length limit, as it always has).
+RUNNING, EOS, STOP_ID, LENGTH, IDLE = 0, 1, 2, 3, 4
+
+
+def finish_codes(tokens: torch.Tensor, generated: torch.Tensor, eos: torch.Tensor, stop_ids: torch.Tensor,
+                 limit: torch.Tensor) -> torch.Tensor:
+    """tokens: [B] the new tokens; generated: [B] tokens generated counting them; eos, stop_ids: [E], [S];
+    limit: [B] the most tokens each row may generate -> [B] int32 code. Priority: a stop token id, then EOS, then the length limit (device-side, graph-safe: no
+    sync, an empty id list matches nothing)."""
+    is_eos = (tokens[:, None] == eos[None, :]).any(-1)
+    is_stop = (tokens[:, None] == stop_ids[None, :]).any(-1)
+    code = torch.where(generated >= limit, LENGTH, RUNNING)
+    code = torch.where(is_eos, EOS, code)
+    return torch.where(is_stop, STOP_ID, code).to(torch.int32)
+
+
+def suffix_slots(meta, page_size: int) -> torch.Tensor:
+    """[NB] int64: the slot of each row's newest own position (own_len - 1) through its page table; rows with
+    own_len 0 get the scratch page's first slot."""
+    pos = (meta.own_len.long() - 1).clamp(min=0)
+    page = meta.own_page_table.gather(1, (pos // page_size).unsqueeze(1)).squeeze(1).long()
+    slot = page * page_size + pos % page_size
+    return torch.where(meta.own_len > 0, slot, SCRATCH_PAGE * page_size)
+
+
+class DecodeBatch:
+    """Static device buffers of one padded decode batch (one graph bucket), and its host staging.
+
+    Device: tokens / gen / prompt_len / seq_ids / limit [B] int64, live / kill [B] bool, out [3, B] int32, meta (the
+    step's TreeAttentionMeta; its own_page_table [B, capacity_pages] int32 is the rows' page table).
+    Host: double-buffered staging of the page table and the kill mask, and of `out` (pinned on CUDA).
+    """
+
+    def __init__(self, rows: int, capacity_pages: int, device: torch.device):
+        self.rows, self.capacity_pages, self.device = rows, capacity_pages, device
+        i64 = dict(dtype=torch.int64, device=device)
+        self.tokens = torch.zeros(rows, **i64)
+        self.gen = torch.zeros(rows, **i64)
+        self.prompt_len = torch.zeros(rows, **i64)
+        self.seq_ids = torch.zeros(rows, **i64)
+        self.limit = torch.ones(rows, **i64)
+        self.live = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.kill = torch.zeros(rows, dtype=torch.bool, device=device)
+        self.out = torch.zeros((3, rows), dtype=torch.int32, device=device)
+        pin = device.type == "cuda"
+        self.host_table = [torch.zeros((rows, capacity_pages), dtype=torch.int32, pin_memory=pin) for _ in range(2)]
+        self.host_kill = [torch.zeros(rows, dtype=torch.bool, pin_memory=pin) for _ in range(2)]
+        self.host_out = [torch.zeros((3, rows), dtype=torch.int32, pin_memory=pin) for _ in range(2)]
+        self.events = [torch.cuda.Event() if pin else None for _ in range(2)]
+        self.meta = None
+        self.capacity = None
+        self.graph = None
+        self.flip = 0
+
+    def state(self) -> list[torch.Tensor]:
+        """The buffers a step mutates (saved and restored around a capture's warm-up)."""
+        return [self.tokens, self.gen, self.live, self.out] + ([self.meta.own_len] if self.meta is not None else [])
+
+
+@dataclass
+class StepTimes:
+    """CUDA events around each replay, to measure the device idle gaps between steps (host stalls)."""
+
+    start: object
+    end: object
+    rows: int  # live rows of the step
+
+
+class ModelRunner:
+    """The KV pool [2, L, S, Hkv, D] (S = num_pages * page_size) and every model call of one generate."""
+
+    def __init__(self, model, config, num_pages: int, page_size: int, attention: str, sampler, eos_ids,
+                 stop_token_ids, cuda_graphs: bool):
+        param = next(model.parameters())
+        self.model, self.config = model, config
+        self.device, self.dtype = param.device, param.dtype
+        self.page_size = page_size
+        self.share = attention == "tree"
+        self.skip_attention = attention == "none"
+        shape = (2, config.num_layers, num_pages * page_size, config.num_kv_heads, config.head_dim)
+        self.kv = torch.empty(shape, device=self.device, dtype=self.dtype)
+        self.sampler = sampler
+        i64 = dict(dtype=torch.int64, device=self.device)
+        self.eos = torch.tensor(sorted(set(eos_ids)), **i64)
+        self.stop_ids = torch.tensor(sorted(set(stop_token_ids)), **i64)
+        self.use_graphs = cuda_graphs and self.device.type == "cuda"
+        self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
+        self.batches: dict[int, DecodeBatch] = {}
+        self.captures = 0
+        self.capture_seconds = 0.0
+        self._plan = None  # kernels.TreeAttentionPlan of the current plain-call metadata
+        self.times: list[StepTimes] = []
+        self.record_times = self.device.type == "cuda"
+
+    @property
+    def nbytes(self) -> int:
+        return self.kv.numel() * self.kv.element_size()
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ----- attention
+
+    def _attention(self, slots: torch.Tensor, meta):
+        if self.skip_attention:
+            # The benchmark's "no attention" bound: no KV write, no read; the query stands in for the output.
+            return lambda layer, q, k, v: q
+        kv = self.kv
+
+        def attention(layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            k_cache, v_cache = kv[0, layer], kv[1, layer]
+            k_cache.index_copy_(0, slots, k)  # the new tokens' own keys are in the pool before attending
+            v_cache.index_copy_(0, slots, v)
+            if q.device.type != "cuda" or in_graph_path() or torch.cuda.is_current_stream_capturing():
+                return tree_attention(q, k_cache, v_cache, meta)
+            # Plain CUDA calls: one plan per metadata, run by every layer (the op's host work once per call).
+            if self._plan is None or self._plan.meta is not meta:
+                self._plan = plan_tree_attention(q, k_cache, v_cache, meta)
+            return self._plan.run(q, k_cache, v_cache)
+
+        return attention
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, hidden] -> [N, V] in the model dtype where the model offers it (the sampler upcasts per row)."""
+        raw = getattr(self.model, "logits_raw", None)
+        return raw(hidden) if raw is not None else self.model.logits(hidden)
+
+    # ----- prefill
+
+    def prefill(self, ids: list[int], positions: list[int], slots: list[int], meta,
+                logit_rows: list[int]) -> torch.Tensor:
+        """One prefill call -> the final hidden states [len(logit_rows), hidden] at those rows."""
+        dev = self.device
+
+        def t(x):
+            return torch.tensor(x, dtype=torch.int64, device=dev)
+
+        try:
+            hidden = self.model.forward(t(ids), t(positions), self._attention(t(slots), meta))
+        finally:
+            self._plan = None  # its buffers go: the next call has other metadata
+        return hidden[t(logit_rows)] if logit_rows else hidden[:0]
+
+    def first_tokens(self, hidden: torch.Tensor, seq_ids: list[int], limits: list[int]):
+        """Token 0 of sequences from their first node's last hidden state [N, hidden] -> host lists
+        (tokens, logprobs, finish codes)."""
+        ids = torch.tensor(seq_ids, dtype=torch.int64, device=self.device)
+        lim = torch.tensor(limits, dtype=torch.int64, device=self.device)
+        tok, lp = self.sampler(self.logits(hidden), ids, torch.zeros_like(ids))
+        code = finish_codes(tok, torch.ones_like(tok), self.eos, self.stop_ids, lim)
+        return tok.tolist(), lp.float().tolist(), code.tolist()
+
+    # ----- decode
+
+    def batch(self, rows: int, capacity_pages: int) -> DecodeBatch:
+        """The buffers of a padded batch size (made at first use, kept for the call)."""
+        b = self.batches.get(rows)
+        if b is None or b.capacity_pages != capacity_pages:
+            b = self.batches[rows] = DecodeBatch(rows, capacity_pages, self.device)
+        return b
+
+    def _step(self, b: DecodeBatch) -> None:
+        """One decode step over b's buffers. No host sync, no data-dependent branch: captured as is."""
+        live = b.live & ~b.kill
+        b.meta.own_len.copy_(torch.where(live, b.gen, 0))  # the fed token is own position gen - 1
+        slots = suffix_slots(b.meta, self.page_size)
+        positions = (b.prompt_len + b.gen - 1).clamp(min=0)
+        hidden = self.model.forward(b.tokens, positions, self._attention(slots, b.meta))
+        tok, lp = self.sampler(self.logits(hidden), b.seq_ids, b.gen)
+        code = torch.where(live, finish_codes(tok, b.gen + 1, self.eos, self.stop_ids, b.limit), IDLE)
+        b.out[0].copy_(tok)
+        b.out[1].copy_(code)
+        b.out[2].copy_(lp.float().view(torch.int32))
+        b.gen.add_(live.long())
+        b.tokens.copy_(tok)
+        b.live.copy_(live & (code == RUNNING))
+
+    def capture(self, b: DecodeBatch) -> None:
+        """Capture b's step (warm-up first: Triton compilation, the allocator). The warm-up's KV writes are the
+        ones the next replay makes, so they are harmless; its other effects on b are undone."""
+        self.sync()
+        t0 = time.perf_counter()
+        saved = [x.clone() for x in b.state()]
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream), cuda_graph_path():  # the warm-up takes the capture's launch path
+            self._step(b)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        for x, s in zip(b.state(), saved):
+            x.copy_(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self._step(b)
+        b.graph = graph
+        self.sync()
+        self.captures += 1
+        self.capture_seconds += time.perf_counter() - t0
+
+    def enqueue(self, b: DecodeBatch, table, kill, table_dirty: bool, live_rows: int = 0) -> int:
+        """Start one step of b: stage the host's page table and kill mask (numpy [B, P] int32 / [B] bool), run
+        the step (graph replay or eager), start copying its outputs to the host. Returns the staging index to
+        pass to `outputs`."""
+        i = b.flip
+        b.flip ^= 1
+        if b.events[i] is not None:
+            b.events[i].synchronize()  # staging i was last read by the step before the previous one
+        if table_dirty:
+            b.host_table[i].numpy()[:] = table
+            b.meta.own_page_table.copy_(b.host_table[i], non_blocking=True)
+        b.host_kill[i].numpy()[:] = kill
+        b.kill.copy_(b.host_kill[i], non_blocking=True)
+        if self.use_graphs:
+            if b.graph is None:
+                self.capture(b)
+            times = StepTimes(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
+                              live_rows) if self.record_times else None
+            if times:
+                times.start.record()
+            b.graph.replay()
+            if times:
+                times.end.record()
+                self.times.append(times)
+        else:
+            self._step(b)
+        b.host_out[i].copy_(b.out, non_blocking=True)
+        if b.events[i] is not None:
+            b.events[i].record()
+        return i
+
+    def outputs(self, b: DecodeBatch, i: int):
+        """Wait for step i's outputs -> (tokens, codes, logprobs) numpy views of the pinned buffer."""
+        if b.events[i] is not None:
+            b.events[i].synchronize()
+        out = b.host_out[i].numpy()
+        return out[0], out[1], out[2].view("float32")
+
+    def step_log(self) -> list[tuple[int, float]]:
+        """(live rows, device ms) of every replayed step (CUDA graphs only)."""
+        self.sync()
+        return [(t.rows, t.start.elapsed_time(t.end)) for t in self.times if t is not None]
+
+    def mark_break(self) -> None:
+        """The next step follows a rebuild, prefill or capture: its gap is work, not a host stall."""
+        if self.times and self.times[-1] is not None:
+            self.times.append(None)
+
+    def idle_gaps(self) -> tuple[float, int]:
+        """Device idle time between back-to-back decode steps (host work the overlap did not hide), and the
+        number of such gaps. CUDA only; (0, 0) elsewhere."""
+        self.sync()
+        gaps, n = 0.0, 0
+        for a, c in zip(self.times, self.times[1:]):
+            if a is None or c is None:
+                continue
+            gaps += max(0.0, a.end.elapsed_time(c.start)) / 1e3
+            n += 1
+        return gaps, n

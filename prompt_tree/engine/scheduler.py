@@ -1,0 +1,245 @@
+"""Admission of subtrees as memory frees, expected lengths with a watermark, preemption of the newest subtree.
+
+Memory is counted in KV pages (blocks.py). A sequence commits the pages its expected final length needs; a
+unit (a subtree of the plan, sequence.make_units) is admitted when the free pages, minus what the admitted
+sequences are still expected to take, minus the unit's new nodes and its own expected suffixes, stay above the
+watermark. Expected lengths come from the samples finished so far: for a sequence that has generated g tokens,
+E[L | L > g] over the finished lengths, shrunk towards max_new_tokens by a prior of PRIOR_SAMPLES samples (so
+a run starts as cautiously as a static reservation and learns; the survivors' bias early in a run is covered by
+the prior and, when the guess is still wrong, by preemption).
+
+When the pages run out anyway, the newest admitted unit is preempted: its unfinished samples drop their pages
+and wait again at the head of the queue, to be recomputed (the seeded sampler redraws the same tokens); its
+finished samples are kept. The only unit left running is halved rather than preempted whole.
+
+batching="static" reserves max_new_tokens per sequence and admits only into an empty batch: the plan runs as
+sub-batches in lockstep (the earlier engine's policy, kept to compare against).
+"""
+from __future__ import annotations
+
+import bisect
+from collections import deque
+
+from .blocks import pages_for
+from .memory import SchedulingError
+from .sequence import SeqState, Unit
+
+PRIOR_SAMPLES = 16
+ACTIVE = (SeqState.PREFILLING, SeqState.READY, SeqState.RUNNING)
+
+
+class LengthModel:
+    """Expected final generated lengths from the finished ones (see the module docstring)."""
+
+    def __init__(self, max_new: int, static: bool):
+        self.max_new, self.static = max_new, static
+        self._sorted: list[int] = []
+        self._suffix_sums: list[int] | None = None
+
+    def add(self, generated: int) -> None:
+        bisect.insort(self._sorted, generated)
+        self._suffix_sums = None
+
+    def expected(self, generated: int) -> int:
+        """Expected final generated count of a sequence with `generated` tokens so far."""
+        if self.static:
+            return self.max_new
+        if self._suffix_sums is None:
+            acc, sums = 0, [0] * (len(self._sorted) + 1)
+            for i in range(len(self._sorted) - 1, -1, -1):
+                acc += self._sorted[i]
+                sums[i] = acc
+            self._suffix_sums = sums
+        i = bisect.bisect_right(self._sorted, generated)
+        k = len(self._sorted) - i
+        mean = (self._suffix_sums[i] + PRIOR_SAMPLES * self.max_new) / (k + PRIOR_SAMPLES)
+        return max(generated + 1, min(self.max_new, -(-int(mean * 1000) // 1000)))
+
+
+class Scheduler:
+    """Which units wait, which are admitted (in admission order), and what they are expected to need."""
+
+    def __init__(self, run, units: list[Unit]):
+        self.run = run
+        self.waiting: deque[Unit] = deque(units)
+        self.admitted: list[Unit] = []
+        self.static = run.opts.batching == "static"
+        self.lengths = LengthModel(run.params.max_new_tokens, self.static)
+        self.active: set = set()  # sequences admitted and unfinished
+        self.waiting_readers: dict = {}
+        for s in run.seqs:
+            s.unit = -1
+            for k in s.path:
+                self.waiting_readers[k] = self.waiting_readers.get(k, 0) + 1
+        for u in units:
+            for s in run.seqs[u.start:u.stop]:
+                s.unit = u.uid
+        self._next_uid = len(units)
+        self._order = 0
+        self.dirty = True  # something changed since the last admission attempt
+
+    # ----- what sequences are expected to take
+
+    def _suffix_pages(self, s) -> int:
+        """Pages s is still expected to add (its expected final length, the last token never fed back)."""
+        fed = max(1, self.lengths.expected(s.generated) - 1)
+        return max(0, pages_for(fed, self.run.page_size) - len(s.pages))
+
+    def prefilling(self) -> list:
+        return sorted((s for s in self.active if s.state is SeqState.PREFILLING), key=lambda s: s.index)
+
+    # ----- admission
+
+    def admit(self) -> bool:
+        """Admit the units that fit now; True if any was."""
+        if not self.waiting or not self.dirty:
+            return False
+        self.dirty = False
+        if self.static and self.active:
+            return False
+        run, blocks = self.run, self.run.blocks
+        committed = sum(self._suffix_pages(s) for s in self.active)
+        watermark = int(run.opts.watermark * blocks.pool.usable_pages)
+        admitted = False
+        while self.waiting:
+            u = self.waiting[0]
+            seqs = [s for s in run.seqs[u.start:u.stop] if s.state is SeqState.WAITING]
+            if not seqs:
+                self.waiting.popleft()
+                continue
+            rows = len(self.active)
+            room = run.max_rows - rows
+            if room <= 0 or (rows and len(seqs) > room):
+                break
+            seqs = seqs[:room]
+            nodes = self._nodes_of(seqs)
+            node_pages = sum(blocks.node_pages_needed(k, len(run.plan.node_tokens[k])) for k in nodes)
+            suffix = sum(self._suffix_pages(s) for s in seqs)
+            spare = blocks.free_pages + self._evictable_pages(nodes)
+            if rows:
+                if spare - committed - node_pages - suffix < watermark:
+                    break
+            else:  # nothing admitted: take what can start (static: what its reservation allows)
+                per = pages_for(run.max_fed, run.page_size) if self.static else 1
+                fit = (spare - node_pages) // max(1, per)
+                if fit < 1:
+                    raise SchedulingError(
+                        f"one sequence of unit {u.uid} needs {node_pages + per} KV pages and only {spare} are free "
+                        f"with nothing running: raise memory_budget_bytes or shorten the prompts")
+                if fit < len(seqs):
+                    seqs = seqs[:fit]
+                    suffix = sum(self._suffix_pages(s) for s in seqs)
+            self.waiting.popleft()
+            if seqs[-1].index + 1 < u.stop and any(s.state is SeqState.WAITING
+                                                   for s in run.seqs[seqs[-1].index + 1:u.stop]):
+                rest = Unit(self._next_uid, seqs[-1].index + 1, u.stop)  # the unit is split: the rest waits
+                self._next_uid += 1
+                u.stop = rest.start
+                for s in run.seqs[rest.start:rest.stop]:
+                    s.unit = rest.uid
+                self.waiting.appendleft(rest)
+            self._admit(u, seqs, nodes)
+            committed += suffix
+            admitted = True
+        return admitted
+
+    def _nodes_of(self, seqs) -> list:
+        seen, out = set(), []
+        for s in seqs:
+            for k in s.path:
+                if k not in seen:
+                    seen.add(k)
+                    out.append(k)
+        return out
+
+    def _evictable_pages(self, keep) -> int:
+        blocks = self.run.blocks
+        keep = set(keep)
+        return sum(len(blocks.node_pages[k]) for k in blocks.unpinned_nodes() if k not in keep)
+
+    def _evict(self, need: int, keep) -> None:
+        """Drop resident nodes no live sequence reads (not those in `keep`) until `need` pages are free."""
+        blocks, run = self.run.blocks, self.run
+        keep = set(keep)
+        for k in blocks.unpinned_nodes():
+            if blocks.free_pages >= need:
+                return
+            if k not in keep:
+                blocks.drop_node(k)
+                if k in run.prefill_queue:
+                    run.prefill_queue.remove(k)
+                run.prefill_done.pop(k, None)
+
+    def _admit(self, u: Unit, seqs, nodes) -> None:
+        run, blocks = self.run, self.run.blocks
+        new = [k for k in nodes if not blocks.resident(k)]
+        need = sum(blocks.node_pages_needed(k, len(run.plan.node_tokens[k])) for k in new)
+        self._evict(need + len(seqs), nodes)
+        for k in new:
+            blocks.place_node(k, len(run.plan.node_tokens[k]))
+        run.queue_prefill([k for k in nodes if k not in blocks.prefilled])
+        for s in seqs:
+            blocks.pin(s.path)
+            for k in s.path:
+                self.waiting_readers[k] -= 1
+            s.state = SeqState.PREFILLING
+            self.active.add(s)
+        u.order = self._order
+        self._order += 1
+        if u not in self.admitted:
+            self.admitted.append(u)
+        run.stats.admissions += 1
+
+    # ----- ending and preempting
+
+    def finished(self, s) -> None:
+        blocks = self.run.blocks
+        if s.pages:
+            blocks.release_suffix(s)
+        if s in self.active:
+            self.active.discard(s)
+            for k in blocks.unpin(s.path):
+                if not self.waiting_readers.get(k, 0):
+                    blocks.drop_node(k)
+        self.lengths.add(s.generated)
+        self.dirty = True
+
+    def preempt(self) -> None:
+        """Free pages for the running rows: first nodes nobody reads, else the newest unit's unfinished samples
+        (half of them when it is the only unit left)."""
+        run, blocks = self.run, self.run.blocks
+        before = blocks.free_pages
+        self._evict(blocks.free_pages + 1, ())
+        if blocks.free_pages > before:
+            return
+        units = [u for u in sorted(self.admitted, key=lambda u: u.order)
+                 if any(s.state in ACTIVE for s in run.seqs[u.start:u.stop])]
+        if not units:
+            raise SchedulingError("out of KV pages with nothing to preempt")
+        u = units[-1]
+        victims = [s for s in run.seqs[u.start:u.stop] if s.state in ACTIVE]
+        if len(units) == 1:
+            if len(victims) == 1:
+                raise SchedulingError(
+                    f"one sequence ({victims[0].key!r}, sample {victims[0].sample}) needs more KV pages than the "
+                    f"budget holds: raise memory_budget_bytes or lower max_new_tokens")
+            victims = victims[len(victims) // 2:]
+        cut = victims[0].index
+        rest = Unit(self._next_uid, cut, u.stop)
+        self._next_uid += 1
+        u.stop = cut
+        for s in run.seqs[rest.start:rest.stop]:
+            s.unit = rest.uid
+        for s in victims:
+            if s.pages:
+                blocks.release_suffix(s)
+            self.active.discard(s)
+            blocks.unpin(s.path)  # the nodes stay: these samples wait for them again
+            for k in s.path:
+                self.waiting_readers[k] += 1
+            if s in run.ready:
+                run.ready.remove(s)
+            s.reset()
+        self.waiting.appendleft(rest)
+        run.stats.preemptions += 1
+        self.dirty = True

@@ -1,0 +1,81 @@
+"""The one builder of attention metadata for the engine's model calls: shared segments from the plan's nodes,
+own segments through pages, for prefill pieces and decode rows alike.
+
+A query-sequence (a prefill piece of one node, or one decode row) reads, as shared KV, every node of its path
+above its own segment; rows come in plan order, so the readers of a node are consecutive and each run of a
+resident node becomes one Segment over that row range (kernels.Segment: KV read once for the whole range).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from kernels import Segment, build_tree_meta
+
+
+def shared_segments(paths: Sequence[Sequence], node_runs: Callable) -> list[Segment]:
+    """paths[r]: the nodes query-sequence r reads as shared KV, outermost first (a node's readers consecutive).
+    node_runs(key) -> [(first slot, tokens), ...]. One segment per (maximal run of readers, node run)."""
+    segs: list[Segment] = []
+    depth = max((len(p) for p in paths), default=0)
+    n = len(paths)
+    for a in range(depth):
+        lo = 0
+        while lo < n:
+            key = paths[lo][a] if a < len(paths[lo]) else None
+            hi = lo + 1
+            while hi < n and a < len(paths[hi]) and paths[hi][a] == key:
+                hi += 1
+            if key is not None:
+                for start, length in node_runs(key):
+                    segs.append(Segment(start, length, lo, hi))
+            lo = hi
+    return segs
+
+
+@dataclass(frozen=True)
+class Heads:
+    num_q_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+
+@dataclass(frozen=True)
+class PrefillPiece:
+    """Tokens lo .. hi-1 of node `key` as query rows: their own segment is the node's first hi tokens (through the
+    node's pages), and they read `ancestors` (outermost first) as shared KV."""
+
+    key: object
+    lo: int
+    hi: int
+    pages: tuple
+    ancestors: tuple
+    base_pos: int  # position of the node's first token in its sequences
+
+
+def prefill_meta(pieces: Sequence[PrefillPiece], node_runs: Callable, heads: Heads, page_size: int,
+                 device: torch.device, share: bool):
+    """Metadata of one prefill call over pieces in plan order."""
+    return build_tree_meta(
+        [p.hi - p.lo for p in pieces], [0] * len(pieces), [p.hi for p in pieces],
+        shared_segments([p.ancestors for p in pieces], node_runs),
+        heads.num_q_heads, heads.num_kv_heads, heads.head_dim, device, share=share,
+        own_pages=[list(p.pages) for p in pieces], page_size=page_size)
+
+
+def decode_meta(paths: Sequence[Sequence], pages: Sequence[Sequence[int]], own_lens: Sequence[int],
+                capacity_pages: int, padded_rows: int, node_runs: Callable, heads: Heads, page_size: int,
+                device: torch.device, share: bool, capacity=None):
+    """Metadata of one decode step: rows 0..len(paths)-1 are sequences in plan order, then padding rows up to
+    padded_rows (q_len 1, own_len 0, no segment: output 0, never a NaN). Each row's page list is padded with the
+    scratch page to capacity_pages so the table keeps its shape while the suffixes grow."""
+    n = len(paths)
+    pad = padded_rows - n
+    own_pages = [list(p) + [0] * (capacity_pages - len(p)) for p in pages] + [[0] * capacity_pages] * pad
+    return build_tree_meta(
+        [1] * padded_rows, [0] * padded_rows, list(own_lens) + [0] * pad,
+        shared_segments(paths, node_runs), heads.num_q_heads, heads.num_kv_heads, heads.head_dim, device,
+        share=share, own_capacity=[capacity_pages * page_size] * padded_rows, own_pages=own_pages,
+        page_size=page_size, capacity=capacity)

@@ -1,0 +1,151 @@
+"""Continuous batching against its references: the same samples whatever the admission order, batch, memory
+budget (preemption), batching policy or host/device overlap; every option checked when given.
+
+fp32 on the CPU: the engine's attention differs from another batch composition's only in summation order, so
+greedy tokens agree exactly (ties aside: random std-0.1 weights make exact ties vanishingly rare) and logprobs
+within 1e-4 (see test_engine.dense_check for the argument)."""
+import random
+
+import pytest
+import torch
+
+from prompt_tree.config import get_preset
+from prompt_tree.engine import Engine, EngineOptions
+from prompt_tree.engine.memory import workspace_bytes, kv_bytes_per_token
+from prompt_tree.loading import random_model
+from prompt_tree.sampling import SamplingParams
+from prompt_tree.tokenizer import ByteTokenizer
+from prompt_tree.tree import PromptTree
+
+CONFIG = get_preset("tiny")
+MODEL = random_model(CONFIG, seed=0, std=0.1, device="cpu", dtype=torch.float32)
+
+
+def engine(**kwargs) -> Engine:
+    eos = kwargs.pop("eos_ids", ())
+    return Engine(MODEL, CONFIG, ByteTokenizer(), eos_ids=eos, **kwargs)
+
+
+def problems_tree(seed: int, problems: int = 6, samples: int = 4) -> PromptTree:
+    """A shared block, problems of unequal length under it (one with an empty node), samples at the leaves."""
+    rng = random.Random(seed)
+    tree = PromptTree()
+    shots = tree.root.add([256] + [rng.randrange(256) for _ in range(rng.choice([5, 17, 40]))], key="shots")
+    for p in range(problems):
+        node = shots.add([rng.randrange(256) for _ in range(rng.choice([1, 3, 9, 20]))], key=f"p{p}",
+                         samples=rng.choice([0, 1]))
+        node.add([] if p == 0 else [rng.randrange(256)], samples=samples, key=f"p{p}/s")
+    return tree
+
+
+def same(a, b, logprobs: bool = True) -> None:
+    assert list(a) == list(b)
+    for key in a:
+        assert [c.token_ids for c in a[key]] == [c.token_ids for c in b[key]], key
+        assert [c.finish_reason for c in a[key]] == [c.finish_reason for c in b[key]], key
+        assert [c.text for c in a[key]] == [c.text for c in b[key]], key
+        if logprobs:
+            for x, y in zip(a[key], b[key]):
+                torch.testing.assert_close(torch.tensor(x.logprobs), torch.tensor(y.logprobs), atol=1e-4, rtol=0)
+
+
+def lengths(seed: int, cap: int):
+    rng = random.Random(seed)
+    table: dict = {}
+    return lambda key, s: table.setdefault((key, s), rng.randint(1, cap))
+
+
+PARAMS = {
+    "greedy": SamplingParams(max_new_tokens=12, temperature=0, logprobs=True),
+    "seeded": SamplingParams(max_new_tokens=12, temperature=0.9, top_p=0.9, seed=3, logprobs=True),
+}
+
+
+@pytest.mark.parametrize("how", ["greedy", "seeded"])
+@pytest.mark.parametrize("seed", range(3))
+def test_continuous_static_flat_and_one_at_a_time_agree(how, seed):
+    tree = problems_tree(seed)
+    params = PARAMS[how]
+    budget = lengths(seed, params.max_new_tokens)
+    ref = engine().generate(tree, params, progress=False, length_budget=budget)
+    assert {c.finish_reason for c in ref.all()} == {"length"}
+    assert len({len(c.token_ids) for c in ref.all()}) > 1  # unequal lengths: rows finish at different steps
+    for other in (engine(batching="static").generate(tree, params, progress=False, length_budget=budget),
+                  engine().generate(tree, params, attention="flat", progress=False, length_budget=budget),
+                  engine().generate(tree, params, progress=False, max_batch_sequences=1, length_budget=budget),
+                  engine(overlap=False).generate(tree, params, progress=False, length_budget=budget)):
+        same(ref, other)
+
+
+def tight_budget(pages: int, rows: int = 64, chunk: int = 64, depth: int = 3) -> int:
+    """A memory budget holding `pages` KV pages of 16 tokens beyond the workspace of `rows` decode rows."""
+    return workspace_bytes(rows, depth, CONFIG, torch.float32, chunk) + pages * 16 * kv_bytes_per_token(
+        CONFIG, torch.float32)
+
+
+def test_preemption_under_a_tiny_budget_loses_and_redoes_nothing_finished():
+    tree = problems_tree(7, problems=5, samples=6)
+    params = SamplingParams(max_new_tokens=40, temperature=0.8, seed=9, logprobs=True)
+    budget = lengths(1, 40)
+    ref = engine().generate(tree, params, progress=False, length_budget=budget)
+    seen = []
+    small = engine(memory_budget_bytes=tight_budget(40), prefill_chunk_tokens=64, max_batch_sequences=64,
+                   watermark=0.0)
+    got = small.generate(tree, params, progress=False, length_budget=budget,
+                         on_complete=lambda k, s, c: seen.append((k, s)))
+    same(ref, got)
+    assert sorted(seen) == sorted((c.key, c.sample_index) for c in ref.all())  # each sample once
+    assert got.summary.preemptions > 0 or got.summary.sub_batches > 5  # memory was the constraint
+    assert got.summary.sub_batches > 1
+
+
+def test_memory_freed_by_short_samples_admits_new_problems_at_once():
+    tree = problems_tree(3, problems=8, samples=4)
+    params = SamplingParams(max_new_tokens=48, temperature=0)
+    budget = lengths(5, 48)
+    kw = dict(memory_budget_bytes=tight_budget(70), prefill_chunk_tokens=64, max_batch_sequences=64)
+    cont = engine(**kw).generate(tree, params, progress=False, length_budget=budget)
+    static = engine(batching="static", **kw).generate(tree, params, progress=False, length_budget=budget)
+    same(cont, static, logprobs=False)
+    # static reserves max_new_tokens per sample and waits for the slowest; continuous keeps the batch full
+    assert cont.summary.decode_steps < static.summary.decode_steps
+    assert cont.summary.mean_batch > static.summary.mean_batch
+    assert 0 < static.summary.kv_occupancy < cont.summary.kv_occupancy <= 1
+
+
+def test_host_stop_strings_overlapped_equal_synchronous():
+    tree = PromptTree()
+    shots = tree.root.add("Once upon a time", key="s")
+    for p in range(3):
+        shots.add(f" {p}", samples=3, key=f"p{p}")
+    ref = engine().generate(tree, SamplingParams(max_new_tokens=16, temperature=0.9, seed=4), progress=False)
+    text = ref.all()[0].text
+    stop = text[3:5]  # a 2-character string the first sample emits
+    params = SamplingParams(max_new_tokens=16, temperature=0.9, seed=4, stop=[stop, "zz"], logprobs=True)
+    a = engine(overlap=True).generate(tree, params, progress=False)
+    b = engine(overlap=False).generate(tree, params, progress=False)
+    same(a, b)
+    assert any(c.finish_reason == "stop" for c in a.all())
+    assert a.summary.decode_rows >= b.summary.decode_rows  # overlap runs discarded extra tokens, never fewer
+
+
+def test_options_are_checked_when_given():
+    with pytest.raises(TypeError, match="memory_budget_bytes must be an int"):
+        engine(memory_budget_bytes="x")
+    with pytest.raises(ValueError, match="memory_budget_bytes"):
+        engine(memory_budget_bytes=0)
+    with pytest.raises(ValueError, match="batching"):
+        engine(batching="dynamic")
+    with pytest.raises(TypeError, match="unknown Engine option.*compact"):
+        engine(compact=0.1)
+    with pytest.raises(ValueError, match="page_size"):
+        engine(page_size=24)
+    with pytest.raises(TypeError, match="cuda_graphs must be a bool"):
+        engine(cuda_graphs=1)
+    with pytest.raises(ValueError, match="graph_buckets"):
+        EngineOptions(graph_buckets=(4, 2))
+    with pytest.raises(ValueError, match="watermark"):
+        engine(watermark=0.9)
+    with pytest.raises(ValueError, match="length budget"):
+        engine().generate(problems_tree(0), SamplingParams(max_new_tokens=4), progress=False,
+                          length_budget=lambda k, s: 5)
