@@ -126,6 +126,25 @@ def time_steps(step: Step, steps: int, cuda: bool) -> float:
     return statistics.median(times)
 
 
+def kernel_times(step: Step, steps: int = 5) -> list[tuple[str, float]]:
+    """GPU time per step of each kernel (ms, largest first) over `steps` eager steps under torch.profiler: where
+    a step's time goes. Eager launches only add gaps between kernels, not kernel time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for evt in prof.key_averages():
+        us = getattr(evt, "self_device_time_total", None)
+        us = getattr(evt, "self_cuda_time_total", 0.0) if us is None else us  # older torch
+        if us > 0:
+            totals[evt.key] = totals.get(evt.key, 0.0) + us / steps / 1e3
+    return sorted(totals.items(), key=lambda kv: -kv[1])
+
+
 def bench_model(name: str, args, device: torch.device, dtype: torch.dtype, ceilings: Ceilings) -> list[dict]:
     config = get_preset(name)
     if args.layers:
@@ -156,6 +175,10 @@ def bench_model(name: str, args, device: torch.device, dtype: torch.dtype, ceili
                 rows.append(dict(model=name, layers=config.num_layers, batch=batch, variant=variant, step_ms=ms,
                                  floor_ms=fl, over_floor=ms / fl, bytes=nbytes, flops=flops,
                                  setup_s=setup_s, rel_diff_vs_first=diff))
+                if cuda and batch in args.profile:
+                    kernels = kernel_times(step)
+                    rows[-1]["kernels_ms"] = [[k[:120], round(t, 4)] for k, t in kernels[:12]]
+                    print("  kernel ms/step: " + "; ".join(f"{t:.3f} {k[:70]}" for k, t in kernels[:12]))
                 print(f"{name} {variant:8s} B={batch:5d}  {ms:8.3f} ms  floor {fl:7.3f}  x{ms / fl:5.2f}  "
                       f"(setup {setup_s:.1f} s, rel diff {diff:.2g})", flush=True)
                 del step, logits
@@ -199,6 +222,8 @@ def parse_args(argv=None):
     p.add_argument("--layers", type=int, default=None, help="override the number of layers (quick runs)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--no-graphs", action="store_true", help="time eager steps on CUDA instead of graph replays")
+    p.add_argument("--profile", default="", help="comma-separated batch sizes whose kernels to time with "
+                                                   "torch.profiler (CUDA; adds kernels_ms to their rows)")
     args = p.parse_args(argv)
     device, dtype = resolve_device_dtype(args.device)
     gpu = device.type == "cuda"
@@ -211,6 +236,7 @@ def parse_args(argv=None):
     if args.no_compile:
         variants = tuple(v for v in variants if v != "compiled")
     args.variants = variants
+    args.profile = [int(b) for b in args.profile.split(",") if b]
     if args.steps < 1 or any(b < 1 for b in args.batches) or (args.layers is not None and args.layers < 1):
         p.error("--steps, --batches and --layers must be positive")
     return args, device, dtype
