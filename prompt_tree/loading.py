@@ -332,7 +332,8 @@ def _places(config: ModelConfig, model: LlamaModel) -> dict[str, tuple[Checkpoin
     shapes = {name: p.shape for name, p in model.named_parameters()}
     tiled = {t.param: (rows[t.param],) + t.shape[1:] for t in local}
     if tiled != {name: tuple(shape) for name, shape in shapes.items()}:
-        raise RuntimeError(f"checkpoint listing does not tile the module's parameters: {sorted(set(tiled) ^ set(shapes))}")
+        odd = sorted(set(tiled) ^ set(shapes)) or sorted(tiled)
+        raise RuntimeError(f"checkpoint listing does not tile the module's parameters: {odd}")
     return {hf_name(f.name): (f, t) for f, t in zip(full, local)}
 
 

@@ -146,9 +146,9 @@ def _compiled(region: Callable, backend: str, token_args: tuple[int, ...]) -> Ca
     """torch.compile of a dense region whose token dimension is dynamic from the first call.
 
     fullgraph: the region must trace as one graph (a break would silently leave part of it eager). The token
-    dimension of the `token_args` (x, residual, cos, sin) is marked dynamic before each call, so one graph serves every batch
-    size instead of a static graph for the first size and a dynamic one after (each compile costs seconds);
-    T = 1 still gets its own (torch specializes sizes 0 and 1). Every other size (hidden, heads) stays static.
+    dimension of the `token_args` (x, residual, cos, sin) is marked dynamic before each call, so one graph serves
+    every batch size instead of a static graph for the first size and a dynamic one after (each compile costs
+    seconds); T = 1 still gets its own (torch specializes sizes 0 and 1). Every other size (hidden, heads) stays static.
     """
     compiled = torch.compile(region, backend=backend, fullgraph=True)
 

@@ -36,7 +36,8 @@ def test_bench_dense_smoke_on_tiny(tmp_path, capsys):
         # fp32 on CPU: the fused step computes the unfused one (tests/test_model_fused.py's 1e-5 argument)
         assert r["rel_diff_vs_first"] <= 1e-5
     table = capsys.readouterr().out.strip().splitlines()
-    assert table[-4].startswith("| model | B | floor ms | unfused ms | fused ms |") and table[-1].startswith("| tiny | 3 |")
+    assert table[-4].startswith("| model | B | floor ms | unfused ms | fused ms |")
+    assert table[-1].startswith("| tiny | 3 |")
 
 
 def test_floor_counts_weights_once_and_gemm_flops():

@@ -150,7 +150,6 @@ QWEN_TINY = replace(TINY, architecture="Qwen2ForCausalLM", qkv_bias=True)
 
 def test_checkpoint_shards_are_read_as_slices(tmp_path):
     from prompt_tree.loading import load_model
-
     from prompt_tree.model import hf_state_dict
 
     full = hf_state_dict(_save_checkpoint(tmp_path, QWEN_TINY))

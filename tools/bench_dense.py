@@ -246,8 +246,8 @@ def main(argv=None) -> int:
     args, device, dtype = parse_args(argv)
     t0 = time.perf_counter()
     ceilings = measure_ceilings(device)
-    print(f"ceilings: copy {ceilings.copy_bytes_per_s / 1e12:.3g} TB/s, matmul {ceilings.matmul_flops_per_s / 1e12:.3g} "
-          f"TFLOP/s", flush=True)
+    print(f"ceilings: copy {ceilings.copy_bytes_per_s / 1e12:.3g} TB/s, "
+          f"matmul {ceilings.matmul_flops_per_s / 1e12:.3g} TFLOP/s", flush=True)
     rows = []
     for name in args.models:
         rows += bench_model(name, args, device, dtype, ceilings)
@@ -263,8 +263,9 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
-    print(f"\n{result['device']}, {result['dtype']}, torch {result['torch']}, triton {result['triton']}; ceilings: copy "
-          f"{result['copy_bw_tbs']:.3g} TB/s, matmul {result['matmul_tflops']:.3g} TFLOP/s; {result['seconds']:.0f} s")
+    print(f"\n{result['device']}, {result['dtype']}, torch {result['torch']}, triton {result['triton']}; "
+          f"ceilings: copy {result['copy_bw_tbs']:.3g} TB/s, matmul {result['matmul_tflops']:.3g} TFLOP/s; "
+          f"{result['seconds']:.0f} s")
     print(table(rows, args.variants))
     return 0
 
