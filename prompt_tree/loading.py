@@ -1,8 +1,10 @@
 """Building a `LlamaModel` with real weights: from a local HF checkpoint directory, or random of a real shape.
 
-Both paths build the module on the "meta" device (no memory) and then give every parameter a tensor made
-directly on the target device in the target dtype, one tensor at a time: an 8B model never exists in host
-memory as a whole, nor in fp32 anywhere. `resolve_device_dtype` is the one place that picks device and dtype.
+Both paths build the module on the "meta" device (no memory), allocate every parameter on the target device in
+the target dtype, and fill it from the checkpoint's tensors one at a time: an 8B model never exists in host
+memory as a whole, nor in fp32 anywhere. The module's fused projections (q/k/v as one weight, gate/up as one)
+are filled from HF's separate tensors as `prompt_tree.model.checkpoint_tensors` places them; names on disk are
+HF's. `resolve_device_dtype` is the one place that picks device and dtype.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from torch import nn
 
 from .config import ConfigError, ModelConfig, get_preset
 from .jsonfile import read_json_object
-from .model import LlamaModel, hf_name
+from .model import CheckpointTensor, LlamaModel, checkpoint_tensors, hf_name
 from .tokenizer import HFTokenizer, load_tokenizer
 
 _DTYPES = {
@@ -36,8 +38,9 @@ class WeightShard(Protocol):
     """Which part of each weight this process holds (tensor parallelism: prompt_tree.parallel.TensorShard).
 
     local_config(config): the shapes this process's module has (its heads, its MLP columns).
-    part(name, full_shape): (dim, start, stop) of the full tensor `name` (this module's parameter name) that this
-    process keeps, or None to keep the whole tensor (replicated weights).
+    part(name, full_shape): (dim, start, stop) of the full checkpoint tensor `name` (its HF name without "model.",
+    e.g. "layers.0.self_attn.k_proj.weight": the unfused name, whatever the module fuses) that this process keeps,
+    or None to keep the whole tensor (replicated weights).
     """
 
     def local_config(self, config: ModelConfig) -> ModelConfig: ...
@@ -146,8 +149,9 @@ def load_model(
 
     weight_files = _weight_files(directory, listing)  # hf name -> file
     model = _meta_model(config if shard is None else shard.local_config(config))
-    full = model if shard is None else _meta_model(config)  # names and shapes are checked against the full model
-    expected = {hf_name(name): tuple(p.shape) for name, p in full.named_parameters()}
+    # names and shapes are checked against the full model; each tensor lands where the local model holds it
+    places = _places(config, model)
+    expected = {name: full.shape for name, (full, _) in places.items()}
     found: dict[str, tuple[str, tuple[int, ...]]] = {}
     for file in sorted(set(weight_files.values())):
         try:
@@ -166,11 +170,11 @@ def load_model(
         load_device = f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
     else:
         load_device = "cpu"
+    params = _allocate(model, device, dtype)
     for file, names in sorted(by_file.items()):
         with safe_open(file, framework="pt", device=load_device) as f:
             for name in names:
-                tensor = _read_tensor(f, name, shard, expected[name]).to(device=device, dtype=dtype)
-                _set_parameter(model, _module_name(name), tensor)
+                _place(params, places[name][1], _read_tensor(f, name, shard, expected[name]))
     _finish(model, device)
 
     tok = None
@@ -279,19 +283,19 @@ def random_model(
         config = get_preset(config)
     device, dtype = resolve_device_dtype(device, dtype)
     model = _meta_model(config if shard is None else shard.local_config(config))
-    full = model if shard is None else _meta_model(config)
+    params = _allocate(model, device, dtype)
     generator = torch.Generator(device=device).manual_seed(seed)
-    for name, param in list(full.named_parameters()):
-        tensor = torch.empty(param.shape, device=device, dtype=dtype)
-        if name.endswith("norm.weight"):
+    for full, local in _places(config, model).values():  # checkpoint order: the draws of every earlier version
+        tensor = torch.empty(full.shape, device=device, dtype=dtype)
+        if full.name.endswith("norm.weight"):
             tensor.fill_(1.0)
         else:
             tensor.normal_(0.0, std, generator=generator)
-        part = None if shard is None else shard.part(name, tuple(param.shape))
+        part = None if shard is None else shard.part(full.name, full.shape)
         if part is not None:
             dim, start, stop = part
-            tensor = tensor.narrow(dim, start, stop - start).clone()  # clone: the full draw is freed
-        _set_parameter(model, name, tensor)
+            tensor = tensor.narrow(dim, start, stop - start)
+        _place(params, local, tensor)
     _finish(model, device)
     return model
 
@@ -312,6 +316,40 @@ def _set_parameter(model: nn.Module, name: str, tensor: torch.Tensor) -> None:
     module_name, _, leaf = name.rpartition(".")
     module = model.get_submodule(module_name) if module_name else model
     setattr(module, leaf, nn.Parameter(tensor, requires_grad=False))
+
+
+def _places(config: ModelConfig, model: LlamaModel) -> dict[str, tuple[CheckpointTensor, CheckpointTensor]]:
+    """HF name -> (the tensor in the full checkpoint, where this (possibly sharded) model holds its part).
+
+    Also checks that the local listing tiles every parameter of `model` exactly, so no allocated row is left
+    unwritten (an internal error: tests check the listing on every preset)."""
+    full, local = checkpoint_tensors(config), checkpoint_tensors(model.config)
+    rows: dict[str, int] = {}
+    for t in local:
+        if t.offset != rows.get(t.param, 0):
+            raise RuntimeError(f"checkpoint listing leaves a gap or overlap in {t.param} at {t.name}")
+        rows[t.param] = t.offset + t.shape[0]
+    shapes = {name: p.shape for name, p in model.named_parameters()}
+    tiled = {t.param: (rows[t.param],) + t.shape[1:] for t in local}
+    if tiled != {name: tuple(shape) for name, shape in shapes.items()}:
+        odd = sorted(set(tiled) ^ set(shapes)) or sorted(tiled)
+        raise RuntimeError(f"checkpoint listing does not tile the module's parameters: {odd}")
+    return {hf_name(f.name): (f, t) for f, t in zip(full, local)}
+
+
+def _allocate(model: LlamaModel, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Give every parameter uninitialised storage on the device (filled by _place). Returns name -> tensor."""
+    for name, p in list(model.named_parameters()):
+        _set_parameter(model, name, torch.empty(p.shape, device=device, dtype=dtype))
+    return {name: p.data for name, p in model.named_parameters()}
+
+
+def _place(params: dict[str, torch.Tensor], local: CheckpointTensor, tensor: torch.Tensor) -> None:
+    """Copy one checkpoint tensor (or this shard's slice of it) into its rows of a (fused) parameter, casting to
+    the parameter's dtype and device."""
+    if tuple(tensor.shape) != local.shape:  # an internal error: shapes are checked against the headers first
+        raise RuntimeError(f"{local.name}: got shape {list(tensor.shape)}, the module holds {list(local.shape)}")
+    params[local.param].narrow(0, local.offset, local.shape[0]).copy_(tensor)
 
 
 def _finish(model: LlamaModel, device: torch.device) -> None:

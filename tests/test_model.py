@@ -16,7 +16,7 @@ import torch
 
 from prompt_tree.config import PRESETS, ModelConfig
 from prompt_tree.loading import _meta_model, load_model, random_model
-from prompt_tree.model import DenseKVCache, LlamaModel, causal_attention, dense_attention
+from prompt_tree.model import DenseKVCache, LlamaModel, causal_attention, dense_attention, hf_state_dict
 from prompt_tree.rope import apply_rope, rope_cos_sin, rope_inv_freq
 
 transformers = pytest.importorskip("transformers")
@@ -87,8 +87,7 @@ def test_logits_match_transformers(checkpoints, arch, dtype, rel_tol):
         hf.float()  # the fixture is shared: leave it as saved
         # logits() rounds to fp32; compare in the model dtype so fp64 is checked at fp64 precision
         hidden = model(ids, torch.arange(T), causal_attention())
-        head = model.embed_tokens.weight if model.lm_head is None else model.lm_head.weight
-        ours = torch.nn.functional.linear(hidden, head).to(torch.float64)
+        ours = model.logits_raw(hidden).to(torch.float64)
         dense = model.forward_dense(ids)
     assert dense.dtype == torch.float32 and dense.shape == (T, VOCAB)
     assert torch.equal(dense, ours.to(dense.dtype))
@@ -170,28 +169,35 @@ def test_packed_sequences_equal_separate_forwards():
 
 
 def test_attention_callback_gets_rotated_q_k():
+    """q, k, v reach the callback rotated, as views of the one fused qkv output (no copies)."""
     model = _tiny(seed=5)
     seen = []
 
     def spy(layer_idx, q, k, v):
-        seen.append((layer_idx, q.clone(), k.clone(), v.clone()))
+        seen.append((layer_idx, q.clone(), k.clone(), v.clone(), q.data_ptr(), k.data_ptr(), v.data_ptr()))
         return dense_attention(q, k, v)
 
     ids = torch.tensor([3, 200, 256, 7, 7])
     positions = torch.tensor([0, 1, 2, 3, 4])
     with torch.no_grad():
         model(ids, positions, spy)
-        layer, q, k, v = seen[0]
+        layer, q, k, v, q_ptr, k_ptr, v_ptr = seen[0]
         attn = model.layers[0].self_attn
-        x = model.layers[0].input_layernorm(model.embed_tokens(ids))
+        x = model.layers[0].input_layernorm(model.embed_tokens(ids))[0]
+        plain_k = hf_state_dict(model)["model.layers.0.self_attn.k_proj.weight"]
+        k_unrotated = (x @ plain_k.T).view(5, 2, 32)
         cos, sin = rope_cos_sin(positions, model.inv_freq)
-        expected_k = apply_rope(attn.k_proj(x).view(5, 2, 32), cos, sin)
+        expected_k = apply_rope(k_unrotated, cos, sin)
     assert [s[0] for s in seen] == [0, 1]
     assert q.shape == (5, 4, 32) and k.shape == (5, 2, 32) and v.shape == (5, 2, 32)
-    torch.testing.assert_close(k, expected_k, rtol=0, atol=0)
+    el = q.element_size()
+    assert (k_ptr - q_ptr, v_ptr - k_ptr) == (4 * 32 * el, 2 * 32 * el)  # q heads, then k, then v, in one row
+    assert attn.qkv_proj.weight.shape == ((4 + 2 + 2) * 32, 128)
+    # same dot products in another GEMM shape: fp32 summation order only (module docstring)
+    torch.testing.assert_close(k, expected_k, rtol=1e-5, atol=1e-6)
     # position 0 is the identity rotation; later positions are not
-    torch.testing.assert_close(k[0], attn.k_proj(x).view(5, 2, 32)[0], rtol=0, atol=0)
-    assert not torch.allclose(k[1:], attn.k_proj(x).view(5, 2, 32)[1:])
+    torch.testing.assert_close(k[0], k_unrotated[0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(k[1:], k_unrotated[1:])
 
 
 def test_rope_is_a_rotation_and_relative():
@@ -242,6 +248,7 @@ def test_presets_forward_on_meta(name):
     assert hidden.shape == (6, cfg.hidden_size)
     logits = model.logits(hidden[:2])
     assert logits.shape == (2, cfg.vocab_size) and logits.dtype == torch.float32
+    assert model.logits_raw(hidden[:2]).dtype == hidden.dtype  # the GEMM stays in the model dtype
 
 
 def test_forward_rejects_batched_input():

@@ -107,10 +107,11 @@ def test_heads_kv_heads_and_mlp_must_divide():
 
 def test_random_shards_are_slices_of_the_tp1_model():
     from prompt_tree.loading import random_model
+    from prompt_tree.model import hf_state_dict
 
-    full = dict(random_model("tiny", seed=3, device="cpu").named_parameters())
-    parts = [dict(random_model("tiny", seed=3, device="cpu", shard=TensorShard(2, r)).named_parameters())
-             for r in range(2)]
+    # by checkpoint name: a rank's fused qkv_proj / gate_up_proj holds its slice of each of q, k, v / gate, up
+    full = hf_state_dict(random_model("tiny", seed=3, device="cpu"))
+    parts = [hf_state_dict(random_model("tiny", seed=3, device="cpu", shard=TensorShard(2, r))) for r in range(2)]
     for name, tensor in full.items():
         a, b = parts[0][name], parts[1][name]
         if "q_proj" in name or "k_proj" in name or "v_proj" in name or "gate_proj" in name or "up_proj" in name:
@@ -126,11 +127,11 @@ def _save_checkpoint(path, config, seed=0):
     from safetensors.torch import save_file
 
     from prompt_tree.loading import random_model
-    from prompt_tree.model import hf_name
+    from prompt_tree.model import hf_state_dict
 
     model = random_model(config, seed=seed, device="cpu", dtype=torch.float32, std=0.1)
     os.makedirs(path, exist_ok=True)
-    tensors = {hf_name(n): p.contiguous() for n, p in model.named_parameters()}
+    tensors = {n: t.contiguous() for n, t in hf_state_dict(model).items()}
     save_file(tensors, os.path.join(path, "model.safetensors"))
     hf = {"architectures": [config.architecture], "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
           "intermediate_size": config.intermediate_size, "num_hidden_layers": config.num_layers,
@@ -149,16 +150,22 @@ QWEN_TINY = replace(TINY, architecture="Qwen2ForCausalLM", qkv_bias=True)
 
 def test_checkpoint_shards_are_read_as_slices(tmp_path):
     from prompt_tree.loading import load_model
+    from prompt_tree.model import hf_state_dict
 
-    full = dict(_save_checkpoint(tmp_path, QWEN_TINY).named_parameters())
+    full = hf_state_dict(_save_checkpoint(tmp_path, QWEN_TINY))
     for r in range(2):
         loaded = load_model(tmp_path, device="cpu", dtype="float32", tokenizer=False, shard=TensorShard(2, r))
         assert loaded.config.num_heads == 4 and loaded.model.config.num_heads == 2  # checkpoint vs this rank
-        got = dict(loaded.model.named_parameters())
-        k_bias, down = "layers.1.self_attn.k_proj.bias", "layers.0.mlp.down_proj.weight"
+        got = hf_state_dict(loaded.model)
+        k_bias, down = "model.layers.1.self_attn.k_proj.bias", "model.layers.0.mlp.down_proj.weight"
         assert torch.equal(got[k_bias], full[k_bias][32 * r:32 * (r + 1)])  # one KV head of 32 per rank
         assert torch.equal(got[down], full[down][:, 128 * r:128 * (r + 1)])  # half the 256 MLP columns
-        assert torch.equal(got["embed_tokens.weight"], full["embed_tokens.weight"])
+        assert torch.equal(got["model.embed_tokens.weight"], full["model.embed_tokens.weight"])
+        # the fused bias of this rank: its 2 query heads' bias, then its KV head's k bias, then its v bias
+        qkv_bias = loaded.model.layers[1].self_attn.qkv_proj.bias
+        want = torch.cat([full[f"model.layers.1.self_attn.{x}_proj.bias"][n * r:n * (r + 1)]
+                          for x, n in (("q", 64), ("k", 32), ("v", 32))])
+        assert torch.equal(qkv_bias, want)
 
 
 def test_split_by_cost_is_greedy_largest_first():

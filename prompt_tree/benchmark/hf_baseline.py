@@ -1,8 +1,8 @@
 """The baseline users try first: Hugging Face transformers `generate` on the engine's own weights.
 
 The transformers model is built on the meta device from our ModelConfig and given our parameter tensors themselves
-(names map through `prompt_tree.model.hf_name`), so it holds no second copy of the weights and computes the same
-function. Every row of its batch holds its whole prompt (the shared prefix repeated, left-padded to the longest
+(under their HF names, as views of our fused weights: `prompt_tree.model.hf_state_dict`), so it holds no second
+copy of the weights and computes the same function. Every row of its batch holds its whole prompt (the shared prefix repeated, left-padded to the longest
 prompt), greedy, `min_new_tokens = max_new_tokens` and no EOS, so each row runs to length as in the engine runs.
 Prefill and decode are timed apart through a stopping criterion, which generate calls once per new token (after
 the device has produced it): the first call ends the prefill.
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prompt_tree.model import hf_name
+from prompt_tree.model import hf_state_dict
 
 # Activations of a transformers prefill, per prompt token, in elements of the run dtype: residual stream and norms,
 # q/k/v, and the MLP's gate, up, activation and product (it runs the whole padded batch in one forward).
@@ -73,14 +73,12 @@ def hf_model(model, config):
     cfg = hf_config(config)
     with torch.device("meta"):
         hf = LlamaForCausalLM(cfg)
-    ours = dict(model.named_parameters())
+    ours = hf_state_dict(model)
     theirs = dict(hf.named_parameters())
-    missing = sorted(set(theirs) - {hf_name(n) for n in ours} - ({"lm_head.weight"} if config.tie_word_embeddings
-                                                                     else set()))
+    missing = sorted(set(theirs) - set(ours) - ({"lm_head.weight"} if config.tie_word_embeddings else set()))
     if missing:
         raise ValueError(f"transformers' model has parameters ours lacks: {missing[:3]}")
-    for name, tensor in ours.items():
-        target = hf_name(name)
+    for target, tensor in ours.items():
         module_name, _, leaf = target.rpartition(".")
         setattr(hf.get_submodule(module_name), leaf, nn.Parameter(tensor, requires_grad=False))
     if config.tie_word_embeddings:

@@ -3,7 +3,9 @@
 Megatron-style split of one decoder block over `tp` ranks (Shoeybi et al. 2019, section 3):
 
     q/k/v_proj, gate/up_proj   column-parallel: output rows split, so each rank computes whole heads / whole MLP
-                               columns from the full (replicated) input; no communication
+                               columns from the full (replicated) input; no communication. Each checkpoint
+                               tensor is split on its own, so a rank's fused qkv_proj is its q shard ‖ k shard ‖
+                               v shard and its gate_up_proj its gate shard ‖ up shard (model.checkpoint_tensors)
     o_proj, down_proj          row-parallel: input columns split to match; each rank's product is a partial sum
                                of the full output, and one all-reduce per projection adds them up
 
@@ -27,11 +29,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig, replace
+from ..model import GATE_UP_PROJ, QKV_PROJ
 from .layout import ParallelError
 
-# Parameter-name suffixes (this package's names, e.g. "layers.3.self_attn.q_proj.weight") and the dimension a
-# tensor-parallel rank slices. nn.Linear weights are [out, in]: column-parallel slices dim 0, row-parallel dim 1.
-COLUMN_PARALLEL = ("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.", "mlp.gate_proj.", "mlp.up_proj.")
+# Name markers and the dimension a tensor-parallel rank slices: checkpoint tensors (e.g.
+# "layers.3.self_attn.q_proj.weight") and the fused parameters holding them (".qkv_proj.", ".gate_up_proj.").
+# nn.Linear weights are [out, in]: column-parallel slices dim 0, row-parallel dim 1.
+COLUMN_PARALLEL = ("self_attn.q_proj.", "self_attn.k_proj.", "self_attn.v_proj.", "mlp.gate_proj.", "mlp.up_proj.",
+                   QKV_PROJ + ".", GATE_UP_PROJ + ".")
 ROW_PARALLEL = ("self_attn.o_proj.weight", "mlp.down_proj.weight")
 
 
@@ -67,8 +72,11 @@ def split_dim(name: str) -> int | None:
 
 
 def tp_part(name: str, full_shape: tuple[int, ...], tp: int, rank: int) -> tuple[int, int, int] | None:
-    """(dim, start, stop) of the full tensor `name` that tensor-parallel rank `rank` of `tp` keeps; None for a
-    replicated tensor (embedding, norms, lm_head)."""
+    """(dim, start, stop) of the full checkpoint tensor `name` that tensor-parallel rank `rank` of `tp` keeps; None
+    for a replicated tensor (embedding, norms, lm_head). A fused parameter is never sliced whole (its rows are
+    q ‖ k ‖ v, not rank-major): each of its checkpoint tensors is."""
+    if f".{QKV_PROJ}." in f".{name}" or f".{GATE_UP_PROJ}." in f".{name}":
+        raise ParallelError(f"{name} is a fused parameter: shard its checkpoint tensors (q/k/v, gate/up) instead")
     dim = split_dim(name)
     if tp == 1 or dim is None:
         return None
