@@ -112,7 +112,7 @@ def test_engine_and_generate_take_the_option(tmp_path, capsys):
     tree.root.add("hi", samples=1, key="a")
     assert Engine.random("tiny").plan(tree).prompt_ids(0) == [256, 104, 105]
     assert Engine.random("tiny", add_bos=False).plan(tree).prompt_ids(0) == [104, 105]
-    with pytest.raises(ValueError, match="add_bos must be True, False or None"):
+    with pytest.raises(TypeError, match="add_bos must be a bool or None"):
         Engine.random("tiny", add_bos=1)
     path = tmp_path / "tree.json"
     tree.save(str(path))

@@ -11,7 +11,7 @@ import torch
 
 from prompt_tree.config import get_preset
 from prompt_tree.engine import Engine, EngineOptions
-from prompt_tree.engine.memory import workspace_bytes, kv_bytes_per_token
+from prompt_tree.engine.memory import kv_bytes_per_token, prefill_rows, workspace_bytes
 from prompt_tree.loading import random_model
 from prompt_tree.sampling import SamplingParams
 from prompt_tree.tokenizer import ByteTokenizer
@@ -77,10 +77,12 @@ def test_continuous_static_flat_and_one_at_a_time_agree(how, seed):
         same(ref, other)
 
 
-def tight_budget(pages: int, rows: int = 64, chunk: int = 64, depth: int = 3) -> int:
-    """A memory budget holding `pages` KV pages of 16 tokens beyond the workspace of `rows` decode rows."""
-    return workspace_bytes(rows, depth, CONFIG, torch.float32, chunk) + pages * 16 * kv_bytes_per_token(
-        CONFIG, torch.float32)
+def tight_budget(pages: int, tree: PromptTree, rows: int = 64, chunk: int = 64) -> int:
+    """A memory budget holding `pages` KV pages of 16 tokens beyond the workspace the engine reserves for
+    `rows` decode rows and a prefill call of `tree` (engine.memory: the same formula the engine plans with)."""
+    plan = tree.flatten()
+    ws = workspace_bytes(rows, len(plan.levels), CONFIG, torch.float32, prefill_rows(plan, chunk))
+    return ws + pages * 16 * kv_bytes_per_token(CONFIG, torch.float32)
 
 
 def test_preemption_under_a_tiny_budget_loses_and_redoes_nothing_finished():
@@ -94,8 +96,8 @@ def test_preemption_under_a_tiny_budget_loses_and_redoes_nothing_finished():
 
     ref = engine().generate(tree, params, progress=False, length_budget=budget)
     seen = []
-    small = engine(memory_budget_bytes=tight_budget(30, rows=39), prefill_chunk_tokens=64, max_batch_sequences=64,
-                   watermark=0.0)
+    small = engine(memory_budget_bytes=tight_budget(30, tree, rows=39), prefill_chunk_tokens=64,
+                   max_batch_sequences=64, watermark=0.0)
     got = small.generate(tree, params, progress=False, length_budget=budget,
                          on_complete=lambda k, s, c: seen.append((k, s)))
     same(ref, got)
@@ -108,7 +110,7 @@ def test_memory_freed_by_short_samples_admits_new_problems_at_once():
     tree = problems_tree(3, problems=8, samples=4)
     params = SamplingParams(max_new_tokens=48, temperature=0)
     budget = lengths(5, 48)
-    kw = dict(memory_budget_bytes=tight_budget(70), prefill_chunk_tokens=64, max_batch_sequences=64)
+    kw = dict(memory_budget_bytes=tight_budget(70, tree), prefill_chunk_tokens=64, max_batch_sequences=64)
     cont = engine(**kw).generate(tree, params, progress=False, length_budget=budget)
     static = engine(batching="static", **kw).generate(tree, params, progress=False, length_budget=budget)
     same(cont, static, logprobs=False)

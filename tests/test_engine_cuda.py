@@ -94,7 +94,7 @@ def test_cuda_continuous_preemption_equals_unconstrained(cuda_engine_factory):
         return 2 if key.split("/")[0] in ("p0", "p1", "p2") else 40
 
     ref = cuda_engine_factory().generate(tree, params, progress=False, length_budget=budget)
-    small = cuda_engine_factory(memory_budget_bytes=tight_budget(30, rows=39), prefill_chunk_tokens=64,
+    small = cuda_engine_factory(memory_budget_bytes=tight_budget(30, tree, rows=39), prefill_chunk_tokens=64,
                                 max_batch_sequences=64, watermark=0.0)
     got = small.generate(tree, params, progress=False, length_budget=budget)
     same(ref, got, logprobs=False)

@@ -57,6 +57,12 @@ def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
     return 2 * config.num_layers * config.num_kv_heads * config.head_dim * element_size(dtype)
 
 
+def prefill_rows(plan, prefill_chunk_tokens: int) -> int:
+    """The most query rows one prefill call of this plan can have: a chunk, or the widest depth if smaller."""
+    widest = max((sum(g.num_tokens for g in level) for level in plan.levels), default=0)
+    return max(1, min(prefill_chunk_tokens, widest))
+
+
 def workspace_bytes(decode_rows: int, depth: int, config, dtype: torch.dtype, prefill_chunk_tokens: int) -> int:
     """Transient memory: a decode step of `decode_rows` rows plus one prefill call of prefill_chunk_tokens rows."""
     el = element_size(dtype)
@@ -128,5 +134,6 @@ def plan_cost(plan, max_new_tokens: int, config, dtype: torch.dtype, prefill_chu
     node once + a suffix per sequence, the last token never fed back) and the workspace of a step that wide."""
     per = kv_bytes_per_token(config, dtype)
     kv = (plan.kv_tokens_shared + plan.num_sequences * max(0, max_new_tokens - 1)) * per
-    ws = workspace_bytes(plan.num_sequences, len(plan.levels), config, dtype, prefill_chunk_tokens)
+    ws = workspace_bytes(plan.num_sequences, len(plan.levels), config, dtype,
+                         prefill_rows(plan, prefill_chunk_tokens))
     return BatchCost(kv_bytes=max(per, kv), workspace_bytes=ws)

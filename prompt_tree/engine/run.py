@@ -25,7 +25,7 @@ import torch
 
 from ..sampling import sequence_id
 from .blocks import KVBlocks, OutOfPages, pages_for
-from .memory import SchedulingError, plan_memory
+from .memory import SchedulingError, plan_memory, prefill_rows
 from .results import Completion, GenerationSummary
 from .runner import EOS, IDLE, LENGTH, STOP_ID, ModelRunner
 from .scheduler import Scheduler
@@ -102,7 +102,8 @@ class GenerationRun:
         most = 1 + sum(pages_for(len(t), ps) for t in plan.node_tokens.values()) \
             + plan.num_sequences * self.capacity_pages
         self.memory = plan_memory(engine.budget_bytes(), rows_wanted, len(plan.levels), cfg, engine.dtype, ps,
-                                  opts.prefill_chunk_tokens, min_pages=1 + worst + self.capacity_pages,
+                                  prefill_rows(plan, opts.prefill_chunk_tokens),
+                                  min_pages=1 + worst + self.capacity_pages,
                                   max_pages=most)
         self.max_rows = self.memory.max_rows
         self.blocks = KVBlocks(self.memory.num_pages, ps)
