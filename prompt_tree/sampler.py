@@ -246,19 +246,25 @@ class Sampler:
         return _pick_full(x, m, torch.maximum(torch.maximum(t_k, t_p), t_min), u)
 
 
-def _target(u: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    """u * total rounded to fp32, as the reference computes it. u: [R] fp64, total: [R] fp32 -> [R, 1] fp32."""
-    return (u * total.double()).float()[:, None]
+def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The first index whose cumulative weight exceeds u * total. weights: [R, N] fp32 >= 0, u: [R] fp64 -> [R].
+
+    The one pick rule (the reference uses it too). A zero-weight index has the cumulative value of its predecessor,
+    so it is never chosen. When u is so close to 1 that u * total rounds up to the total, no index exceeds it and
+    the result is the last index of positive weight (before issue 15 this clamped to N - 1, often a token of
+    probability zero, about once per 3e7 draws). fp32 is enough: rounding moves the bucket edges by ~1e-7, far
+    below any sampling effect, and a cumulative sum of non-negative terms is still monotone.
+    """
+    cdf = torch.cumsum(weights, dim=-1)
+    target = (u * cdf[:, -1].double()).float()[:, None]
+    first = torch.searchsorted(cdf, target, right=True).squeeze(-1)
+    last = weights.shape[-1] - 1 - torch.argmax((weights > 0).flip(-1).int(), dim=-1)
+    return torch.minimum(first, last)
 
 
 def _pick_full(x: torch.Tensor, m: torch.Tensor, T: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Inverse CDF over the whole row in vocabulary order, keeping x >= T. x: [R, V], m, T: [R], u: [R]."""
-    keep = x >= T[:, None]
-    cdf = torch.cumsum(torch.where(keep, torch.exp(x - m[:, None]), 0.0), dim=-1)
-    tokens = torch.searchsorted(cdf, _target(u, cdf[:, -1]), right=True).squeeze(-1)
-    # u within 2^-25 of 1 can round the target up to the total: then the last kept token
-    last = x.shape[1] - 1 - torch.argmax(keep.flip(-1).int(), dim=-1)
-    return torch.minimum(tokens, last)
+    return inverse_cdf(torch.where(x >= T[:, None], torch.exp(x - m[:, None]), 0.0), u)
 
 
 def _pick_candidates(vals, idx, w, T, u, V: int) -> torch.Tensor:
@@ -267,7 +273,5 @@ def _pick_candidates(vals, idx, w, T, u, V: int) -> torch.Tensor:
     Sorting C candidate indices (not V logits) puts them in vocabulary order; non-kept ones go last."""
     keep = vals >= T[:, None]
     order, perm = torch.sort(torch.where(keep, idx, V), dim=-1)
-    cdf = torch.cumsum(torch.where(keep, w, 0.0).gather(1, perm), dim=-1)
-    j = torch.searchsorted(cdf, _target(u, cdf[:, -1]), right=True).squeeze(-1)
-    j = torch.minimum(j, keep.sum(-1) - 1)
+    j = inverse_cdf(torch.where(keep, w, 0.0).gather(1, perm), u)
     return order.gather(1, j[:, None]).squeeze(1)

@@ -18,11 +18,11 @@ from typing import Sequence
 
 import torch
 
-from .sampler import Sampler, inverse_temperature
+from .sampler import Sampler, inverse_cdf, inverse_temperature
 from .seeds import seed_key, sequence_id, uniforms
 from .stops import cut_at_stop
 
-__all__ = ["SamplingParams", "Sampler", "StopChecker", "filtered_probs", "sample", "sample_reference", "seed_key",
+__all__ = ["SamplingParams", "Sampler", "StopChecker", "filtered_probs", "inverse_cdf", "sample", "sample_reference", "seed_key",
            "sequence_id", "uniforms"]
 
 
@@ -150,9 +150,7 @@ def sample_reference(
     Returns (tokens [B] int64, logprobs [B] fp32), logprobs under log_softmax(logits) (the unmodified model).
     Greedy takes the first maximal index. Otherwise the token is the first index whose cumulative filtered
     probability exceeds u * total for the sequence's counter-based uniform u: a zero-probability token has the same
-    cumulative value as its predecessor, so it can never be chosen. When u is so close to 1 that u * total rounds
-    up to the total, no index exceeds it and the token is the last one with positive probability (before issue 15
-    this clamped to index V - 1, a token of probability zero, about once per 3e7 draws).
+    cumulative value as its predecessor, so it can never be chosen (see `inverse_cdf`).
     """
     _check_sample_args(logits, seq_ids)
     logits = logits.float()
@@ -160,14 +158,7 @@ def sample_reference(
         tokens = torch.argmax(logits, dim=-1)
     else:
         probs = filtered_probs(logits, params)
-        # fp32 is enough: rounding moves the bucket edges by ~1e-7, far below any sampling effect, and a
-        # cumulative sum is still monotone, so a zero-probability token keeps an empty bucket.
-        cdf = torch.cumsum(probs, dim=-1)
-        u = uniforms(seed_key(params.seed), seq_ids.to(cdf.device), step)
-        target = (u * cdf[:, -1].double()).float().unsqueeze(-1)
-        tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-        last = logits.shape[-1] - 1 - torch.argmax((probs > 0).flip(-1).int(), dim=-1)
-        tokens = torch.minimum(tokens, last)
+        tokens = inverse_cdf(probs, uniforms(seed_key(params.seed), seq_ids.to(probs.device), step))
     # log p(token) = logit - logsumexp(logits): no second [B, V] tensor
     logprobs = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     return tokens, logprobs

@@ -85,6 +85,8 @@ def uniforms(key: tuple[int, int], seq_ids: torch.Tensor, step: int | torch.Tens
     [] or [B] (each sequence's own step). Returns [B] fp64 on seq_ids' device. With a tensor step nothing is copied
     from the host, so the call can be captured in a CUDA graph (an int step would be baked into the graph).
     """
+    if not (isinstance(key, tuple) and len(key) == 2):
+        raise TypeError(f"uniforms: key must be seed_key(seed), a pair of 32-bit ints, got {key!r}")
     seq_ids = seq_ids.to(torch.int64)
     if isinstance(step, torch.Tensor):
         step = step.to(device=seq_ids.device, dtype=torch.int64)

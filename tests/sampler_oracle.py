@@ -61,7 +61,7 @@ def ambiguous_rows(logits: torch.Tensor, params, seq_ids: torch.Tensor, step) ->
     return ((cdf - u[:, None]).abs().min(-1).values < EPS + drift)
 
 
-def assert_same_tokens(got: torch.Tensor, want: torch.Tensor, ambiguous: torch.Tensor, max_ambiguous: float = 0.1):
+def assert_same_tokens(got: torch.Tensor, want: torch.Tensor, ambiguous: torch.Tensor, max_ambiguous: float = 0.25):
     """Equal on every unambiguous row; at most max_ambiguous of the rows ambiguous (else the test says nothing)."""
     got, want = got.cpu(), want.cpu()
     bad = (got != want) & ~ambiguous
