@@ -13,17 +13,16 @@ is the window-decoding matcher the synchronous engine uses, and the behaviour th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from .sampler import Sampler, inverse_cdf, inverse_temperature
 from .seeds import seed_key, sequence_id, uniforms
-from .stops import cut_at_stop
+from .stops import StopChecker, cut_at_stop
 
 __all__ = ["SamplingParams", "Sampler", "StopChecker", "filtered_probs", "inverse_cdf", "sample", "sample_reference", "seed_key",
-           "sequence_id", "uniforms"]
+           "sequence_id", "uniforms", "cut_at_stop"]
 
 
 @dataclass(frozen=True)
@@ -184,48 +183,3 @@ def sample(
             _SAMPLERS.clear()
         sampler = _SAMPLERS[key] = Sampler(params, logits.device)
     return sampler(logits, seq_ids, step)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# stop strings
-
-
-@dataclass
-class StopChecker:
-    """Incremental stop-string matching on each sequence's generated text.
-
-    Each step decodes only a tail window of the sequence's tokens, long enough to hold any stop string: a stop
-    string of c characters that ends in the newest token starts at most c characters before that token's text
-    ends, so the window grows (doubling) until its text is that long. It starts at 4c + 2 tokens (a byte-level
-    token carries at least one byte, a character at most four) and only grows past tokens that decode to nothing
-    (BOS, PAD, other special tokens). A match in the window is new (an older one would have stopped the sequence
-    earlier). The final cut (`cut`) decodes the whole completion once and cuts at the earliest match.
-    """
-
-    stops: Sequence[str]
-    decode: object  # callable(list[int]) -> str
-    window: int = field(init=False)
-
-    def __post_init__(self):
-        self.longest = max((len(s) for s in self.stops), default=0)
-        self.window = 4 * self.longest + 2
-        self._token_chars: dict[int, int] = {}  # token id -> length of its text alone (a pure function of the id)
-
-    def hit(self, token_ids: list[int]) -> bool:
-        if not self.stops:
-            return False
-        last = token_ids[-1]
-        chars = self._token_chars.get(last)
-        if chars is None:  # once per distinct token id: one decode per sequence and step, not two
-            chars = self._token_chars[last] = len(self.decode([last]))
-        need = self.longest + chars + 1
-        w = self.window
-        tail = self.decode(token_ids[-w:])
-        while len(tail) < need and w < len(token_ids):
-            w *= 2
-            tail = self.decode(token_ids[-w:])
-        return any(s in tail for s in self.stops)
-
-    def cut(self, text: str, include: bool) -> str:
-        """The text up to the earliest stop string (through it when include); unchanged when none occurs."""
-        return cut_at_stop(text, self.stops, include)

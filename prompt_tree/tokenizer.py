@@ -97,6 +97,11 @@ class HFTokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    @property
+    def backend(self) -> Any:
+        """The wrapped `tokenizers.Tokenizer` (stop matching reads its vocabulary and decoder once)."""
+        return self._tok
+
 
 class PromptEncoder:
     """What flattening a tree for a model uses: encode(text) with the model's BOS prepended when its family uses one.
