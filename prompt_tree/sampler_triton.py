@@ -85,8 +85,9 @@ def _uniform(sid, step, key_lo, key_hi):
     w1 = ((sid >> 32) & 0xFFFFFFFF).to(tl.uint32)
     w2 = (step & 0xFFFFFFFF).to(tl.uint32)
     w3 = ((step >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    x = _murmur4(w0, w1, w2, w3, key_lo.to(tl.uint32)).to(tl.int64)
-    y = _murmur4(w0, w1, w2, w3, key_hi.to(tl.uint32)).to(tl.int64)
+    # (+ a typed zero: an int argument equal to 1 arrives as a constexpr, which has no .to)
+    x = _murmur4(w0, w1, w2, w3, (key_lo + tl.zeros([], tl.int64)).to(tl.uint32)).to(tl.int64)
+    y = _murmur4(w0, w1, w2, w3, (key_hi + tl.zeros([], tl.int64)).to(tl.uint32)).to(tl.int64)
     bits = ((x << 21) ^ (y >> 11)) & 0x1FFFFFFFFFFFFF
     return (bits.to(tl.float64) + 0.5) * 1.1102230246251565e-16  # 2^-53
 
@@ -131,7 +132,7 @@ def _select(row_ptr, V, inv_t, m, target_c, target_m, lo, lo_c, lo_m, hi, hi_c, 
     or, BY_MASS, the mass (target_m) of {x >= t}. (lo|hi)_(c|m): the count and mass at lo and hi.
     Returns (t, count at t, mass at t)."""
     ar = tl.arange(0, P)
-    while ((lo_c - hi_c) > C) & ((_key(hi) - _key(lo)) > 1):
+    while ((lo_c - hi_c) > C) & ((_key(hi).to(tl.int64) - _key(lo).to(tl.int64)) > 1):
         klo = _key(lo).to(tl.int64)
         khi = _key(hi).to(tl.int64)
         piv = _from_key((klo + ((khi - klo) * (ar + 1)) // (P + 1)).to(tl.int32))  # ascending, inside [lo, hi)
@@ -240,7 +241,7 @@ def _sample_kernel(
         if STEP_TENSOR:
             step = tl.load(step_ptr + row * step_stride)
         else:
-            step = step_val.to(tl.int64)
+            step = step_val + tl.zeros([], tl.int64)
         u = _uniform(tl.load(seq_ptr + row), step, key_lo, key_hi)
         tl.store(u_ptr + row, u)
         m = m_raw * inv_t  # = max x exactly: multiplying by a positive constant keeps the order

@@ -98,7 +98,7 @@ def test_bf16_on_gpu():
     params = SamplingParams(temperature=0.8, top_p=0.95)
     logits = (torch.randn(64, 32000, device="cuda") * 4).bfloat16()
     ids = torch.arange(64, device="cuda")
-    _compare(params, logits, ids, 2, candidates=1024, block=1024)
+    _compare(params, logits, ids, 1, candidates=1024, block=1024)  # step 1 arrives as a constexpr
 
 
 @pytest.mark.cuda
