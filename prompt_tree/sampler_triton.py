@@ -180,7 +180,7 @@ def _pick_scan(row_ptr, V, inv_t, m, T, total, u, BLOCK: tl.constexpr):
     run = tl.zeros([], tl.float32)
     tok = tl.full([], -1, tl.int32)
     last = tl.full([], -1, tl.int32)
-    start = 0
+    start = tl.zeros([], tl.int32)
     while (tok < 0) & (start < V):
         offs = start + tl.arange(0, BLOCK)
         inb = offs < V
