@@ -16,11 +16,12 @@ different order, so a token whose mass-before lies within float rounding (~1e-6 
 within rounding of a bucket edge, may be decided the other way.
 
 Two implementations of the same function:
-- torch (any device; the CPU path): candidates by `torch.topk` (a selection of C = 1024 per row, not a sort of V),
-  thresholds resolved exactly among them; a row whose kept set may reach past the candidates (a flat nucleus, or
-  k > C) is redone exactly by a 4-pass radix select (`radix_select`). Passes over [B, V]: scale, max and topk
-  (about 3), the normaliser for top-p without top-k (1); fallback rows 9-11 more. Because it picks the fallback
-  rows on the host, this path reads one flag back per call on an accelerator.
+- torch (any device; the CPU path): candidates by `torch.topk` (a selection of 64, then C = 1024 per row, not a
+  sort of V), thresholds resolved exactly among them; a row whose kept set may reach past the candidates (a flat
+  nucleus, or k > C) is redone exactly by a 4-pass radix select (`radix_select`). Passes over [B, V]: scale,
+  max, logsumexp and topk (about 4), the normaliser for top-p without top-k (1); plain temperature skips the
+  selection (a pick over the row); fallback rows about 12 more. Because it picks the
+  fallback rows on the host, this path reads one flag back per call on an accelerator.
 - Triton (CUDA; `prompt_tree.sampler_triton`): one program per row, 3 passes in the common case, no host sync;
   see that module.
 Greedy (temperature 0) is the first maximal index on both.
@@ -28,14 +29,20 @@ Greedy (temperature 0) is the first maximal index on both.
 from __future__ import annotations
 
 import math
+import os
 import struct
 
 import torch
 
 from .seeds import seed_key, uniforms
-from . import sampler_triton
+
+try:
+    from . import sampler_triton
+except ImportError:  # no Triton on this platform (it is a Linux-only dependency): the torch path only
+    sampler_triton = None
 
 CANDIDATES = 1024  # the torch path's top-C candidates per row, and the Triton path's compaction buffer
+FIRST_CANDIDATES = 64  # the torch path tries this many candidates first
 _ROW_CHUNK_ELEMENTS = 1 << 24  # the torch path works on rows in chunks of about this many logits (64 MiB fp32)
 _LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -126,7 +133,13 @@ class Sampler:
         self.params = params
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if backend == "auto":
-            backend = "triton" if self.device.type == "cuda" else "torch"
+            backend = "triton" if self.device.type == "cuda" and sampler_triton is not None else "torch"
+        if backend == "triton":
+            if sampler_triton is None:
+                raise ValueError("Sampler: backend 'triton' needs the triton package (pip install triton)")
+            if self.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+                raise ValueError(f"Sampler: backend 'triton' on {self.device} runs only under Triton's interpreter "
+                                 "(TRITON_INTERPRET=1, for tests); use backend 'torch' or a CUDA device")
         self.backend = backend
         self.candidates = candidates
         self.key = seed_key(params.seed)
@@ -188,19 +201,40 @@ class Sampler:
         return tokens, logprobs
 
     def _torch_rows(self, raw: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Tokens of a chunk of rows. raw: [R, V] fp32, u: [R] fp64 -> [R] int64."""
+        """Tokens of a chunk of rows. raw: [R, V] fp32, u: [R] fp64 -> [R] int64.
+
+        Candidates first FIRST_CANDIDATES per row (a language model's nucleus is usually that small, and a smaller
+        selection is cheaper), then C for the rows that did not fit, then the exact radix select for the rest."""
         R, V = raw.shape
         x = raw if self.inv_t == 1.0 else raw * self.inv_t
         m = x.amax(dim=-1)  # [R]
         k, top_p, log_min_p = self.top_k_for(V), self.top_p, self.log_min_p
+        if not k and top_p >= 1 and log_min_p is None:  # plain temperature
+            return _pick_full(x, m, torch.full_like(m, float("-inf")), u)
+        z = torch.exp(x - m[:, None]).sum(-1) if not k else None  # top-p's normaliser without top-k
+        tokens = torch.empty(R, dtype=torch.int64, device=x.device)
+        todo = torch.arange(R, device=x.device)
+        for C in sorted({min(FIRST_CANDIDATES, self.candidates, V), min(self.candidates, V)}):
+            xs = x if len(todo) == R else x[todo]
+            got, valid = self._from_candidates(xs, m[todo], None if z is None else z[todo], u[todo], C)
+            tokens[todo] = got
+            if C == V or bool(valid.all()):
+                return tokens
+            todo = todo[~valid]
+        tokens[todo] = self._exact_rows(x[todo], m[todo], u[todo])
+        return tokens
+
+    def _from_candidates(self, x, m, z, u, C: int):
+        """(tokens [R], valid [R] bool) from the top-C candidates of each row; a row is valid when every token it
+        keeps, and everything its thresholds depend on, is among them. x: [R, V], m, z, u: [R] (z: None with
+        top-k)."""
+        R, V = x.shape
+        k, top_p, log_min_p = self.top_k_for(V), self.top_p, self.log_min_p
         neg_inf = torch.full_like(m, float("-inf"))
-        if not k and top_p >= 1 and log_min_p is None:
-            return _pick_full(x, m, neg_inf, u)
-        C = min(self.candidates, V)
         complete = C == V
         vals, idx = torch.topk(x, C, dim=-1)  # [R, C] descending, a selection (not a sort of V)
         w = torch.exp(vals - m[:, None])
-        t_k, z_k, valid = neg_inf, None, torch.ones(R, dtype=torch.bool, device=x.device)
+        t_k, z_k, valid = neg_inf, z, torch.ones(R, dtype=torch.bool, device=x.device)
         if k:
             if k <= C:
                 t_k = vals[:, k - 1]
@@ -209,10 +243,9 @@ class Sampler:
                     valid &= t_k > vals[:, -1]
             else:
                 valid &= False
+                z_k = w.sum(-1)  # any value: these rows are redone
         t_p = neg_inf
         if top_p < 1:
-            if z_k is None:
-                z_k = torch.exp(x - m[:, None]).sum(-1)
             wk = w * (vals >= t_k[:, None])
             reach = torch.cumsum(wk, dim=-1) >= top_p * z_k[:, None]
             first = torch.argmax(reach.int(), dim=-1)  # the first position whose inclusive mass reaches the target
@@ -221,11 +254,7 @@ class Sampler:
         T = torch.maximum(torch.maximum(t_k, t_p), t_min)
         if not complete:
             valid &= T > vals[:, -1]  # every kept token is then among the candidates
-        tokens = _pick_candidates(vals, idx, w, T, u, V)
-        if not complete and not bool(valid.all()):
-            bad = ~valid
-            tokens[bad] = self._exact_rows(x[bad], m[bad], u[bad])
-        return tokens
+        return _pick_candidates(vals, idx, w, T, u, V), valid
 
     def _exact_rows(self, x: torch.Tensor, m: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """The thresholds by radix select, for rows whose kept set may reach past the candidates.
@@ -256,9 +285,10 @@ def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     below any sampling effect, and a cumulative sum of non-negative terms is still monotone.
     """
     cdf = torch.cumsum(weights, dim=-1)
-    target = (u * cdf[:, -1].double()).float()[:, None]
-    first = torch.searchsorted(cdf, target, right=True).squeeze(-1)
-    last = weights.shape[-1] - 1 - torch.argmax((weights > 0).flip(-1).int(), dim=-1)
+    total = cdf[:, -1:].contiguous()  # [R, 1]
+    first = torch.searchsorted(cdf, (u[:, None] * total.double()).float(), right=True).squeeze(-1)
+    # the last index of positive weight: where the cumulative weight reaches its total (no extra pass over N)
+    last = torch.searchsorted(cdf, total, right=False).squeeze(-1)
     return torch.minimum(first, last)
 
 

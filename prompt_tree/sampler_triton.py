@@ -352,14 +352,11 @@ class TritonSampler:
         self.s = sampler
         self.block = block or BLOCK
         self.pivot_block = min(PIVOT_BLOCK, self.block)
-        offsets = list(PIVOT_OFFSETS)
-        if sampler.log_min_p is not None:
-            offsets.append(sampler.log_min_p)
-        offsets = sorted(set(offsets), reverse=True)[: PIVOTS - 1]
+        # descending, min-p's own offset among them (its mass is the fallback pick's total), the last -inf
+        offsets = sorted(set(PIVOT_OFFSETS) | ({sampler.log_min_p} if sampler.log_min_p is not None else set()),
+                         reverse=True)
+        assert len(offsets) < PIVOTS
         offsets += [float("-inf")] * (PIVOTS - len(offsets))
-        if sampler.log_min_p is not None and sampler.log_min_p not in offsets:
-            offsets[-2] = sampler.log_min_p  # min-p's own pivot must be there (its mass is the pick's total)
-            offsets = sorted(offsets, reverse=True)
         self.pivot_offsets = torch.tensor(offsets, dtype=torch.float32, device=sampler.device)
         self.u_out = None  # [B] fp64 of the last call (tests compare it with seeds.uniforms)
 

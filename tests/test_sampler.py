@@ -39,7 +39,7 @@ def test_torch_path_equals_reference(kw, candidates):
     params = SamplingParams(seed=len(str(kw)), **kw)
     sampler = Sampler(params, "cpu", backend="torch", candidates=candidates)
     for i, (V, scale) in enumerate(((1, 1.0), (2, 1.0), (11, 2.0), (97, 3.0), (1000, 1.0), (1000, 5.0))):
-        B = 160
+        B = 100
         logits = _logits(B, V, scale, seed=100 * i + candidates)
         ids = torch.randint(0, 2**62, (B,), generator=torch.Generator().manual_seed(i))
         want, want_lp = sample_reference(logits, params, ids, 7)
@@ -172,7 +172,10 @@ def test_bad_input_is_named(call, match):
         call(Sampler(SamplingParams(top_p=0.5), backend="torch"))
 
 
-def test_bad_sampler_options_are_named():
+def test_bad_sampler_options_are_named(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="only under Triton's interpreter"):
+        Sampler(SamplingParams(), "cpu", backend="triton")
     with pytest.raises(ValueError, match="backend must be"):
         Sampler(SamplingParams(), backend="cuda")
     with pytest.raises(ValueError, match="candidates must be a power of two"):
