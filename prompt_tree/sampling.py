@@ -1,21 +1,28 @@
-"""Sampling: validated parameters, batch-independent seeded token choice, and stop-string matching.
+"""Sampling: validated parameters, the sort-based reference sampler, the public `sample`, and stop-string matching.
 
-Reproducibility (issue 4): a sequence's random draw at a step depends only on (seed, sequence id, step), never on
-which other sequences share the batch. Each sequence gets ONE counter-based uniform per step, computed by an
-integer hash in torch (vectorized, no per-sequence torch.Generator), and the token is chosen by inverse CDF over the
-filtered distribution in vocabulary order. A sequence id is a stable hash of (node key, sample index), so the same
-sample drawn inside two different trees (or sub-batches) sees the same noise.
+Reproducibility (issues 4 and 15): a sequence's random draw at a step depends only on (seed, sequence id, step),
+never on which other sequences share the batch. Each sequence gets ONE counter-based uniform per step
+(`prompt_tree.seeds`), and the token is chosen by inverse CDF over the filtered distribution in vocabulary order.
+A sequence id is a stable hash of (node key, sample index), so the same sample drawn inside two different trees
+(or sub-batches) sees the same noise.
+
+`sample` is the sorting-free sampler (`prompt_tree.sampler`); `sample_reference` is the obviously right sort-based
+version it is tested against. Incremental stop matching for the engine is `prompt_tree.stops`; `StopChecker` here
+is the window-decoding matcher the synchronous engine uses, and the behaviour the incremental one reproduces.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass
 
 import torch
 
-_MASK32 = 0xFFFFFFFF
+from .sampler import Sampler, inverse_cdf, inverse_temperature
+from .seeds import seed_key, sequence_id, uniforms
+from .stops import StopChecker, cut_at_stop
+
+__all__ = ["SamplingParams", "Sampler", "StopChecker", "filtered_probs", "inverse_cdf", "sample", "sample_reference", "seed_key",
+           "sequence_id", "uniforms", "cut_at_stop"]
 
 
 @dataclass(frozen=True)
@@ -96,57 +103,18 @@ class SamplingParams:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# counter-based noise
-
-
-def _fmix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit avalanche mix (murmur3's finalizer) on int64 tensors holding values in [0, 2^32).
-
-    Products of two 32-bit values may wrap int64; the low 32 bits kept by the mask are still exact.
-    """
-    x = x & _MASK32
-    x = x ^ (x >> 16)
-    x = (x * 0x85EBCA6B) & _MASK32
-    x = x ^ (x >> 13)
-    x = (x * 0xC2B2AE35) & _MASK32
-    x = x ^ (x >> 16)
-    return x
-
-
-def sequence_id(key, sample_index: int) -> int:
-    """A stable 31-bit id of (node key, sample index): the same in every tree, batch and process."""
-    digest = hashlib.blake2b(repr((key, int(sample_index))).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & 0x7FFFFFFF
-
-
-def uniforms(seed: int, seq_ids: torch.Tensor, step: int | torch.Tensor) -> torch.Tensor:
-    """One uniform in (0, 1) per sequence, a pure function of (seed, seq id, step).
-
-    seq_ids: [B] int64; step: int or [B] int64 (each sequence's own step) -> [B] fp64 on seq_ids' device.
-    """
-    seq_ids = seq_ids.to(torch.int64)
-    step = torch.as_tensor(step, dtype=torch.int64, device=seq_ids.device)
-    s = _fmix32(torch.tensor((seed & _MASK32) ^ ((seed >> 32) & _MASK32), dtype=torch.int64, device=seq_ids.device))
-    x = _fmix32(seq_ids ^ ((s * 0x9E3779B1) & _MASK32))
-    x = _fmix32(x ^ (((step & _MASK32) * 0x632BE5AB) & _MASK32))
-    y = _fmix32(x ^ 0x5BD1E995)
-    # 53 bits from two 32-bit words, centred in their cell so the value is never exactly 0 or 1.
-    bits = ((x << 21) ^ (y >> 11)) & ((1 << 53) - 1)
-    return (bits.to(torch.float64) + 0.5) / float(1 << 53)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # filtering and choice
 
 
 def filtered_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """Probabilities after temperature, top-k, top-p and min-p. logits: [B, V] fp32 -> [B, V] fp32 (rows sum to 1).
 
+    The logits are scaled by multiplying with fp32(1/T) (`inverse_temperature`, the one rule every path uses).
     top-k keeps every token tied with the k-th largest; top-p keeps the smallest prefix of the descending-sorted
     distribution whose mass reaches top_p (always at least the top token); min-p drops tokens whose probability is
     below min_p times the row's largest. The filters apply in that order, each to the previous one's output.
     """
-    x = logits.float() / params.temperature
+    x = logits.float() * inverse_temperature(params.temperature)
     V = x.shape[-1]
     if 0 < params.top_k < V:
         kth = torch.topk(x, params.top_k, dim=-1).values[:, -1:]
@@ -165,84 +133,53 @@ def filtered_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     return probs / probs.sum(dim=-1, keepdim=True)
 
 
-def sample(
-    logits: torch.Tensor, params: SamplingParams, seq_ids: torch.Tensor, step: int | torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Choose one token per row. logits: [B, V] fp32, seq_ids: [B] int64, step: int or [B] int64.
-
-    Returns (tokens [B] int64, logprobs [B] fp32), logprobs under log_softmax(logits) (the unmodified model).
-    Greedy takes the first maximal index. Otherwise the token is the first index whose cumulative filtered
-    probability exceeds u * total for the sequence's counter-based uniform u: a zero-probability token has the same
-    cumulative value as its predecessor, so it can never be chosen.
-    """
+def _check_sample_args(logits: torch.Tensor, seq_ids: torch.Tensor) -> None:
     if logits.dim() != 2:
         raise ValueError(f"sample: logits must be [B, V], got shape {tuple(logits.shape)}")
     B = logits.shape[0]
     if seq_ids.shape != (B,):
         raise ValueError(f"sample: seq_ids must be [B]={B}, got shape {tuple(seq_ids.shape)}")
+
+
+def sample_reference(
+    logits: torch.Tensor, params: SamplingParams, seq_ids: torch.Tensor, step: int | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sort-based reference sampler. logits: [B, V] fp32/fp16/bf16, seq_ids: [B] int64, step: int or [B] int64.
+
+    Returns (tokens [B] int64, logprobs [B] fp32), logprobs under log_softmax(logits) (the unmodified model).
+    Greedy takes the first maximal index. Otherwise the token is the first index whose cumulative filtered
+    probability exceeds u * total for the sequence's counter-based uniform u: a zero-probability token has the same
+    cumulative value as its predecessor, so it can never be chosen (see `inverse_cdf`).
+    """
+    _check_sample_args(logits, seq_ids)
     logits = logits.float()
     if params.greedy:
         tokens = torch.argmax(logits, dim=-1)
     else:
         probs = filtered_probs(logits, params)
-        # fp32 is enough: rounding moves the bucket edges by ~1e-7, far below any sampling effect, and a
-        # cumulative sum is still monotone, so a zero-probability token keeps an empty bucket.
-        cdf = torch.cumsum(probs, dim=-1)
-        u = uniforms(params.seed, seq_ids.to(cdf.device), step)
-        target = (u * cdf[:, -1].double()).float().unsqueeze(-1)
-        tokens = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
+        tokens = inverse_cdf(probs, uniforms(seed_key(params.seed), seq_ids.to(probs.device), step))
     # log p(token) = logit - logsumexp(logits): no second [B, V] tensor
     logprobs = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     return tokens, logprobs
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# stop strings
+_SAMPLERS: dict = {}  # (params, device) -> Sampler: the constants are built once per parameter set and device
 
 
-@dataclass
-class StopChecker:
-    """Incremental stop-string matching on each sequence's generated text.
+def sample(
+    logits: torch.Tensor, params: SamplingParams, seq_ids: torch.Tensor, step: int | torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose one token per row with the sorting-free sampler. logits: [B, V] fp32/fp16/bf16, seq_ids: [B] int64,
+    step: int or int64 tensor [] / [B]. Returns (tokens [B] int64, logprobs [B] fp32).
 
-    Each step decodes only a tail window of the sequence's tokens, long enough to hold any stop string: a stop
-    string of c characters that ends in the newest token starts at most c characters before that token's text
-    ends, so the window grows (doubling) until its text is that long. It starts at 4c + 2 tokens (a byte-level
-    token carries at least one byte, a character at most four) and only grows past tokens that decode to nothing
-    (BOS, PAD, other special tokens). A match in the window is new (an older one would have stopped the sequence
-    earlier). The final cut (`cut`) decodes the whole completion once and cuts at the earliest match.
+    The same tokens as `sample_reference` for the same uniforms, ties at the top-p threshold and float rounding
+    aside (see `prompt_tree.sampler`). For CUDA-graph capture build a `Sampler(params, device)` before capturing
+    and call it with device tensors.
     """
-
-    stops: Sequence[str]
-    decode: object  # callable(list[int]) -> str
-    window: int = field(init=False)
-
-    def __post_init__(self):
-        self.longest = max((len(s) for s in self.stops), default=0)
-        self.window = 4 * self.longest + 2
-        self._token_chars: dict[int, int] = {}  # token id -> length of its text alone (a pure function of the id)
-
-    def hit(self, token_ids: list[int]) -> bool:
-        if not self.stops:
-            return False
-        last = token_ids[-1]
-        chars = self._token_chars.get(last)
-        if chars is None:  # once per distinct token id: one decode per sequence and step, not two
-            chars = self._token_chars[last] = len(self.decode([last]))
-        need = self.longest + chars + 1
-        w = self.window
-        tail = self.decode(token_ids[-w:])
-        while len(tail) < need and w < len(token_ids):
-            w *= 2
-            tail = self.decode(token_ids[-w:])
-        return any(s in tail for s in self.stops)
-
-    def cut(self, text: str, include: bool) -> str:
-        """The text up to the earliest stop string (through it when include); unchanged when none occurs."""
-        best = None
-        for s in self.stops:
-            i = text.find(s)
-            if i >= 0 and (best is None or i < best[0] or (i == best[0] and len(s) > len(best[1]))):
-                best = (i, s)
-        if best is None:
-            return text
-        return text[: best[0] + (len(best[1]) if include else 0)]
+    key = (params, logits.device)
+    sampler = _SAMPLERS.get(key)
+    if sampler is None:
+        if len(_SAMPLERS) > 64:  # many parameter sets (a sweep): keep the cache bounded
+            _SAMPLERS.clear()
+        sampler = _SAMPLERS[key] = Sampler(params, logits.device)
+    return sampler(logits, seq_ids, step)

@@ -121,6 +121,11 @@ class HFTokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    @property
+    def backend(self) -> Any:
+        """The wrapped `tokenizers.Tokenizer` (stop matching reads its vocabulary and decoder once)."""
+        return self._tok
+
 
 def decode_suffix(tokenizer: Tokenizer, ids: Sequence[int], prefix_len: int, window: int = 8) -> str:
     """The text ids[prefix_len:] adds after the text of ids[:prefix_len], decoding about `window` + new tokens.

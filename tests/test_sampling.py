@@ -1,10 +1,15 @@
-"""SamplingParams validation, the filters against a slow per-row reference, seeded batch-independent draws, stops."""
+"""SamplingParams validation, the filters against a slow per-row reference, seeded batch-independent draws, seeds
+that do not alias, stops."""
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from prompt_tree.sampling import SamplingParams, StopChecker, filtered_probs, sample, sequence_id, uniforms
+from prompt_tree.sampling import (SamplingParams, StopChecker, filtered_probs, sample, sample_reference, seed_key,
+                                  sequence_id, uniforms)
 from prompt_tree.tokenizer import ByteTokenizer
 
 
@@ -125,15 +130,63 @@ def test_draws_are_batch_independent_and_seeded():
 
 
 def test_uniforms_are_uniform_and_per_step_tensor_matches_scalar():
-    u = uniforms(5, torch.arange(200000), 9)
+    key = seed_key(5)
+    u = uniforms(key, torch.arange(200000), 9)
     assert 0 < u.min() and u.max() < 1
     assert abs(u.mean().item() - 0.5) < 5 * (1 / 12 / 200000) ** 0.5
     hist = torch.histc(u.float(), bins=10, min=0, max=1) / 200000
     assert (hist - 0.1).abs().max() < 5 * (0.09 / 200000) ** 0.5
-    steps = torch.tensor([0, 1, 2, 9])
-    per = uniforms(5, torch.tensor([4, 4, 4, 4]), steps)
-    assert per.tolist() == [uniforms(5, torch.tensor([4]), int(s))[0].item() for s in steps]
+    steps = torch.tensor([0, 1, 2, 9, 2**40])
+    per = uniforms(key, torch.tensor([4] * 5), steps)
+    assert per.tolist() == [uniforms(key, torch.tensor([4]), int(s))[0].item() for s in steps]
+    assert uniforms(key, torch.tensor([4]), torch.tensor(9)).item() == per[3].item()
     assert sequence_id("a", 0) == sequence_id("a", 0) != sequence_id("a", 1)
+    assert 2**32 <= max(sequence_id(("k", i), 0) for i in range(64)) < 2**63  # 63-bit ids, all of them used
+    # the high words of the id and the step count: ids or steps equal in their low 32 bits still differ
+    assert uniforms(key, torch.tensor([7, 7 + 2**32]), 0).unique().numel() == 2
+    assert uniforms(key, torch.tensor([7, 7]), torch.tensor([3, 3 + 2**32])).unique().numel() == 2
+
+
+# ----- seeds (issue 15, part 5)
+
+ALIASES_OF_ZERO_BEFORE = [-1, 2**32 + 1, 2**64, (2**32 + 1) << 32]  # seeds the old 32-bit XOR fold sent to 0
+
+
+def test_seeds_that_used_to_alias_draw_differently():
+    ids = torch.arange(256)
+    logits = torch.randn(256, 50, generator=torch.Generator().manual_seed(0))
+    base = uniforms(seed_key(0), ids, 3)
+    draws0 = sample(logits, SamplingParams(seed=0), ids, 3)[0]
+    seeds = ALIASES_OF_ZERO_BEFORE + [2**200 + 5, -(2**100), 1, 2**63, -(2**63)]
+    assert len({seed_key(s) for s in seeds + [0]}) == len(seeds) + 1
+    for s in seeds:
+        assert not torch.equal(uniforms(seed_key(s), ids, 3), base), s
+        assert not torch.equal(sample(logits, SamplingParams(seed=s), ids, 3)[0], draws0), s
+        assert not torch.equal(sample_reference(logits, SamplingParams(seed=s), ids, 3)[0], draws0), s
+
+
+def test_seed_keys_and_uniforms_are_stable_across_processes():
+    seeds = [0, -1, 2**64, 12345678901234567890123, -7]
+    code = ("import torch; from prompt_tree.seeds import seed_key, uniforms, sequence_id;"
+            f"print([seed_key(s) for s in {seeds}]);"
+            "print(uniforms(seed_key(-1), torch.tensor([0, 5, 2**40]), 11).tolist());"
+            "print(sequence_id(('node', 3), 7))")
+    env = dict(os.environ, PYTHONHASHSEED="12345")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout.splitlines()
+    assert out[0] == str([seed_key(s) for s in seeds])
+    assert out[1] == str(uniforms(seed_key(-1), torch.tensor([0, 5, 2**40]), 11).tolist())
+    assert out[2] == str(sequence_id(("node", 3), 7))
+
+
+def test_seed_key_refuses_non_ints():
+    for bad in (1.0, "1", True, None):
+        with pytest.raises(TypeError, match="seed must be an int"):
+            seed_key(bad)
+    with pytest.raises(ValueError, match="SamplingParams.seed: must be an int"):
+        SamplingParams(seed=2.0)
+    with pytest.raises(TypeError, match="key must be seed_key"):
+        uniforms(5, torch.arange(3), 0)
 
 
 # ----- stop strings

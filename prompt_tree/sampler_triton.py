@@ -1,0 +1,393 @@
+"""The sorting-free sampler as one Triton kernel: one program per row, thresholds by pivot counting, no host sync.
+
+Per row, for scaled logits x = logit * (1/T) and m = max x (definitions in `prompt_tree.sampler`):
+  pass 1   raw max and sum of exp (the logprob normaliser), the first argmax (greedy stops here), and for plain
+           temperature sampling the normaliser of x.
+  pass 2   (any filter) count and mass of {x >= m + c} at P = 16 pivots c: 0, -1, ..., -30, log(min_p), -inf.
+           The largest pivot L that provably lies at or below the final threshold T* (from the counts for top-k,
+           the masses for top-p, the pivot itself for min-p) and holds at most C elements above it is chosen.
+  pass 3   compaction: the <= C elements x >= L, in vocabulary order, into a per-row scratch buffer. Then, in
+           registers: a sort of those C values gives t_k, the masses from the top give t_p, and the inverse-CDF
+           pick runs over the buffer in vocabulary order. No pass 4.
+So the common case reads [B, V] three times (greedy once, plain temperature twice: pass 1 and a pick scan that
+stops at the token). When no pivot qualifies (a nucleus wider than C tokens, or k > C), each threshold is found by
+refining its bracket between two pivots: P new pivots evenly spaced in the order-preserving integer image of the
+floats (`_key`), one pass each, until the bracket holds <= C elements (typically one pass, at most 8 since each
+shrinks a 32-bit range 17-fold), then one compaction pass; then a pick scan. The pure-torch equivalent is
+`prompt_tree.sampler.Sampler` with backend "torch"; both are tested against `sampling.sample_reference`.
+
+The uniform is computed in the kernel by the same integer function as `seeds.uniforms` (MurmurHash3 x86_32 of the
+sequence id and step words), and written to `u_out` so tests can compare it.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+PIVOTS = 16  # P: pivots per counting pass (a power of two for tl.arange)
+PIVOT_OFFSETS = (0.0, -1.0, -2.0, -3.0, -4.0, -5.0, -6.0, -7.0, -8.0, -10.0, -12.0, -15.0, -20.0, -30.0)
+BLOCK = 1024  # elements per step of the streaming passes (pass 1, compaction, pick)
+PIVOT_BLOCK = 256  # elements per step of a counting pass: its [PIVOT_BLOCK, P] accumulators live in registers
+_U32 = 0xFFFFFFFF
+
+
+@triton.jit
+def _key(x):
+    """fp32 -> int32 with the same order (-0.0 first becomes +0.0, so equal floats get equal keys)."""
+    b = (x + 0.0).to(tl.int32, bitcast=True)
+    return b ^ ((b >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def _from_key(k):
+    """The inverse of `_key`: int32 -> fp32."""
+    return (k ^ ((k >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _at(vec, ar, j):
+    """vec[j] for a register vector (0 when j is out of range). vec, ar: [N]."""
+    return tl.sum(tl.where(ar == j, vec, 0), 0)
+
+
+@triton.jit
+def _mm_round(h, w):
+    """One MurmurHash3 x86_32 body round on uint32 scalars (seeds._murmur3_words)."""
+    k = w * tl.full([], 0xCC9E2D51, tl.uint32)
+    k = (k << 15) | (k >> 17)
+    k = k * tl.full([], 0x1B873593, tl.uint32)
+    h = h ^ k
+    h = (h << 13) | (h >> 19)
+    return h * tl.full([], 5, tl.uint32) + tl.full([], 0xE6546B64, tl.uint32)
+
+
+@triton.jit
+def _murmur4(w0, w1, w2, w3, seed):
+    h = _mm_round(seed, w0)
+    h = _mm_round(h, w1)
+    h = _mm_round(h, w2)
+    h = _mm_round(h, w3)
+    h = h ^ tl.full([], 16, tl.uint32)
+    h = h ^ (h >> 16)
+    h = h * tl.full([], 0x85EBCA6B, tl.uint32)
+    h = h ^ (h >> 13)
+    h = h * tl.full([], 0xC2B2AE35, tl.uint32)
+    return h ^ (h >> 16)
+
+
+@triton.jit
+def _uniform(sid, step, key_lo, key_hi):
+    """seeds.uniforms for one (sequence id, step): int64 scalars -> fp64 in (0, 1)."""
+    w0 = (sid & 0xFFFFFFFF).to(tl.uint32)
+    w1 = ((sid >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    w2 = (step & 0xFFFFFFFF).to(tl.uint32)
+    w3 = ((step >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    # (+ a typed zero: an int argument equal to 1 arrives as a constexpr, which has no .to)
+    x = _murmur4(w0, w1, w2, w3, (key_lo + tl.zeros([], tl.int64)).to(tl.uint32)).to(tl.int64)
+    y = _murmur4(w0, w1, w2, w3, (key_hi + tl.zeros([], tl.int64)).to(tl.uint32)).to(tl.int64)
+    bits = ((x << 21) ^ (y >> 11)) & 0x1FFFFFFFFFFFFF
+    return (bits.to(tl.float64) + 0.5) * 1.1102230246251565e-16  # 2^-53
+
+
+@triton.jit
+def _count_pass(row_ptr, V, inv_t, m, piv, PB: tl.constexpr, P: tl.constexpr):
+    """cnt[j] = #{x >= piv[j]}, mass[j] = sum of exp(x - m) over them. piv: [P] fp32 -> ([P] int32, [P] fp32).
+    Accumulates [PB, P] in registers and reduces once, so the loop has no cross-thread reduction."""
+    cnt = tl.zeros([PB, P], tl.int32)
+    mass = tl.zeros([PB, P], tl.float32)
+    for start in range(0, V, PB):
+        offs = start + tl.arange(0, PB)
+        inb = offs < V
+        x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32) * inv_t
+        ge = (x[:, None] >= piv[None, :]) & inb[:, None]
+        cnt += ge.to(tl.int32)
+        mass += tl.where(ge, tl.exp(x - m)[:, None], 0.0)
+    return tl.sum(cnt, 0), tl.sum(mass, 0)
+
+
+@triton.jit
+def _compact(row_ptr, V, inv_t, lo, hi, bv_ptr, bi_ptr, BLOCK: tl.constexpr, C: tl.constexpr):
+    """Write the x with lo <= x < hi, in vocabulary order, to bv[0:n] and their indices to bi[0:n]; returns n."""
+    n = tl.zeros([], tl.int32)
+    for start in range(0, V, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        inb = offs < V
+        x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32) * inv_t
+        sel = inb & (x >= lo) & (x < hi)
+        pos = n + tl.cumsum(sel.to(tl.int32), 0) - 1
+        tl.store(bv_ptr + pos, x, mask=sel & (pos < C))
+        tl.store(bi_ptr + pos, offs, mask=sel & (pos < C))
+        n += tl.sum(sel.to(tl.int32), 0)
+    tl.debug_barrier()  # the buffer is read back by other threads of this program
+    return n
+
+
+@triton.jit
+def _select(row_ptr, V, inv_t, m, target_c, target_m, lo, lo_c, lo_m, hi, hi_c, hi_m, bv_ptr, bi_ptr,
+            BY_MASS: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr, C: tl.constexpr, P: tl.constexpr):
+    """The largest element value t with F(t) >= target, given F(lo) >= target > F(hi); F is the count (target_c)
+    or, BY_MASS, the mass (target_m) of {x >= t}. (lo|hi)_(c|m): the count and mass at lo and hi.
+    Returns (t, count at t, mass at t)."""
+    ar = tl.arange(0, P)
+    while ((lo_c - hi_c) > C) & ((_key(hi).to(tl.int64) - _key(lo).to(tl.int64)) > 1):
+        klo = _key(lo).to(tl.int64)
+        khi = _key(hi).to(tl.int64)
+        piv = _from_key((klo + ((khi - klo) * (ar + 1)) // (P + 1)).to(tl.int32))  # ascending, inside [lo, hi)
+        cnt, mass = _count_pass(row_ptr, V, inv_t, m, piv, PB, P)
+        if BY_MASS:
+            ok = mass >= target_m
+        else:
+            ok = cnt >= target_c
+        j_lo = tl.max(tl.where(ok, ar, -1), 0)  # F decreases with the pivot: ok holds on a prefix
+        j_hi = tl.min(tl.where(ok, P, ar), 0)
+        lo_new = j_lo >= 0
+        lo = tl.where(lo_new, _at(piv, ar, j_lo), lo)
+        lo_c = tl.where(lo_new, _at(cnt, ar, j_lo), lo_c)
+        lo_m = tl.where(lo_new, _at(mass, ar, j_lo), lo_m)
+        hi_new = j_hi < P
+        hi = tl.where(hi_new, _at(piv, ar, j_hi), hi)
+        hi_c = tl.where(hi_new, _at(cnt, ar, j_hi), hi_c)
+        hi_m = tl.where(hi_new, _at(mass, ar, j_hi), hi_m)
+    t = lo
+    t_c = lo_c
+    t_m = lo_m
+    if (lo_c - hi_c) <= C:
+        n = _compact(row_ptr, V, inv_t, lo, hi, bv_ptr, bi_ptr, BLOCK, C)
+        arc = tl.arange(0, C)
+        live = arc < n
+        s = tl.sort(tl.load(bv_ptr + arc, mask=live, other=float("-inf")), descending=True)
+        g = tl.where(live, tl.exp(s - m), 0.0)
+        if BY_MASS:
+            reach = (hi_m + tl.cumsum(g, 0)) >= target_m
+        else:
+            reach = (hi_c + arc + 1) >= target_c
+        first = tl.min(tl.where(live & reach, arc, n - 1), 0)  # n - 1: rounding lost the last bit of mass
+        t = _at(s, arc, first)
+        above = live & (s >= t)
+        t_c = hi_c + tl.sum(above.to(tl.int32), 0)
+        t_m = hi_m + tl.sum(tl.where(above, g, 0.0), 0)
+    # else: one distinct value is left in [lo, hi), and it is lo
+    return t, t_c, t_m
+
+
+@triton.jit
+def _pick_scan(row_ptr, V, inv_t, m, T, total, u, BLOCK: tl.constexpr):
+    """First index, in vocabulary order, whose running kept mass exceeds u * total (else the last kept one)."""
+    target = (u * total.to(tl.float64)).to(tl.float32)
+    run = tl.zeros([], tl.float32)
+    tok = tl.full([], -1, tl.int32)
+    last = tl.full([], -1, tl.int32)
+    start = tl.zeros([], tl.int32)
+    while (tok < 0) & (start < V):
+        offs = start + tl.arange(0, BLOCK)
+        inb = offs < V
+        x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32) * inv_t
+        kept = inb & (x >= T)
+        cum = run + tl.cumsum(tl.where(kept, tl.exp(x - m), 0.0), 0)
+        j = tl.min(tl.where(kept & (cum > target), offs, 2147483647), 0)
+        tok = tl.where(j < 2147483647, j, tok)
+        last = tl.maximum(last, tl.max(tl.where(kept, offs, -1), 0))
+        run = tl.max(cum, 0)  # cum is non-decreasing: its max is the running total
+        start += BLOCK
+    return tl.where(tok < 0, last, tok)
+
+
+@triton.jit
+def _sample_kernel(
+    logits_ptr, stride_row,  # [B, V] fp32 / fp16 / bf16, unit stride along V
+    seq_ptr,  # [B] int64
+    step_ptr, step_stride, step_val,  # [B] or [] int64 (STEP_TENSOR) or the int step_val
+    tok_ptr, lp_ptr, u_ptr,  # [B] int64, [B] fp32, [B] fp64 outputs
+    bv_ptr, bi_ptr,  # [B, C] fp32 / int32 scratch
+    piv_off_ptr,  # [P] fp32 pivot offsets, descending, the last -inf
+    V, inv_t, top_k, top_p, log_min_p, key_lo, key_hi,
+    GREEDY: tl.constexpr, NEED_Z: tl.constexpr, HAS_TOPK: tl.constexpr, HAS_TOPP: tl.constexpr,
+    HAS_MINP: tl.constexpr, STEP_TENSOR: tl.constexpr,
+    BLOCK: tl.constexpr, PB: tl.constexpr, C: tl.constexpr, P: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    row_ptr = logits_ptr + row * stride_row
+    bv_ptr += row * C
+    bi_ptr += row * C
+    NEG: tl.constexpr = float("-inf")
+
+    # ---- pass 1: per-lane online max / sum of exp of the raw logits (and of x when NEED_Z), first argmax
+    ar = tl.arange(0, BLOCK)
+    m_l = tl.full([BLOCK], NEG, tl.float32)
+    s_l = tl.zeros([BLOCK], tl.float32)
+    z_l = tl.zeros([BLOCK], tl.float32)
+    a_l = tl.zeros([BLOCK], tl.int32)
+    for start in range(0, V, BLOCK):
+        offs = start + ar
+        inb = offs < V
+        raw = tl.load(row_ptr + offs, mask=inb, other=NEG).to(tl.float32)
+        m_new = tl.maximum(m_l, raw)
+        a_l = tl.where(raw > m_l, offs, a_l)  # strictly greater: a lane keeps its first maximum
+        m_use = tl.where(m_new == NEG, 0.0, m_new)
+        s_l = s_l * tl.exp(m_l - m_use) + tl.exp(raw - m_use)
+        if NEED_Z:
+            z_l = z_l * tl.exp((m_l - m_use) * inv_t) + tl.exp((raw - m_use) * inv_t)
+        m_l = m_new
+    m_raw = tl.max(m_l, 0)
+    m_use = tl.where(m_raw == NEG, 0.0, m_raw)
+    lse = m_use + tl.log(tl.sum(s_l * tl.exp(m_l - m_use), 0))
+
+    if GREEDY:
+        tok = tl.min(tl.where(m_l == m_raw, a_l, 2147483647), 0)
+    else:
+        if STEP_TENSOR:
+            step = tl.load(step_ptr + row * step_stride)
+        else:
+            step = step_val + tl.zeros([], tl.int64)
+        u = _uniform(tl.load(seq_ptr + row), step, key_lo, key_hi)
+        tl.store(u_ptr + row, u)
+        m = m_raw * inv_t  # = max x exactly: multiplying by a positive constant keeps the order
+        t_min = NEG
+        if HAS_MINP:
+            t_min = m + log_min_p
+        if HAS_TOPK or HAS_TOPP or HAS_MINP:
+            # ---- pass 2: counts and masses at the fixed pivots
+            arp = tl.arange(0, P)
+            piv = m + tl.load(piv_off_ptr + arp)
+            cnt, mass = _count_pass(row_ptr, V, inv_t, m, piv, PB, P)
+            z = _at(mass, arp, P - 1)  # the last pivot is -inf: the whole row
+            # pivots that provably lie at or below T* (see the module docstring of prompt_tree.sampler)
+            if HAS_TOPK:
+                below = cnt >= top_k
+                if HAS_MINP and not HAS_TOPP:
+                    below = below | (piv <= t_min)
+            elif HAS_TOPP:
+                below = mass >= top_p * z
+                if HAS_MINP:
+                    below = below | (piv <= t_min)
+            else:
+                below = piv <= t_min
+            j_l = tl.min(tl.where(below & (cnt <= C), arp, P), 0)
+            if j_l < P:
+                # ---- pass 3: everything at or above L, then thresholds and the pick in registers
+                L = _at(piv, arp, j_l)
+                n = _compact(row_ptr, V, inv_t, L, float("inf"), bv_ptr, bi_ptr, BLOCK, C)
+                arc = tl.arange(0, C)
+                live = arc < n
+                cv = tl.load(bv_ptr + arc, mask=live, other=NEG)
+                ci = tl.load(bi_ptr + arc, mask=live, other=0)
+                s = tl.sort(cv, descending=True)
+                ws = tl.exp(s - m)
+                t_k = tl.full([], NEG, tl.float32)
+                z_k = z
+                if HAS_TOPK:
+                    t_k = tl.where(top_k <= n, _at(s, arc, top_k - 1), NEG)
+                    z_k = tl.sum(tl.where(s >= t_k, ws, 0.0), 0)
+                t_p = tl.full([], NEG, tl.float32)
+                if HAS_TOPP:
+                    cum = tl.cumsum(tl.where(s >= t_k, ws, 0.0), 0)
+                    first = tl.min(tl.where(live & (cum >= top_p * z_k), arc, C), 0)
+                    t_p = tl.where(first < C, _at(s, arc, first), NEG)
+                # T* >= L holds exactly; max with L only repairs a rounding miss
+                T = tl.maximum(tl.maximum(tl.maximum(t_k, t_p), t_min), L)
+                kept = live & (cv >= T)
+                wv = tl.where(kept, tl.exp(cv - m), 0.0)
+                target = (u * tl.sum(wv, 0).to(tl.float64)).to(tl.float32)
+                j = tl.min(tl.where(kept & (tl.cumsum(wv, 0) > target), arc, C), 0)
+                j = tl.where(j < C, j, tl.max(tl.where(kept, arc, -1), 0))
+                tok = _at(ci, arc, j)
+            else:
+                # ---- fallback: refine each threshold's bracket, then a pick scan
+                hi_top = _from_key(_key(m) + 1)  # just above the max: count and mass 0
+                zero_c = tl.zeros([], tl.int32)
+                zero_m = tl.zeros([], tl.float32)
+                t_k = tl.full([], NEG, tl.float32)
+                c_k = V + zero_c
+                z_k = z
+                if HAS_TOPK:
+                    j = tl.min(tl.where(cnt >= top_k, arp, P), 0)  # exists: the -inf pivot counts V >= k
+                    up = j > 0
+                    t_k, c_k, z_k = _select(
+                        row_ptr, V, inv_t, m, top_k, zero_m, _at(piv, arp, j), _at(cnt, arp, j), _at(mass, arp, j),
+                        tl.where(up, _at(piv, arp, j - 1), hi_top), tl.where(up, _at(cnt, arp, j - 1), zero_c),
+                        tl.where(up, _at(mass, arp, j - 1), zero_m), bv_ptr, bi_ptr, False, BLOCK, PB, C, P)
+                t_p = tl.full([], NEG, tl.float32)
+                m_p = z
+                if HAS_TOPP:
+                    target_p = top_p * z_k
+                    j = tl.min(tl.where((mass >= target_p) & (piv >= t_k), arp, P), 0)
+                    found = j < P
+                    # a pivot reaching the target, else t_k; above it the next larger pivot, else hi_top
+                    j_up = tl.where(found, j - 1, tl.max(tl.where(piv > t_k, arp, -1), 0))
+                    up = j_up >= 0
+                    t_p, c_p, m_p = _select(
+                        row_ptr, V, inv_t, m, zero_c, target_p,
+                        tl.where(found, _at(piv, arp, j), t_k), tl.where(found, _at(cnt, arp, j), c_k),
+                        tl.where(found, _at(mass, arp, j), z_k),
+                        tl.where(up, _at(piv, arp, j_up), hi_top), tl.where(up, _at(cnt, arp, j_up), zero_c),
+                        tl.where(up, _at(mass, arp, j_up), zero_m), bv_ptr, bi_ptr, True, BLOCK, PB, C, P)
+                T = tl.maximum(tl.maximum(t_k, t_p), t_min)
+                total = z
+                if HAS_TOPK:
+                    total = tl.where(t_k == T, z_k, total)
+                if HAS_TOPP:
+                    total = tl.where(t_p == T, m_p, total)
+                if HAS_MINP:
+                    j = tl.min(tl.where(piv == t_min, arp, P), 0)  # the pivot m + log(min_p) is t_min exactly
+                    total = tl.where(t_min == T, _at(mass, arp, j), total)
+                tok = _pick_scan(row_ptr, V, inv_t, m, T, total, u, BLOCK)
+        else:
+            z = tl.sum(z_l * tl.exp((m_l - m_use) * inv_t), 0)
+            tok = _pick_scan(row_ptr, V, inv_t, m, NEG, z, u, BLOCK)
+    lp = tl.load(row_ptr + tok).to(tl.float32) - lse
+    tl.store(tok_ptr + row, tok.to(tl.int64))
+    tl.store(lp_ptr + row, lp)
+
+
+class TritonSampler:
+    """The launcher behind `Sampler(backend="triton")`: constants on the device built once, one launch per call.
+
+    sampler: the `prompt_tree.sampler.Sampler` whose settings (inv_t, top_p, log_min_p, key, candidates) it uses.
+    """
+
+    def __init__(self, sampler, block: int | None = None):
+        self.s = sampler
+        self.block = block or BLOCK
+        self.pivot_block = min(PIVOT_BLOCK, self.block)
+        # descending, min-p's own offset among them (its mass is the fallback pick's total), the last -inf
+        offsets = sorted(set(PIVOT_OFFSETS) | ({sampler.log_min_p} if sampler.log_min_p is not None else set()),
+                         reverse=True)
+        assert len(offsets) < PIVOTS
+        offsets += [float("-inf")] * (PIVOTS - len(offsets))
+        self.pivot_offsets = torch.tensor(offsets, dtype=torch.float32, device=sampler.device)
+        self.u_out = None  # [B] fp64 of the last call (tests compare it with seeds.uniforms)
+
+    def __call__(self, logits: torch.Tensor, seq_ids: torch.Tensor, step):
+        s = self.s
+        B, V = logits.shape
+        if logits.stride(1) != 1:
+            logits = logits.contiguous()
+        dev = logits.device
+        C = s.candidates
+        tokens = torch.empty(B, dtype=torch.int64, device=dev)
+        logprobs = torch.empty(B, dtype=torch.float32, device=dev)
+        u_out = torch.empty(B, dtype=torch.float64, device=dev)
+        greedy = s.greedy
+        k = s.top_k_for(V)
+        has_topp = not greedy and s.top_p < 1
+        has_minp = not greedy and s.log_min_p is not None
+        has_topk = not greedy and k > 0
+        any_filter = has_topk or has_topp or has_minp
+        bv = torch.empty(B if any_filter else 1, C, dtype=torch.float32, device=dev)
+        bi = torch.empty(B if any_filter else 1, C, dtype=torch.int32, device=dev)
+        step_tensor = isinstance(step, torch.Tensor)
+        step_arg = step if step_tensor else seq_ids  # any int64 pointer when unused
+        step_stride = (step.stride(0) if step.dim() == 1 else 0) if step_tensor else 0
+        _sample_kernel[(B,)](
+            logits, logits.stride(0), seq_ids, step_arg, step_stride, 0 if step_tensor else int(step),
+            tokens, logprobs, u_out, bv, bi, self.pivot_offsets,
+            V, 1.0 if greedy else s.inv_t, k, s.top_p, s.log_min_p if has_minp else 0.0, s.key[0], s.key[1],
+            GREEDY=greedy, NEED_Z=not greedy and not any_filter, HAS_TOPK=has_topk, HAS_TOPP=has_topp,
+            HAS_MINP=has_minp, STEP_TENSOR=step_tensor,
+            BLOCK=self.block, PB=self.pivot_block, C=C, P=PIVOTS, num_warps=8,
+        )
+        self.u_out = u_out
+        return tokens, logprobs

@@ -1,0 +1,124 @@
+"""Sort-based reference sampler against the sorting-free one (issue 15, part 3), on the CPU (torch path) or a GPU
+(Triton kernel), over batch x vocabulary x sampling settings. Prints a table and writes JSON.
+
+Logits are "peaked" by default, shaped like a language model's: a Gaussian tail (sd 1) plus 1-40 tokens lifted by
+12-20 nats, enough to outweigh the tail's total mass (128k * e^0.5 ~ e^12), so the APPS setting (T 0.8, top-p
+0.95) keeps about 1-40 tokens; "flat" logits (sd 1, no lifted tokens) put most of the vocabulary in the nucleus
+and exercise the fallback. Every timed call is also checked: the tokens must equal the
+reference's except on rows the reference decides within rounding (counted, shown as `differ`).
+
+    PYTHONPATH=$PWD python3 tools/bench_sampler.py --out sampler_cpu.json          # CPU, torch path
+    PYTHONPATH=$PWD python3 tools/bench_sampler.py --device cuda --out sampler_h200.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from prompt_tree.sampler import Sampler  # noqa: E402
+from prompt_tree.sampling import SamplingParams, sample_reference  # noqa: E402
+
+SETTINGS = {
+    "apps": dict(temperature=0.8, top_p=0.95),
+    "topk50_topp0.9": dict(temperature=0.7, top_k=50, top_p=0.9),
+    "minp0.05": dict(temperature=1.0, min_p=0.05),
+    "greedy": dict(temperature=0.0),
+}
+
+
+def make_logits(B: int, V: int, dist: str, device, dtype, seed: int = 0) -> torch.Tensor:
+    """[B, V] logits; see the module docstring for the two shapes."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    if dist == "flat":
+        x = torch.randn(B, V, generator=g)
+    else:
+        x = torch.randn(B, V, generator=g)
+        top = torch.randint(1, 41, (B,), generator=g)
+        for b in range(B):
+            idx = torch.randint(0, V, (int(top[b]),), generator=g)
+            x[b, idx] += 12 + 8 * torch.rand(len(idx), generator=g)
+    return x.to(device=device, dtype=dtype)
+
+
+def timed(fn, device, repeats: int) -> float:
+    """Median seconds of fn() (CUDA: events around each call after a warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--batch", type=int, nargs="+", default=[32, 128, 1024], help="batch sizes")
+    ap.add_argument("--vocab", type=int, nargs="+", default=[32000, 128256], help="vocabulary sizes")
+    ap.add_argument("--settings", nargs="+", default=["apps", "topk50_topp0.9", "minp0.05"],
+                    choices=sorted(SETTINGS), help="sampling settings")
+    ap.add_argument("--dist", nargs="+", default=["peaked"], choices=["peaked", "flat"], help="logit shapes")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="logits dtype")
+    ap.add_argument("--repeats", type=int, default=0, help="timed calls per row (0: 3 on the CPU, 20 on a GPU)")
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    repeats = args.repeats or (20 if device.type == "cuda" else 3)
+    rows = []
+    print(f"{'setting':16} {'dist':6} {'B':>5} {'V':>7} {'sort ms':>9} {'ours ms':>9} {'speedup':>8} {'differ':>6}")
+    for dist in args.dist:
+        for V in args.vocab:
+            for B in args.batch:
+                logits = make_logits(B, V, dist, device, dtype)
+                ids = torch.arange(B, device=device) * 7919
+                step = torch.full((B,), 3, dtype=torch.int64, device=device)
+                for name in args.settings:
+                    params = SamplingParams(seed=1, **SETTINGS[name])
+                    sampler = Sampler(params, device)
+                    ours = sampler(logits, ids, step)[0]
+                    ref = sample_reference(logits, params, ids, step)[0]
+                    t_ref = timed(lambda: sample_reference(logits, params, ids, step), device,
+                                  max(1, repeats // (4 if B * V > 2**26 and device.type == "cpu" else 1)))
+                    t_ours = timed(lambda: sampler(logits, ids, step), device, repeats)
+                    row = dict(setting=name, params=SETTINGS[name], dist=dist, batch=B, vocab=V, dtype=args.dtype,
+                               backend=sampler.backend, sort_ms=t_ref * 1e3, ours_ms=t_ours * 1e3,
+                               speedup=t_ref / t_ours, differ=int((ours != ref).sum()))
+                    rows.append(row)
+                    print(f"{name:16} {dist:6} {B:5d} {V:7d} {row['sort_ms']:9.2f} {row['ours_ms']:9.3f} "
+                          f"{row['speedup']:8.1f} {row['differ']:6d}", flush=True)
+    meta = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else
+                (platform.processor() or platform.machine()), threads=torch.get_num_threads(),
+                torch=torch.__version__, python=platform.python_version())
+    try:
+        import triton
+
+        meta["triton"] = triton.__version__
+    except ImportError:
+        pass
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(meta, rows=rows), f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
