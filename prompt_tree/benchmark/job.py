@@ -183,7 +183,7 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
             for kind in lengths:
                 budget = budgets(shape, kind, seed)
                 mean_budget = statistics.fmean(budget.values())
-                pairs_of_tree = None
+                tree_run = None  # (step pairs, KV bytes, max rows) of this row group's continuous-tree run
                 for name in engines:
                     row = JobRow(model, shape.name, kind, name, shape.problems, shape.samples, mean_budget=mean_budget)
                     key = (model, shape.name, kind, name, shape.problems, shape.samples)
@@ -195,12 +195,13 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
                     if name == "ideal":
                         tree_row = next((r for r in results["rows"] if r["model"] == model and r["lengths"] == kind
                                          and r["engine"] == "continuous-tree" and r["shape"] == shape.name), None)
-                        if tree_row is None or pairs_of_tree is None:
-                            row.skipped = "needs the continuous-tree row of the same run"
+                        if tree_row is None or not tree_run or not tree_run[0]:
+                            row.skipped = "needs the continuous-tree row of the same run (on a GPU: step times)"
                         else:
                             row.generated_tokens = tree_row["generated_tokens"]
-                            _ideal(row, pairs_of_tree, shape, config, eng.dtype, eng_kv_bytes,
-                                   tree_row["generated_tokens"] / (shape.problems * shape.samples), eng_rows)
+                            pairs, kv_bytes, max_rows, run_dtype = tree_run
+                            _ideal(row, pairs, shape, config, run_dtype, kv_bytes,
+                                   tree_row["generated_tokens"] / (shape.problems * shape.samples), max_rows)
                         results["rows"].append(asdict(row))
                         write(results, out)
                         continue
@@ -236,8 +237,7 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
                     row.preemptions, row.captures = sm.preemptions, sm.captures
                     row.decode_steps, row.prefill_s, row.host_s = sm.decode_steps, sm.prefill_seconds, sm.host_seconds
                     if name == "continuous-tree":
-                        pairs_of_tree = res.step_log
-                        eng_kv_bytes, eng_rows = sm.kv_bytes, sm.max_rows
+                        tree_run = (res.step_log, sm.kv_bytes, sm.max_rows, eng.dtype)
                     del res
                     results["rows"].append(asdict(row))
                     log(f"{model} {shape.name} {kind} {name}: {row.seconds:.1f} s, {row.tokens_per_s:,.0f} tok/s, "

@@ -25,9 +25,10 @@ import torch
 
 from ..config import get_preset
 from ..engine import Engine
-from ..engine.engine import _Stops, make_sampler
 from ..engine.run import GenerationRun
+from ..sampler import Sampler
 from ..sampling import SamplingParams
+from ..stops import StopMatcher
 from ..tree import PromptTree
 from .bench_tokenizer import bench_tokenizer
 from .limit import Ceilings, measure_ceilings, physical_step_seconds
@@ -82,9 +83,9 @@ def measure_row(engine: Engine, batch: int, prefix: int, mode: str, sampled: boo
     shared = tree.root.add([rng.randrange(vocab) for _ in range(prefix)], key="prefix")
     shared.add([], samples=batch, key="samples")
     params = sampling_params(sampled, suffix + WARMUP_STEPS + steps + 4)
-    stops = _Stops(params.stop, engine.tokenizer.decode) if params.stop else None
+    stops = StopMatcher(params.stop, engine.tokenizer) if params.stop else None
     run = GenerationRun(engine, engine.plan(tree, params), params, mode, batch, lambda c: None,
-                        make_sampler(params, engine.device), stops)
+                        Sampler(params, engine.device), stops)
     with torch.inference_mode():
         run.runner.kv.normal_()  # never time on zeros; prefill overwrites the prefix
         run.scheduler.admit()

@@ -20,7 +20,9 @@ import torch
 
 from ..config import get_preset
 from ..loading import load_model, random_model
-from ..sampling import SamplingParams, StopChecker, sample
+from ..sampler import Sampler
+from ..sampling import SamplingParams
+from ..stops import StopMatcher
 from ..tokenizer import random_model_tokenizer
 from .memory import BatchCost, available_memory, plan_cost
 from .options import EngineOptions
@@ -29,28 +31,6 @@ from .run import GenerationRun
 
 # "tree": shared nodes read once per group; "flat": every sequence reads its whole path; "none": no attention.
 ATTENTION_MODES = ("tree", "flat", "none")
-
-
-class _Stops:
-    """Stop strings through the sampling module's checker (host side, per new token)."""
-
-    def __init__(self, stops, decode):
-        self._checker = StopChecker(stops, decode)
-
-    def push(self, seq, token: int) -> bool:
-        return self._checker.hit(seq.tokens)
-
-    def cut(self, text: str, include: bool) -> str:
-        return self._checker.cut(text, include)
-
-
-def make_sampler(params: SamplingParams, device: torch.device) -> Callable:
-    """(logits [B, V], seq_ids [B], step [B]) -> (tokens [B] int64, logprobs [B] fp32)."""
-
-    def sampler(logits, seq_ids, step):
-        return sample(logits.float(), params, seq_ids, step)
-
-    return sampler
 
 
 class Engine:
@@ -188,14 +168,14 @@ class Engine:
             if on_complete is not None:
                 on_complete(c.key, c.sample_index, c)
 
-        stops = _Stops(params.stop, self.tokenizer.decode) if params.stop else None
+        stops = StopMatcher(params.stop, self.tokenizer) if params.stop else None
         cap = max_batch_sequences
         if self.options.max_batch_sequences is not None:
             cap = self.options.max_batch_sequences if cap is None else min(cap, self.options.max_batch_sequences)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         try:
-            run = GenerationRun(self, plan, params, attention, cap, done, make_sampler(params, self.device), stops,
+            run = GenerationRun(self, plan, params, attention, cap, done, Sampler(params, self.device), stops,
                                 length_budget)
             run.runner.sync()
             t0 = time.perf_counter()

@@ -1,0 +1,79 @@
+"""The step and job benchmarks end to end on the CPU (tiny random model): the files, the fields, the rows they
+say they measure. Timings on a CPU mean nothing and are not checked; what is checked is what a GPU run relies on."""
+import json
+
+import pytest
+
+from prompt_tree.benchmark import job, step
+from prompt_tree.benchmark.limit import Ceilings, physical_step_seconds
+from prompt_tree.config import get_preset
+from prompt_tree.commands import bench as bench_cmd
+
+CEIL = Ceilings(1e11, 1e12)
+
+
+def test_step_benchmark_writes_every_row_with_its_floor(tmp_path):
+    res = step.run_step_benchmark(["tiny"], (2, 3), (16,), ("none", "tree", "flat"), ("greedy", "sampled"),
+                                  str(tmp_path), device="cpu", dtype="fp32", ceilings=CEIL, steps=2, suffix=4,
+                                  log=lambda *a: None)
+    saved = json.loads((tmp_path / "step.json").read_text())
+    assert saved["rows"] == res["rows"] and len(saved["rows"]) == 2 * 3 * 2
+    assert {"device", "torch", "triton", "copy_bw_tbs", "matmul_tflops"} <= set(saved)
+    for r in saved["rows"]:
+        assert r["skipped"] is None and r["step_ms"] > 0 and r["physical_ms"] > 0
+        assert r["step_over_physical"] == pytest.approx(r["step_ms"] / r["physical_ms"])
+    cfg = get_preset("tiny")
+    none = physical_step_seconds(cfg, 4, 3, CEIL)
+    tree = physical_step_seconds(cfg, 4, 3, CEIL, kv_tokens_read=16 + 3 * 5, keys_attended=3 * 21)
+    assert tree > none > 0  # attention adds KV bytes and flops to the dense floor
+    assert "| tiny | after | 3 | 16 | tree | sampled |" in (tmp_path / "step.md").read_text()
+
+
+def test_job_benchmark_rows_and_length_budgets(tmp_path):
+    res = job.run_job_benchmark(["apps"], lambda s: ("tiny",), ("lognormal", "fixed"),
+                                ("continuous-tree", "static-tree", "continuous-flat", "ideal"), str(tmp_path),
+                                device="cpu", dtype="fp32", problems=2, samples=3, max_new=12, log=lambda *a: None)
+    rows = {(r["lengths"], r["engine"]): r for r in res["rows"]}
+    assert len(rows) == 8
+    for kind in ("lognormal", "fixed"):
+        b = job.budgets(job.JobShape("apps", 2400, 500, 2, 3, 12), kind)
+        for name in ("continuous-tree", "static-tree", "continuous-flat"):
+            r = rows[(kind, name)]
+            # every sample ran to its budget (EOS off; stop strings on but a random byte model rarely emits them)
+            assert r["generated_tokens"] <= sum(b.values()) and r["seconds"] > 0 and r["mean_batch"] > 0
+            assert 0 < r["kv_occupancy"] <= 1
+        # the same samples whatever the engine
+        assert rows[(kind, "continuous-tree")]["generated_tokens"] == rows[(kind, "static-tree")]["generated_tokens"]
+        assert rows[(kind, "ideal")]["skipped"]  # the ideal needs device step times (CUDA)
+    assert rows[("fixed", "continuous-tree")]["mean_budget"] == 12
+    assert json.loads((tmp_path / "job.json").read_text())["rows"] == res["rows"]
+    # resume: nothing is measured again
+    again = job.run_job_benchmark(["apps"], lambda s: ("tiny",), ("lognormal",), ("continuous-tree",),
+                                  str(tmp_path), device="cpu", dtype="fp32", problems=2, samples=3, max_new=12,
+                                  log=lambda *a: pytest.fail("a measured row ran again"))
+    assert len(again["rows"]) == 6  # the skipped ideal rows are not kept
+
+
+def test_length_distributions_are_documented_and_bounded():
+    import random
+
+    rng = random.Random(0)
+    draws = {k: [job.draw_length(k, rng) for _ in range(4000)] for k in job.LENGTHS}
+    assert set(draws["fixed"]) == {512}
+    ln = sorted(draws["lognormal"])
+    assert 160 <= ln[len(ln) // 2] <= 200 and max(ln) <= 512 and min(ln) >= 1
+    mix = draws["mix"]
+    assert 0.12 < sum(x == 512 for x in mix) / len(mix) < 0.2
+    with pytest.raises(ValueError, match="unknown length distribution"):
+        job.draw_length("uniform", rng)
+
+
+def test_bench_command_checks_the_job_flags(capsys):
+    import argparse
+
+    p = argparse.ArgumentParser()
+    bench_cmd.add_arguments(p)
+    assert bench_cmd.run(p.parse_args(["--workloads", "job", "--lengths", "uniform", "--device", "cpu"])) == 2
+    assert "--lengths: 'uniform' is not one of" in capsys.readouterr().err
+    assert bench_cmd.run(p.parse_args(["--workloads", "job", "--engines", "ideal", "--device", "cpu"])) == 2
+    assert "ideal needs continuous-tree" in capsys.readouterr().err
