@@ -38,12 +38,17 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from tasks.sandbox.wipe import remove_tree
+
 # The program gets this long beyond its wall limit for the sandbox's own start (unshare, the init) before this
 # process kills the whole tree itself; the init's own timer is the limit that normally fires.
 _BACKSTOP_SLACK_S = 5.0
 # Fresh uids for the programs come from here: far above login uids (< 65536) and the usual subuid ranges.
 _UID_BASE, _UID_SPAN = 3_000_000, 1_000_000
 _MODES = ("auto", "namespace", "fallback")
+# PT_SANDBOX is shared with the warm sandbox (tasks.sandbox.config), whose "userns" mode this per-test sandbox
+# does not have: there it means "auto" (namespaces as root, else the fallback).
+_ALIASES = {"userns": "auto"}
 
 # The init: runs first in the sandbox, as root, with `python -I -S -c`. Kept to the standard library and small.
 # argv[1] is a JSON config (see `_init_config`). It writes one JSON line on fd cfg["status_fd"].
@@ -263,6 +268,7 @@ def sandbox_mode(requested: str | None = None) -> str:
     """'namespace' or 'fallback'. `requested` (or env PT_SANDBOX) in {'auto', 'namespace', 'fallback'};
     'auto' probes a trivial namespace run once and caches the answer, warning if it falls back."""
     req = requested or os.environ.get("PT_SANDBOX", "auto")
+    req = _ALIASES.get(req, req)
     if req not in _MODES:
         raise ValueError(f"sandbox mode {req!r} is not one of {_MODES} (argument sandbox= or env PT_SANDBOX)")
     if req != "auto":
@@ -371,6 +377,14 @@ def run_program(code: str, stdin: str | bytes = "", timeout: float = 4.0, memory
                 namespace=(mode == "namespace"))
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
 def run_many(jobs, workers: int | None = None, *, sandbox: str | None = None, **kwargs) -> list[RunResult]:
     """Run many programs in parallel (threads driving subprocesses); results in the order of `jobs`.
     Each job is a `RunJob` or a plain code string; `kwargs` go to every `run_program` call."""
@@ -379,7 +393,7 @@ def run_many(jobs, workers: int | None = None, *, sandbox: str | None = None, **
         if not isinstance(j, RunJob):
             raise TypeError(f"run_many: each job must be a RunJob or a code string, got {type(j).__name__}")
     sandbox_mode(sandbox)  # probe once, in this thread, before the pool starts
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
 
     def one(j: RunJob) -> RunResult:
         return run_program(j.code, j.stdin, j.timeout, j.memory_mb, files=j.files, sandbox=sandbox, **kwargs)
@@ -452,7 +466,7 @@ def _run(spec: _Spec, namespace: bool) -> RunResult:
     finally:
         if uid is not None and not namespace:
             _kill_uid(uid)  # fallback as root: anything of that uid that escaped the group and the subreaper
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_tree(workdir)  # iterative: 3000 nested directories broke shutil.rmtree (RecursionError)
         _release_uid(uid)
 
 
