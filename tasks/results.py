@@ -5,6 +5,7 @@ Layout of a run directory (`--out`):
     generations.jsonl   one line per completion: problem_id, sample_index, completion, code, finish_reason, tokens
     verdicts.jsonl      one line per executed program: problem_id, sample_index, results (per test), passed
     summary.json        written at the end (see tasks.runner)
+    .lock               held (fcntl.flock) by the one process writing the directory; it names that process
     generations.rank<d>.jsonl, verdicts.rank<d>.jsonl
                         under torchrun, data-parallel group d's records (RunStore(part=...)); rank 0 merges them
                         into the two files above at the end (tasks.dp_runner)
@@ -17,6 +18,7 @@ append, so the next record does not glue onto it. A malformed line anywhere else
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -28,9 +30,11 @@ CONFIG_FILE = "config.json"
 GENERATIONS_FILE = "generations.jsonl"
 VERDICTS_FILE = "verdicts.jsonl"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
 # Run-config fields added after runs were already being written, with the value a config.json that lacks one
 # meant: such a run resumes as before (config_differences fills them in when the wanted config has them).
-CONFIG_FIELD_DEFAULTS = {"few_shot_source": "embedded"}
+# Runs made before issue 13 ran without the APPS preamble and all tests: resuming one needs --no-preamble.
+CONFIG_FIELD_DEFAULTS = {"few_shot_source": "embedded", "preamble": False, "fail_fast": False}
 
 
 class RunDirError(ValueError):
@@ -57,13 +61,17 @@ class GenerationRecord:
 @dataclass
 class VerdictRecord:
     """The checker's verdict on one program: results[t] is True / False / -1 (runtime error or timeout) /
-    -2 (compile error) for test t; passed = every test True; error = why the first failing test failed."""
+    -2 (compile error) for test t; passed = every test True; error = why the first failing test failed.
+    duplicate_of: set when the program was not run because an identical one of the same problem was (its
+    sample index; the verdict is that run's). Records written before these fields existed load with None."""
 
     problem_id: str
     sample_index: int
     results: list = field(default_factory=list)
     passed: bool = False
     error: str | None = None  # the checker's word on the first test that did not pass ('wrong answer', ...)
+    duplicate_of: int | None = None  # same program (trailing whitespace aside) as this sample, which ran
+    tests: int | None = None  # the problem's test count; more than len(results) after --fail-fast stopped
 
     @property
     def key(self) -> tuple[str, int]:
@@ -174,6 +182,39 @@ def make_run_dir(out_dir: str) -> None:
     except OSError as e:
         raise RunDirError(f"--out {out_dir!r}: cannot create the run directory ({e.strerror or e}); pass --out a "
                           f"directory path whose parents are directories you can write") from None
+
+
+class RunLock:
+    """An exclusive lock on a run directory for as long as one process writes it (two writers would lose and
+    duplicate records). A second process gets RunDirError naming the directory and the holder's pid. The lock
+    is an flock on LOCK_FILE, released by the kernel when the holder ends, however it ends."""
+
+    def __init__(self, out_dir: str):
+        make_run_dir(out_dir)
+        self.path = os.path.join(out_dir, LOCK_FILE)
+        self.fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(self.fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(self.fd)
+            self.fd = None
+            raise RunDirError(f"{out_dir} is in use by another prompt-tree process (pid {holder}): two processes "
+                              f"writing one run directory lose and duplicate records. Wait for it to finish, "
+                              f"or use another --out directory") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class RunStore:
