@@ -54,12 +54,11 @@ def descendants(pid: int) -> list[tuple[int, str]]:
 def assert_zygote_idle(isolation: str, config: SandboxConfig | None = None, timeout: float = 5.0) -> None:
     """Every process a sandbox made is gone: the zygote (every sandbox's ancestor and subreaper) has no live
     descendant left (zombies waiting for its next reap are dead already)."""
-    z = zygote_for(isolation, config or SandboxConfig(isolation=isolation))
-    if z.proc is None:
-        return
+    config = config or SandboxConfig(isolation=isolation)
+    zygotes = [z for z in (zygote_for(isolation, config, numpy) for numpy in (False, True)) if z.proc is not None]
     deadline = time.monotonic() + timeout
     while True:
-        live = [(p, s) for p, s in descendants(z.proc.pid) if s != "Z"]
+        live = [(p, s) for z in zygotes for p, s in descendants(z.proc.pid) if s != "Z"]
         if not live:
             return
         if time.monotonic() > deadline:

@@ -28,7 +28,8 @@ def test_preamble_names_are_the_official_ones():
     scratch: dict = {}
     exec(preamble_source(with_numpy=True), scratch)  # the per-test launcher's text defines the same names
     assert set(names) <= set(scratch)
-    assert may_use_numpy("x = np.array([1])") and not may_use_numpy("snp = 1  # numpy")
+    assert may_use_numpy("x = np.array([1])") and may_use_numpy("import numpy")
+    assert not may_use_numpy("snp = npx = 1  # no such names")
 
 
 def test_starter_code_uses_preamble_names(sandbox):

@@ -39,7 +39,7 @@ _IMPORTS: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("heapq", ("*",), "heapq"),
 )
 NUMPY_NAME = "np"
-_NP_TOKEN = re.compile(r"\bnp\b")
+_NP_TOKEN = re.compile(r"\bnp\b|\bnumpy\b")
 
 
 def preamble_namespace(with_numpy: bool = True) -> dict:
@@ -65,8 +65,9 @@ def preamble_namespace(with_numpy: bool = True) -> dict:
 
 
 def may_use_numpy(source: str) -> bool:
-    """Can a program reach the preamble's `np` at all? Only if the token `np` occurs in its text (a name
-    cannot be looked up without being written; the per-test sandbox skips numpy's ~0.1 s import otherwise)."""
+    """Can a program reach numpy at all? Only if the token `np` (the preamble's name) or `numpy` occurs in
+    its text: a name cannot be looked up without being written. Programs that cannot skip numpy's ~0.1 s
+    import (per-test sandbox) and its ~12 MB in every fork (warm sandbox: the lean zygote)."""
     return _NP_TOKEN.search(source) is not None
 
 
