@@ -50,7 +50,7 @@ class SandboxConfig:
     tmp_mb: int = 64
     tmp_inodes: int = 4096
     max_output_bytes: int = 16 << 20
-    max_open_files: int = 256
+    max_open_files: int = 64
     packages: tuple[str, ...] = DEFAULT_PACKAGES
     run_as: int | None = None
 

@@ -42,6 +42,7 @@ COMPILE_SLACK_S = 5.0  # compiling (and a module body past its timeout) may take
 _SILENT = "no answer within the limit"
 ZYGOTE_START_TIMEOUT_S = 60.0
 RESULT_CAP = 64 << 20  # bytes of one call-based result
+MAX_FILE_MB = 16  # RLIMIT_FSIZE in the sandbox (the run directory's tmpfs holds several such files)
 GRACE_S = 1.0  # a healthy runner ends within milliseconds of its socket closing; past this it is killed
 _STDERR_TAIL = 4096
 _HEAD = 256
@@ -245,7 +246,9 @@ class WarmSandbox:
                 os.chown(self.workdir, owner, owner)
             os.chmod(self.workdir, 0o700)
         cfg = self.config
-        limits = {"memory_mb": cfg.memory_mb, "nproc": cfg.max_processes, "fsize_bytes": cfg.tmp_mb << 20,
+        # a file may not exceed MAX_FILE_MB: with max_open_files, that bounds what pipes and files can hold
+        limits = {"memory_mb": cfg.memory_mb, "nproc": cfg.max_processes,
+                  "fsize_bytes": min(cfg.tmp_mb, MAX_FILE_MB) << 20,
                   "nofile": cfg.max_open_files, "tmp_mb": cfg.tmp_mb, "tmp_inodes": cfg.tmp_inodes}
         spec = {"kind": self.kind, "fn_name": self.fn_name, "timeout": self.timeout, "memory_mb": cfg.memory_mb,
                 "preamble": self.preamble}

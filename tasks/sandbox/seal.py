@@ -258,6 +258,47 @@ def drop_privileges() -> None:
     prctl(PR_SET_DUMPABLE, 0)
 
 
+# seccomp: memory that no rlimit bounds. RLIMIT_AS counts mappings only; a memfd (or a SysV segment, or a
+# message queue) holds pages without mapping them, up to RLIMIT_FSIZE per file times open files times
+# processes. The filter makes these calls fail with EPERM; nothing the runner or a Python program needs.
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+_SYSCALLS = {"x86_64": {"memfd_create": 319, "memfd_secret": 447, "shmget": 29, "msgget": 68},
+             "aarch64": {"memfd_create": 279, "memfd_secret": 447, "shmget": 194, "msgget": 186}}
+_X32_BIT = 0x40000000
+_SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
+_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x06
+
+
+def forbid_unbounded_memory() -> bool:
+    """Install the seccomp filter above (needs no_new_privs; inherited by every child). Returns False where
+    the architecture is not covered (the calls then stay allowed)."""
+    arch = platform.machine()
+    if arch not in _AUDIT_ARCH:
+        return False
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Filter))]
+
+    deny = _SECCOMP_RET_ERRNO | 1  # EPERM
+    blocked = list(_SYSCALLS[arch].values())
+    # [0] arch; [1] another arch (i386 calls on x86_64) -> deny; [2] nr; [3] x32 numbering -> deny;
+    # [4..] each blocked nr -> deny; then allow; then deny
+    n = len(blocked)
+    insns = [(_BPF_LD_W_ABS, 0, 0, 4), (_BPF_JEQ_K, 1, 0, _AUDIT_ARCH[arch]), (_BPF_RET_K, 0, 0, deny),
+             (_BPF_LD_W_ABS, 0, 0, 0), (_BPF_JGE_K, n + 1, 0, _X32_BIT if arch == "x86_64" else 0xFFFFFFFF)]
+    for i, nr in enumerate(blocked):
+        insns.append((_BPF_JEQ_K, n - i, 0, nr))
+    insns += [(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW), (_BPF_RET_K, 0, 0, deny)]
+    table = (Filter * len(insns))(*[Filter(*x) for x in insns])
+    prog = Program(len(insns), table)
+    _check(_libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0), "seccomp filter")
+    return True
+
+
 def hold_devnull_stdio() -> None:
     """fds 0-2 on /dev/null: nothing the sandbox runs may inherit the zygote's (or the host's) stdio."""
     null = os.open(os.devnull, os.O_RDWR)

@@ -244,6 +244,9 @@ def _init(req, ctrl, source_fd, go_r, fds, cfg, names) -> None:
             seal.set_hostname()
             seal.apply_limits(limits, limits["nproc"])
             seal.drop_privileges()
+            if not seal.forbid_unbounded_memory():
+                warnings.append("no seccomp filter for this architecture: memfd_create, shmget and msgget "
+                                "stay allowed (memory outside RLIMIT_AS)")
             _minimal_environment(seal.SANDBOX_TMP)
             source = _read_source(source_fd)
         except BaseException as exc:  # noqa: B902
@@ -292,6 +295,7 @@ def _fallback_child(req, ctrl, source_fd, cfg, names) -> None:
     seal.set_subreaper()
     seal.prctl(seal.PR_SET_NO_NEW_PRIVS, 1)
     seal.prctl(seal.PR_SET_DUMPABLE, 0)
+    seal.forbid_unbounded_memory()
     _minimal_environment(req["workdir"])
     source = _read_source(source_fd)
     pidfd = os.pidfd_open(os.getpid())
