@@ -1,4 +1,8 @@
-"""Run untrusted Python programs: one sandboxed process tree per run, every limit enforced, nothing left behind.
+"""The per-test sandbox: run one untrusted Python program per call in its own sandboxed process tree, every
+limit enforced, nothing left behind. The checker's default is the warm sandbox (tasks.sandbox), one sealed
+sandbox per program and one fork per test; this one (`check(..., sandbox="per-test")`) starts an interpreter
+per test and shows the program the host's filesystem read-only (not sealed): kept for comparison, as a
+fallback, and for `run_program` / `run_many` users.
 
 Layout of one run (namespace mode, the default where it works):
 
