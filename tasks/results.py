@@ -187,26 +187,43 @@ def make_run_dir(out_dir: str) -> None:
 class RunLock:
     """An exclusive lock on a run directory for as long as one process writes it (two writers would lose and
     duplicate records). A second process gets RunDirError naming the directory and the holder's pid. The lock
-    is an flock on LOCK_FILE, released by the kernel when the holder ends, however it ends."""
+    is an flock on LOCK_FILE, which the kernel releases when the holder ends, however it ends; a clean release
+    also removes the file (the directory then holds only the run's records). Removing a lock file is safe
+    because a taker checks, once it holds the flock, that the path still names the file it locked."""
 
     def __init__(self, out_dir: str):
         make_run_dir(out_dir)
         self.path = os.path.join(out_dir, LOCK_FILE)
-        self.fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(self.fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(self.fd)
-            self.fd = None
-            raise RunDirError(f"{out_dir} is in use by another prompt-tree process (pid {holder}): two processes "
-                              f"writing one run directory lose and duplicate records. Wait for it to finish, "
-                              f"or use another --out directory") from None
+        self.fd: int | None = None
+        for _ in range(100):  # retried only if a releasing holder removed the file in between
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunDirError(f"{out_dir} is in use by another prompt-tree process (pid {holder}): two "
+                                  f"processes writing one run directory lose and duplicate records. Wait for it "
+                                  f"to finish, or use another --out directory") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                break
+            os.close(fd)
+        else:
+            raise RunDirError(f"{out_dir}: could not take the run directory's lock ({LOCK_FILE} keeps changing)")
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
 
     def release(self) -> None:
         if self.fd is not None:
+            try:
+                os.unlink(self.path)  # while still holding it (see the class docstring)
+            except OSError:
+                pass
             os.close(self.fd)  # closing the descriptor drops the flock
             self.fd = None
 
