@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "generate": ("prompt_tree.commands.generate", "sample completions for a prompt tree saved as JSON"),
     "describe": ("prompt_tree.commands.describe", "flatten a prompt tree saved as JSON and print its outline and plan"),
     "bench": ("prompt_tree.commands.bench", "end-to-end decode throughput benchmark (GPU)"),
+    "bench-exec": ("tasks.bench_exec", "program execution benchmark: the warm sandbox against its baselines (CPU)"),
 }
 
 

@@ -68,7 +68,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--memory-mb", type=int, default=d.memory_mb,
                    help="memory limit of each program in MiB (default: %(default)s)")
     g.add_argument("--workers", type=int, default=None,
-                   help="programs executed at once, overlapping generation (default: CPU count)")
+                   help="programs executed at once, overlapping generation (default: the CPUs this process may "
+                        "use)")
+    g.add_argument("--no-preamble", action="store_true",
+                   help="do not put the official APPS preamble's names (List, Counter, deque, np, ...) into "
+                        "every program's namespace (docs/sandbox.md)")
+    g.add_argument("--fail-fast", action="store_true",
+                   help="stop a program's tests at its first failure: pass@k unchanged, the test-case average "
+                        "becomes a lower bound (marked partial)")
+    g.add_argument("--sandbox", default=d.sandbox, choices=("warm", "per-test"),
+                   help="warm: one sealed sandbox per program, one fork per test; per-test: a fresh sandboxed "
+                        "interpreter per test (slower, for comparison) (default: %(default)s)")
+    g.add_argument("--isolation", default=None, choices=("auto", "namespace", "userns", "fallback"),
+                   help="how programs are isolated (docs/sandbox.md); default: env PT_SANDBOX, else auto (full "
+                        "namespaces where they work, else the fallback with a warning)")
     g = p.add_argument_group("engine")
     g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--dtype", type=dtype_arg, default=None, metavar="{" + ",".join(DTYPE_CHOICES) + "}",
@@ -101,6 +114,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         instruction=args.instruction, bos=args.bos, chat=args.chat,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         seed=args.seed, timeout=args.timeout, memory_mb=args.memory_mb, workers=args.workers, device=args.device,
+        preamble=not args.no_preamble, fail_fast=args.fail_fast, sandbox=args.sandbox, isolation=args.isolation,
         dtype=args.dtype, attention=args.attention, max_batch_sequences=args.max_batch_sequences, tp=args.tp,
         out=args.out,
         force=args.force, generations=args.generations, export_bigcode=args.export_bigcode,

@@ -27,7 +27,8 @@ import time
 from typing import Callable
 
 from prompt_tree.parallel.dp import expected_tokens, merge_parts, part_paths, split_by_cost
-from tasks.results import GENERATIONS_FILE, VERDICTS_FILE, RunStore, read_jsonl
+from tasks.execution import usable_cores
+from tasks.results import GENERATIONS_FILE, VERDICTS_FILE, RunLock, RunStore, read_jsonl
 from tasks.runner import (
     RunConfig, RunConfigError, RunReport, _default_check, _engine_options, _Executor, _generate_missing,
     build_sample_tree, build_summary, draw_examples, format_report, preflight, run_identity, sampling_params,
@@ -58,13 +59,24 @@ def fold_parts(out_dir: str) -> int:
 def _default_workers(ctx) -> int:
     """Checker threads per group writer: the host's CPUs shared among the writers on it."""
     writers_here = max(1, ctx.env.local_world_size // ctx.layout.tp)
-    return max(1, (os.cpu_count() or 1) // writers_here)
+    return max(1, usable_cores() // writers_here)
 
 
 def run_apps_distributed(config: RunConfig, ctx, *, check_fn: Callable | None = None,
                          log: Callable[[str], None] | None = print) -> RunReport | None:
     """This rank's part of the run (module docstring). Returns the report on rank 0, None on the others.
-    Wrap it in prompt_tree.parallel.env.run_guarded so that a failure anywhere stops every rank with its name."""
+    Wrap it in prompt_tree.parallel.env.run_guarded so that a failure anywhere stops every rank with its name.
+    Rank 0 holds the run directory's lock (tasks.results.RunLock) from step 1 to the end."""
+    held: list[RunLock] = []
+    try:
+        return _run_apps_distributed(config, ctx, held, check_fn=check_fn, log=log)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Callable | None = None,
+                          log: Callable[[str], None] | None = print) -> RunReport | None:
     from prompt_tree.parallel.engine import engine_for_rank
     from tasks.extract import extract_code
 
@@ -90,6 +102,7 @@ def run_apps_distributed(config: RunConfig, ctx, *, check_fn: Callable | None = 
     t_start = time.perf_counter()
 
     def prepare() -> list[int]:
+        held.append(RunLock(config.out))  # rank 0 only: one writer process per run directory
         fold_parts(config.out)  # before the config check, so that the check sees those records too
         store = RunStore(config.out, identity, force=config.force)
         store.close()
@@ -137,7 +150,7 @@ def run_apps_distributed(config: RunConfig, ctx, *, check_fn: Callable | None = 
         store = RunStore(config.out, identity, part=part_label(lay.dp_rank))
         report = RunReport(summary={})
         executor = _Executor(store, by_id, local, sum(1 for key in my_wanted if key not in store.verdicts),
-                             check_fn or _default_check())
+                             check_fn or _default_check(config))
         ok = False
         try:
             for key in my_wanted:

@@ -1,4 +1,8 @@
-"""Run untrusted Python programs: one sandboxed process tree per run, every limit enforced, nothing left behind.
+"""The per-test sandbox: run one untrusted Python program per call in its own sandboxed process tree, every
+limit enforced, nothing left behind. The checker's default is the warm sandbox (tasks.sandbox), one sealed
+sandbox per program and one fork per test; this one (`check(..., sandbox="per-test")`) starts an interpreter
+per test and shows the program the host's filesystem read-only (not sealed): kept for comparison, as a
+fallback, and for `run_program` / `run_many` users.
 
 Layout of one run (namespace mode, the default where it works):
 
@@ -38,12 +42,17 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from tasks.sandbox.wipe import remove_tree
+
 # The program gets this long beyond its wall limit for the sandbox's own start (unshare, the init) before this
 # process kills the whole tree itself; the init's own timer is the limit that normally fires.
 _BACKSTOP_SLACK_S = 5.0
 # Fresh uids for the programs come from here: far above login uids (< 65536) and the usual subuid ranges.
 _UID_BASE, _UID_SPAN = 3_000_000, 1_000_000
 _MODES = ("auto", "namespace", "fallback")
+# PT_SANDBOX is shared with the warm sandbox (tasks.sandbox.config), whose "userns" mode this per-test sandbox
+# does not have: there it means "auto" (namespaces as root, else the fallback).
+_ALIASES = {"userns": "auto"}
 
 # The init: runs first in the sandbox, as root, with `python -I -S -c`. Kept to the standard library and small.
 # argv[1] is a JSON config (see `_init_config`). It writes one JSON line on fd cfg["status_fd"].
@@ -263,6 +272,7 @@ def sandbox_mode(requested: str | None = None) -> str:
     """'namespace' or 'fallback'. `requested` (or env PT_SANDBOX) in {'auto', 'namespace', 'fallback'};
     'auto' probes a trivial namespace run once and caches the answer, warning if it falls back."""
     req = requested or os.environ.get("PT_SANDBOX", "auto")
+    req = _ALIASES.get(req, req)
     if req not in _MODES:
         raise ValueError(f"sandbox mode {req!r} is not one of {_MODES} (argument sandbox= or env PT_SANDBOX)")
     if req != "auto":
@@ -336,19 +346,22 @@ class _Spec:
     files: dict[str, str | bytes]
     max_processes: int
     cpu_time: float | None = None
+    site: bool = True
 
 
 def run_program(code: str, stdin: str | bytes = "", timeout: float = 4.0, memory_mb: int = 1024, *,
                 files: dict[str, str | bytes] | None = None, max_output_bytes: int = 16 << 20,
                 max_processes: int = 32, cpu_time: float | None = None,
-                sandbox: str | None = None) -> RunResult:
+                sandbox: str | None = None, site: bool = True) -> RunResult:
     """Run Python source `code` as `python -I prog.py` in a fresh sandbox and return what it did.
 
     timeout: wall-clock seconds for the program (CPU time is limited to about the same); memory_mb: address
     space; files: extra files written next to prog.py (names relative, no '..'); max_output_bytes: cap on each
     of stdout and stderr (the run is killed past it); max_processes: processes/threads the program may have at
     once; cpu_time: CPU seconds per process (default: the timeout rounded up, plus one; the wall timer is the
-    precise limit); sandbox: 'auto' (default, env PT_SANDBOX), 'namespace' or 'fallback'.
+    precise limit); sandbox: 'auto' (default, env PT_SANDBOX), 'namespace' or 'fallback'; site=False runs
+    `python -I -S` (no site module: no .pth file runs, site-packages are not on sys.path unless the program puts
+    them there; ~40 ms less per start where many packages are installed).
     """
     if not isinstance(code, str):
         raise TypeError(f"code must be a str of Python source, got {type(code).__name__}")
@@ -367,8 +380,16 @@ def run_program(code: str, stdin: str | bytes = "", timeout: float = 4.0, memory
                              "prog.py/.stdin")
     data = stdin.encode() if isinstance(stdin, str) else bytes(stdin)
     mode = sandbox_mode(sandbox)
-    return _run(_Spec(code, data, float(timeout), memory_mb, max_output_bytes, files, max_processes, cpu_time),
+    return _run(_Spec(code, data, float(timeout), memory_mb, max_output_bytes, files, max_processes, cpu_time, site),
                 namespace=(mode == "namespace"))
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def run_many(jobs, workers: int | None = None, *, sandbox: str | None = None, **kwargs) -> list[RunResult]:
@@ -379,7 +400,7 @@ def run_many(jobs, workers: int | None = None, *, sandbox: str | None = None, **
         if not isinstance(j, RunJob):
             raise TypeError(f"run_many: each job must be a RunJob or a code string, got {type(j).__name__}")
     sandbox_mode(sandbox)  # probe once, in this thread, before the pool starts
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
 
     def one(j: RunJob) -> RunResult:
         return run_program(j.code, j.stdin, j.timeout, j.memory_mb, files=j.files, sandbox=sandbox, **kwargs)
@@ -399,7 +420,7 @@ def _init_config(spec: _Spec, workdir: str, uid: int | None, status_fd: int, nam
            "PYTHONIOENCODING": "utf-8", "TMPDIR": workdir}
     return {
         "status_fd": status_fd, "workdir": workdir, "uid": uid, "namespace": namespace, "subreaper": True,
-        "wall_s": spec.timeout, "env": env, "expose": _interpreter_paths(), "argv": [sys.executable, "-I", os.path.join(workdir, "prog.py")],
+        "wall_s": spec.timeout, "env": env, "expose": _interpreter_paths(), "argv": [sys.executable, "-I"] + ([] if spec.site else ["-S"]) + [os.path.join(workdir, "prog.py")],
         "limits": {"cpu_s": cpu_s, "as_bytes": spec.memory_mb << 20, "fsize_bytes": max(64 << 20, spec.max_output_bytes),
                    "nproc": nproc},
     }
@@ -452,7 +473,7 @@ def _run(spec: _Spec, namespace: bool) -> RunResult:
     finally:
         if uid is not None and not namespace:
             _kill_uid(uid)  # fallback as root: anything of that uid that escaped the group and the subreaper
-        shutil.rmtree(workdir, ignore_errors=True)
+        remove_tree(workdir)  # iterative: 3000 nested directories broke shutil.rmtree (RecursionError)
         _release_uid(uid)
 
 

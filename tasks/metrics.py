@@ -8,7 +8,10 @@ Definitions (n samples of a problem, c of them correct; a sample is correct when
 - strict accuracy: mean over problems of the fraction of samples passing all tests (c/n). With one sample per
   problem this is APPS's strict accuracy; with more it equals the unbiased pass@1.
 - test-case average: mean over problems of the mean, over samples, of the fraction of tests passed (a compile
-  error passes none), APPS's "test case average".
+  error passes none), APPS's "test case average". Under --fail-fast a failing sample stops at its first failure
+  and its later tests are not run: they count as not passed (the record's "tests" gives the test count), so the
+  average is a lower bound and the summary says "test_case_average_partial": true. pass@k and strict accuracy
+  need only whether a sample passed every test, which fail-fast does not change.
 """
 from __future__ import annotations
 
@@ -44,8 +47,10 @@ def sample_passed(verdicts: Sequence[Any]) -> bool:
     return len(verdicts) > 0 and all(v is True for v in verdicts)
 
 
-def _fraction_passed(verdicts: Sequence[Any]) -> float:
-    return sum(v is True for v in verdicts) / len(verdicts) if verdicts else 0.0
+def _fraction_passed(verdicts: Sequence[Any], tests: int | None = None) -> float:
+    """Tests passed / tests; `tests` (the problem's count) is larger than len(verdicts) after fail-fast."""
+    n = max(len(verdicts), tests or 0)
+    return sum(v is True for v in verdicts) / n if n else 0.0
 
 
 def _validate(rec: Any, idx: int) -> None:
@@ -56,15 +61,20 @@ def _validate(rec: Any, idx: int) -> None:
     if not isinstance(res, list) or not res or not all(isinstance(s, (list, tuple)) for s in res):
         raise ValueError(f"summarize: record {idx} ({rec.get('problem_id')!r}): 'results' must be a non-empty "
                          "list of per-sample verdict lists")
+    tests = rec.get("tests")
+    if tests is not None and (isinstance(tests, bool) or not isinstance(tests, int) or tests < 1):
+        raise ValueError(f"summarize: record {idx} ({rec.get('problem_id')!r}): 'tests' must be the problem's "
+                         f"test count (an int >= 1) or absent, got {tests!r}")
 
 
 def summarize(records: Iterable[dict], ks: Sequence[int] = (1, 5, 10)) -> dict:
     """Overall and per-difficulty metrics.
 
-    records: one dict per problem, {"problem_id", "difficulty", "results": [[verdict per test] per sample]}.
-    Returns {"ks": [...], "groups": {"all": stats, "<difficulty>": stats, ...}} where stats =
-    {"problems", "samples", "correct_samples", "strict_accuracy", "test_case_average",
-     "pass_at_k": {k: mean pass@k or None}, "pass_at_k_problems": {k: problems with n >= k}}.
+    records: one dict per problem, {"problem_id", "difficulty", "results": [[verdict per test] per sample],
+    optionally "tests": the problem's test count}. Returns {"ks": [...], "groups": {"all": stats,
+    "<difficulty>": stats, ...}} where stats = {"problems", "samples", "correct_samples", "strict_accuracy",
+    "test_case_average", "test_case_average_partial", "pass_at_k": {k: mean pass@k or None},
+    "pass_at_k_problems": {k: problems with n >= k}}.
     """
     ks = sorted(set(ks))
     if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
@@ -81,14 +91,15 @@ def summarize(records: Iterable[dict], ks: Sequence[int] = (1, 5, 10)) -> dict:
 
 def _group_stats(recs: list[dict], ks: list[int]) -> dict:
     per_k: dict[int, list[float]] = {k: [] for k in ks}
-    strict, tca, samples, correct = [], [], 0, 0
+    strict, tca, samples, correct, partial = [], [], 0, 0, False
     for rec in recs:
-        res = rec["results"]
-        n, c = len(res), sum(sample_passed(s) for s in res)
+        res, tests = rec["results"], rec.get("tests")
+        n, c = len(res), sum(sample_passed(s) and (tests is None or len(s) >= tests) for s in res)
         samples += n
         correct += c
         strict.append(c / n)
-        tca.append(sum(_fraction_passed(s) for s in res) / n)
+        tca.append(sum(_fraction_passed(s, tests) for s in res) / n)
+        partial = partial or (tests is not None and any(len(s) < tests for s in res))
         for k in ks:
             if k <= n:
                 per_k[k].append(pass_at_k(n, c, k))
@@ -99,6 +110,7 @@ def _group_stats(recs: list[dict], ks: list[int]) -> dict:
         "correct_samples": correct,
         "strict_accuracy": mean(strict),
         "test_case_average": mean(tca),
+        "test_case_average_partial": partial,
         "pass_at_k": {k: mean(per_k[k]) for k in ks},
         "pass_at_k_problems": {k: len(per_k[k]) for k in ks},
     }
@@ -116,10 +128,13 @@ def format_table(summary: dict) -> str:
             v = st["pass_at_k"].get(k, st["pass_at_k"].get(str(k)))  # str keys after a JSON round trip
             m = st["pass_at_k_problems"].get(k, st["pass_at_k_problems"].get(str(k), 0))
             cells.append(pct(v) + ("" if v is None or m == st["problems"] else f" ({m})"))
-        cells += [pct(st["strict_accuracy"]), pct(st["test_case_average"])]
+        cells += [pct(st["strict_accuracy"]),
+                  pct(st["test_case_average"]) + (" (partial)" if st.get("test_case_average_partial") else "")]
         rows.append(cells)
     widths = [max(len(r[i]) for r in [head] + rows) for i in range(len(head))]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     out = [line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows]
     note = "pass@k in percent; '(m)': averaged over the m problems with at least k samples"
+    if any(st.get("test_case_average_partial") for st in summary["groups"].values()):
+        note += "; test avg (partial): --fail-fast left tests unrun, counted as failed (a lower bound)"
     return "\n".join(out) + "\n" + note

@@ -5,6 +5,7 @@ Layout of a run directory (`--out`):
     generations.jsonl   one line per completion: problem_id, sample_index, completion, code, finish_reason, tokens
     verdicts.jsonl      one line per executed program: problem_id, sample_index, results (per test), passed
     summary.json        written at the end (see tasks.runner)
+    .lock               held (fcntl.flock) by the one process writing the directory; it names that process
     generations.rank<d>.jsonl, verdicts.rank<d>.jsonl
                         under torchrun, data-parallel group d's records (RunStore(part=...)); rank 0 merges them
                         into the two files above at the end (tasks.dp_runner)
@@ -17,6 +18,7 @@ append, so the next record does not glue onto it. A malformed line anywhere else
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -28,9 +30,13 @@ CONFIG_FILE = "config.json"
 GENERATIONS_FILE = "generations.jsonl"
 VERDICTS_FILE = "verdicts.jsonl"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
 # Run-config fields added after runs were already being written, with the value a config.json that lacks one
 # meant: such a run resumes as before (config_differences fills them in when the wanted config has them).
-CONFIG_FIELD_DEFAULTS = {"few_shot_source": "embedded", "bos": None, "chat": False}
+# Fields older config.json files lack, with the value those runs had: runs made before the APPS preamble ran
+# without it and ran every test (resuming one needs --no-preamble), and had no BOS option and no chat template.
+CONFIG_FIELD_DEFAULTS = {"few_shot_source": "embedded", "bos": None, "chat": False, "preamble": False,
+                         "fail_fast": False}
 
 
 class RunDirError(ValueError):
@@ -57,13 +63,17 @@ class GenerationRecord:
 @dataclass
 class VerdictRecord:
     """The checker's verdict on one program: results[t] is True / False / -1 (runtime error or timeout) /
-    -2 (compile error) for test t; passed = every test True; error = why the first failing test failed."""
+    -2 (compile error) for test t; passed = every test True; error = why the first failing test failed.
+    duplicate_of: set when the program was not run because an identical one of the same problem was (its
+    sample index; the verdict is that run's). Records written before these fields existed load with None."""
 
     problem_id: str
     sample_index: int
     results: list = field(default_factory=list)
     passed: bool = False
     error: str | None = None  # the checker's word on the first test that did not pass ('wrong answer', ...)
+    duplicate_of: int | None = None  # same program (trailing whitespace aside) as this sample, which ran
+    tests: int | None = None  # the problem's test count; more than len(results) after --fail-fast stopped
 
     @property
     def key(self) -> tuple[str, int]:
@@ -174,6 +184,56 @@ def make_run_dir(out_dir: str) -> None:
     except OSError as e:
         raise RunDirError(f"--out {out_dir!r}: cannot create the run directory ({e.strerror or e}); pass --out a "
                           f"directory path whose parents are directories you can write") from None
+
+
+class RunLock:
+    """An exclusive lock on a run directory for as long as one process writes it (two writers would lose and
+    duplicate records). A second process gets RunDirError naming the directory and the holder's pid. The lock
+    is an flock on LOCK_FILE, which the kernel releases when the holder ends, however it ends; a clean release
+    also removes the file (the directory then holds only the run's records). Removing a lock file is safe
+    because a taker checks, once it holds the flock, that the path still names the file it locked."""
+
+    def __init__(self, out_dir: str):
+        make_run_dir(out_dir)
+        self.path = os.path.join(out_dir, LOCK_FILE)
+        self.fd: int | None = None
+        for _ in range(100):  # retried only if a releasing holder removed the file in between
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise RunDirError(f"{out_dir} is in use by another prompt-tree process (pid {holder}): two "
+                                  f"processes writing one run directory lose and duplicate records. Wait for it "
+                                  f"to finish, or use another --out directory") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                break
+            os.close(fd)
+        else:
+            raise RunDirError(f"{out_dir}: could not take the run directory's lock ({LOCK_FILE} keeps changing)")
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                os.unlink(self.path)  # while still holding it (see the class docstring)
+            except OSError:
+                pass
+            os.close(self.fd)  # closing the descriptor drops the flock
+            self.fd = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class RunStore:

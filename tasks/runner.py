@@ -11,7 +11,8 @@ generated with all its siblings or alone in a resumed run. The child adds no tok
 for it); the problem's prompt is still shared by all its samples, and the few-shot block by all problems.
 
 Execution overlaps generation: each finished completion is handed to a thread pool of checker workers (each runs
-its program in a sandboxed subprocess) while decoding continues.
+its program in a sandboxed subprocess) while decoding continues. Programs identical to one already judged for the
+same problem are not run again (tasks.duplicates); the run directory is locked for the whole invocation.
 """
 from __future__ import annotations
 
@@ -25,8 +26,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
+from tasks.duplicates import DuplicateIndex
+from tasks.execution import usable_cores
 from tasks.problem import Problem
-from tasks.results import GenerationRecord, RunStore, VerdictRecord, jsonable
+from tasks.results import GenerationRecord, RunLock, RunStore, VerdictRecord, jsonable
+from tasks.run_limits import check_run_size
 
 SAMPLE_KEY_SEP = "#"
 # max_new_tokens when none is given: the paper's 512 for real checkpoints; the random tiny model writes noise, so
@@ -39,6 +43,9 @@ IDENTITY_FIELDS = (
     "model", "source", "split", "difficulty", "limit", "samples", "few_shot", "few_shot_source", "instruction",
     "max_new_tokens", "temperature", "top_p", "top_k", "seed", "timeout", "memory_mb", "dtype", "bos", "chat",
 )
+# Execution settings that change verdicts (issue 13); a config.json from before them ran without the preamble and
+# every test (tasks.results.CONFIG_FIELD_DEFAULTS).
+IDENTITY_FIELDS += ("preamble", "fail_fast")
 # A config.json written before few_shot_source existed lacks it and meant the embedded set (tasks.results fills
 # in tasks.results.CONFIG_FIELD_DEFAULTS before comparing, so such runs resume as before).
 DEFAULT_FEW_SHOT_SOURCE = "embedded"
@@ -71,7 +78,11 @@ class RunConfig:
     seed: int = 0
     timeout: float = 4.0  # seconds per test
     memory_mb: int = 1024
-    workers: int | None = None  # checker threads; None: the machine's CPU count
+    workers: int | None = None  # checker threads; None: the CPUs this process may use
+    preamble: bool = True  # the APPS preamble's names in every program (tasks.sandbox.preamble)
+    fail_fast: bool = False  # stop a program's tests at its first failure (pass@k unchanged)
+    sandbox: str = "warm"  # "warm" | "per-test" (tasks.checker)
+    isolation: str | None = None  # None: env PT_SANDBOX, else "auto" (tasks.sandbox.config)
     device: str | None = None
     dtype: str | None = None
     attention: str = "tree"  # "tree" | "flat"
@@ -112,6 +123,10 @@ class RunConfig:
             fail("workers", "must be an int >= 1 or None")
         if self.attention not in ("tree", "flat"):
             fail("attention", "must be 'tree' or 'flat'")
+        if self.sandbox not in ("warm", "per-test"):
+            fail("sandbox", "must be 'warm' or 'per-test'")
+        if self.isolation not in (None, "auto", "namespace", "userns", "fallback"):
+            fail("isolation", "must be one of auto, namespace, userns, fallback (or None: env PT_SANDBOX)")
         if self.max_batch_sequences is not None and not pos_int(self.max_batch_sequences):
             fail("max_batch_sequences", "must be an int >= 1 or None")
         if not pos_int(self.tp):
@@ -319,12 +334,14 @@ class _Executor:
         self.problems = problems
         self.config = config
         self.check_fn = check_fn
-        workers = config.workers or os.cpu_count() or 1
+        workers = config.workers or usable_cores()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apps-check")
         self.futures: list[Future] = []
         self.lock = threading.Lock()
         self.executed = 0
+        self.duplicates = 0  # verdicts copied from an identical program instead of running it
         self.check_seconds = 0.0  # summed over programs (sandbox time, across workers)
+        self.dedupe = DuplicateIndex(store.generations, store.verdicts)
         self.errors: list[BaseException] = []
         self.total = total
         self.bar = None  # made at the first submit, so that it appears once there is something to execute
@@ -338,7 +355,18 @@ class _Executor:
             # position 1: the engine's generation bar holds line 0 while both run
             self.bar = tqdm(total=self.total, desc="execute", unit="prog", file=sys.stderr, dynamic_ncols=True,
                             position=1)
-        self.futures.append(self.pool.submit(self._check, rec))
+        claim = self.dedupe.claim(rec)
+        if claim is True:
+            self.futures.append(self.pool.submit(self._check, rec))
+        elif claim is not False:  # judged already: copy the verdict
+            self._record_copies([claim])
+
+    def _record_copies(self, copies: list[VerdictRecord]) -> None:
+        written = self.store.add_verdicts(copies)
+        with self.lock:
+            self.duplicates += len(written)
+            if self.bar is not None:
+                self.bar.update(len(written))
 
     def _check(self, rec: GenerationRecord) -> None:
         try:
@@ -347,13 +375,15 @@ class _Executor:
                                    memory_mb=self.config.memory_mb)
             dt = time.perf_counter() - t0
             verdict = VerdictRecord(rec.problem_id, rec.sample_index, jsonable(list(result.results)),
-                                    bool(result.passed), getattr(result, "first_error", None))
+                                    bool(result.passed), getattr(result, "first_error", None),
+                                    tests=getattr(result, "num_tests", None))
             self.store.add_verdicts([verdict])
             with self.lock:
                 self.executed += 1
                 self.check_seconds += dt
                 if self.bar is not None:
                     self.bar.update(1)
+            self.dedupe.finished(rec, verdict, self._record_copies)
         except BaseException as e:  # surfaced by wait(); a checker crash must not pass silently
             with self.lock:
                 self.errors.append(e)
@@ -383,10 +413,17 @@ def sampling_params(config: RunConfig):
     )
 
 
-def _default_check():
+def _default_check(config: RunConfig | None = None):
+    """tasks.checker.check with the config's execution settings bound (check_fn's interface stays
+    (problem, code, timeout=, memory_mb=))."""
+    from functools import partial
+
     from tasks.checker import check
 
-    return check
+    if config is None:
+        return check
+    return partial(check, sandbox=config.sandbox, isolation=config.isolation, preamble=config.preamble,
+                   fail_fast=config.fail_fast)
 
 
 def run_apps(
@@ -404,8 +441,7 @@ def run_apps(
     Files written under config.out: config.json, generations.jsonl, verdicts.jsonl, summary.json; and
     config.export_bigcode when set.
     """
-    from tasks.bigcode import export_bigcode, load_bigcode
-    from tasks.extract import extract_code
+    from tasks.bigcode import load_bigcode
 
     log = log or (lambda s: None)
     if config.tp != 1:
@@ -416,6 +452,8 @@ def run_apps(
     if len(by_id) != len(problems):
         raise RunConfigError("problem ids must be unique")
     from_file = load_bigcode(config.generations, problems) if config.generations is not None else None
+    per_problem = max((len(v) for v in from_file.values()), default=0) if from_file is not None else config.samples
+    check_run_size(len(problems), per_problem, config.resolved_max_new_tokens)  # before any per-sample list
     if from_file is not None:
         wanted = [(p.problem_id, i) for p in problems for i in range(len(from_file[p.problem_id]))]
     else:
@@ -425,6 +463,19 @@ def run_apps(
     # Everything else that can be checked fails before --out is touched and before a model is built too.
     preflight(config, generating=from_file is None and engine is None)
     examples = draw_examples(config, problems) if from_file is None else None
+    run_lock = RunLock(config.out)  # one writer per run directory, until this invocation ends
+    try:
+        if config.force and from_file is None and engine is None:
+            engine = load_engine(config)  # --force deletes old results: first make sure the new model loads
+        return _run_locked(config, problems, by_id, from_file, wanted, params, examples, engine, check_fn, log)
+    finally:
+        run_lock.release()
+
+
+def _run_locked(config, problems, by_id, from_file, wanted, params, examples, engine, check_fn, log) -> RunReport:
+    from tasks.bigcode import export_bigcode
+    from tasks.extract import extract_code
+
     if os.path.isdir(config.out):  # records of a torchrun run's groups (tasks.dp_runner) count as done too
         from tasks.dp_runner import fold_parts
 
@@ -436,7 +487,7 @@ def run_apps(
         log(f"resuming {config.out}: {store.resumed_generations} completions and {store.resumed_verdicts} verdicts "
             f"already done of {len(wanted)}")
     to_execute = sum(1 for key in wanted if key not in store.verdicts)
-    executor = _Executor(store, by_id, config, to_execute, check_fn or _default_check())
+    executor = _Executor(store, by_id, config, to_execute, check_fn or _default_check(config))
     gen_info: dict[str, Any] = {}
     t_start = time.perf_counter()
     ok = False
@@ -462,7 +513,7 @@ def run_apps(
         executor.shutdown(cancel=not ok)
         store.close()
     t_end = time.perf_counter()
-    report.executed_now = executor.executed
+    report.executed_now = executor.executed + executor.duplicates
 
     summary = build_summary(config, problems, store, wanted, gen_info, timings={
         "total_s": t_end - t_start,
@@ -471,6 +522,7 @@ def run_apps(
         "execution_after_generation_s": t_end - t_gen_end,
     })
     summary["this_invocation"] = {"generated": report.generated_now, "executed": report.executed_now,
+                                  "duplicates": executor.duplicates,
                                   "resumed_generations": report.resumed_generations,
                                   "resumed_verdicts": report.resumed_verdicts}
     store.write_summary(summary)
@@ -571,6 +623,7 @@ def build_summary(config: RunConfig, problems, store: RunStore, wanted, gen_info
         "samples": len(wanted),
         "generated": sum(1 for key in wanted if key in store.generations),
         "executed": sum(1 for key in wanted if key in store.verdicts),
+        "duplicates": sum(1 for key in wanted if key in store.verdicts and store.verdicts[key].duplicate_of is not None),
         "tokens_generated": tokens,
         "metrics": metrics,
         "timings": timings,
@@ -591,7 +644,8 @@ def per_problem_records(problems, store: RunStore, wanted) -> list[dict]:
         keys = [(p.problem_id, i) for i in by_pid.get(p.problem_id, [])]
         results = [store.verdicts[key].results for key in keys if key in store.verdicts]
         if results:
-            out.append({"problem_id": p.problem_id, "difficulty": p.difficulty, "results": results})
+            out.append({"problem_id": p.problem_id, "difficulty": p.difficulty, "results": results,
+                        "tests": p.num_tests})
     return out
 
 

@@ -1,4 +1,5 @@
-"""The APPS checker: verdict codes, the lenient stdin comparison, call-based conventions, hostile candidates."""
+"""The APPS checker: verdict codes, the lenient stdin comparison, call-based conventions, hostile candidates.
+The verdict tests run in both sandboxes (warm, the default, and per-test): they must agree."""
 import os
 import random
 import time
@@ -12,6 +13,12 @@ from tasks.problem import Problem
 ADD_STDIN = Problem("add", "sum two ints", inputs=["1 2\n", "3 4\n", "10 -10\n"], outputs=["3\n", "7", ["0"]])
 ADD_CALL = Problem("addc", "sum", fn_name="add", inputs=[[1, 2], [3, 4], [0, 0]], outputs=[[3], 7, 0])
 SOLVE = "a, b = map(int, input().split())\nprint(a + b)\n"
+SANDBOXES = ["warm", "per-test"]
+
+
+@pytest.fixture(params=SANDBOXES)
+def sandbox(request):
+    return request.param
 
 
 # ---------------------------------------------------------------- comparison rules
@@ -80,30 +87,30 @@ def test_return_value_matches_apps_conventions():
 
 
 # ---------------------------------------------------------------- standard-input problems
-def test_stdin_correct_wrong_runtime_compile():
-    r = check(ADD_STDIN, SOLVE, timeout=5)
+def test_stdin_correct_wrong_runtime_compile(sandbox):
+    r = check(ADD_STDIN, SOLVE, timeout=5, sandbox=sandbox)
     assert isinstance(r, CheckResult) and r.results == [True, True, True] and r.passed
     assert r.first_error is None and r.fraction_passed == 1.0
-    r = check(ADD_STDIN, "print(3)", timeout=5)
+    r = check(ADD_STDIN, "print(3)", timeout=5, sandbox=sandbox)
     assert r.results == [True, False, False] and not r.passed and r.first_error.startswith("wrong answer")
-    r = check(ADD_STDIN, "a, b = map(int, input().split())\nprint(a // (b - 2))", timeout=5)
+    r = check(ADD_STDIN, "a, b = map(int, input().split())\nprint(a // (b - 2))", timeout=5, sandbox=sandbox)
     assert r.results == [-1, False, False] and "ZeroDivisionError" in r.details[0]
-    r = check(ADD_STDIN, "print(1 +)", timeout=5)
+    r = check(ADD_STDIN, "print(1 +)", timeout=5, sandbox=sandbox)
     assert r.results == [-2, -2, -2] and r.compile_error and "SyntaxError" in r.first_error
 
 
-def test_stdin_timeout_and_nonzero_exit():
+def test_stdin_timeout_and_nonzero_exit(sandbox):
     code = "a, b = map(int, input().split())\nif a == 3:\n    while True: pass\nprint(a + b)"
     t0 = time.monotonic()
-    r = check(ADD_STDIN, code, timeout=1)
+    r = check(ADD_STDIN, code, timeout=1, sandbox=sandbox)
     assert r.results == [True, -1, True] and r.details[1] == "timeout" and time.monotonic() - t0 < 6
-    r = check(ADD_STDIN, SOLVE + "import sys\nsys.exit(2)", timeout=5)
+    r = check(ADD_STDIN, SOLVE + "import sys\nsys.exit(2)", timeout=5, sandbox=sandbox)
     assert r.results == [-1, -1, -1] and "exit 2" in r.details[0]
 
 
-def test_stdin_list_inputs_and_float_answers():
+def test_stdin_list_inputs_and_float_answers(sandbox):
     p = Problem("avg", "mean", inputs=[["2", "1 2"], "3\n1 1 2\n"], outputs=["1.5", "1.33333333333"])
-    r = check(p, "input()\nxs = list(map(int, input().split()))\nprint(sum(xs) / len(xs))", timeout=5)
+    r = check(p, "input()\nxs = list(map(int, input().split()))\nprint(sum(xs) / len(xs))", timeout=5, sandbox=sandbox)
     assert r.results == [True, True]
 
 
@@ -116,15 +123,15 @@ def test_compile_error_on_null_bytes_and_no_tests():
 
 
 # ---------------------------------------------------------------- call-based problems
-def test_call_based_function_and_solution_class():
-    assert check(ADD_CALL, "def add(a, b):\n    return a + b", timeout=5).results == [True] * 3
+def test_call_based_function_and_solution_class(sandbox):
+    assert check(ADD_CALL, "def add(a, b):\n    return a + b", timeout=5, sandbox=sandbox).results == [True] * 3
     cls = "class Solution:\n    def add(self, a, b):\n        return a + b\n"
-    assert check(ADD_CALL, cls, timeout=5).results == [True] * 3
-    r = check(ADD_CALL, "def add(a, b):\n    print('noise')\n    return (a + b,) if a == 1 else a - b", timeout=5)
+    assert check(ADD_CALL, cls, timeout=5, sandbox=sandbox).results == [True] * 3
+    r = check(ADD_CALL, "def add(a, b):\n    print('noise')\n    return (a + b,) if a == 1 else a - b", timeout=5, sandbox=sandbox)
     assert r.results == [True, False, True]  # (3,) == [3]; prints do not disturb the result channel
 
 
-def test_call_based_per_test_errors_are_isolated():
+def test_call_based_per_test_errors_are_isolated(sandbox):
     code = ("state = []\n"
             "def add(a, b):\n"
             "    state.append(a)\n"
@@ -132,30 +139,30 @@ def test_call_based_per_test_errors_are_isolated():
             "    if a == 0:\n        raise KeyError('boom')\n"
             "    return a + b + len(state) - 1\n")  # fresh module state per test: len(state) == 1
     t0 = time.monotonic()
-    r = check(ADD_CALL, code, timeout=1)
+    r = check(ADD_CALL, code, timeout=1, sandbox=sandbox)
     assert r.results == [True, -1, -1] and r.details[1] == "timeout" and "KeyError" in r.details[2]
     assert time.monotonic() - t0 < 6
 
 
-def test_call_based_module_errors():
-    assert check(ADD_CALL, "def other(): pass", timeout=5).results == [-2] * 3  # fn_name missing (APPS: -2)
-    assert check(ADD_CALL, "raise RuntimeError('at import')", timeout=5).results == [-2] * 3
-    r = check(ADD_CALL, "while True: pass\ndef add(a, b): return a + b", timeout=1)
+def test_call_based_module_errors(sandbox):
+    assert check(ADD_CALL, "def other(): pass", timeout=5, sandbox=sandbox).results == [-2] * 3  # fn_name missing (APPS: -2)
+    assert check(ADD_CALL, "raise RuntimeError('at import')", timeout=5, sandbox=sandbox).results == [-2] * 3
+    r = check(ADD_CALL, "while True: pass\ndef add(a, b): return a + b", timeout=1, sandbox=sandbox)
     assert r.results == [-1] * 3 and "module body" in r.details[0]
-    r = check(ADD_CALL, "def add(a, b):\n    return {a, b}", timeout=5)
+    r = check(ADD_CALL, "def add(a, b):\n    return {a, b}", timeout=5, sandbox=sandbox)
     assert r.results == [False] * 3 and "set" in r.details[0]
-    r = check(ADD_CALL, "import os\ndef add(a, b):\n    os._exit(0)", timeout=5)
+    r = check(ADD_CALL, "import os\ndef add(a, b):\n    os._exit(0)", timeout=5, sandbox=sandbox)
     assert r.results == [-1] * 3
 
 
-def test_call_based_cannot_see_expected_outputs():
+def test_call_based_cannot_see_expected_outputs(sandbox):
     secret = f"secret_{uuid.uuid4().hex}"
     p = Problem("s", "q", fn_name="f", inputs=[[1]], outputs=[secret])
     code = ("import os\ndef f(x):\n    found = []\n"
             "    for name in os.listdir('.'):\n"
             "        found.append(open(name, errors='replace').read())\n"
             "    return '|'.join(found)\n")
-    r = check(p, code, timeout=5)
+    r = check(p, code, timeout=5, sandbox=sandbox)
     got = r.details[0].split("expected")[0]
     assert r.results == [False] and "got" in got and secret not in got
 
@@ -175,23 +182,33 @@ def test_check_many_matches_check_and_keeps_order():
     "import os, time\nos.close(1)\ntime.sleep(100)",
     "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: pass",
 ])
-def test_hostile_stdin_candidates_fail(code):
+def test_hostile_stdin_candidates_fail(code, sandbox):
     from tasks import execution
-    if "fork" in code and execution.sandbox_mode() == "fallback" and not execution.fallback_limits_processes():
+    if "fork" in code and sandbox == "per-test" and execution.sandbox_mode() == "fallback" \
+            and not execution.fallback_limits_processes():
         pytest.skip("fallback as root without a private uid: RLIMIT_NPROC cannot apply")
     p = Problem("h", "q", inputs=["1 2\n"], outputs=["3"])
     t0 = time.monotonic()
-    r = check(p, code, timeout=1, memory_mb=256)
+    r = check(p, code, timeout=1, memory_mb=256, sandbox=sandbox)
     assert not r.passed and r.results[0] in (False, -1) and time.monotonic() - t0 < 8
 
 
 def test_hostile_call_based_write_outside():
+    # warm: /tmp is the sandbox's own tmpfs (the write succeeds there, the host's /tmp never sees it);
+    # per-test in namespace mode: the host's filesystem, read-only
     target = f"/tmp/pt_escape_{uuid.uuid4().hex}"
     code = f"def add(a, b):\n    open({target!r}, 'w').write('x')\n    return a + b"
-    r = check(ADD_CALL, code, timeout=5)
-    from tasks.execution import sandbox_mode
-    if sandbox_mode() == "namespace":
-        assert r.results == [-1] * 3 and "Read-only" in r.details[0]
-        assert not os.path.exists(target)
-    elif os.path.exists(target):
-        os.remove(target)
+    try:
+        from tasks.sandbox.detect import resolve_isolation
+        from tasks.sandbox.config import SandboxConfig
+        r = check(ADD_CALL, code, timeout=5)
+        if resolve_isolation(SandboxConfig()) != "fallback":
+            assert r.results == [True] * 3 and not os.path.exists(target)
+        from tasks.execution import sandbox_mode
+        if sandbox_mode() == "namespace":
+            r = check(ADD_CALL, code, timeout=5, sandbox="per-test")
+            assert r.results == [-1] * 3 and "Read-only" in r.details[0]
+            assert not os.path.exists(target)
+    finally:
+        if os.path.exists(target):
+            os.remove(target)

@@ -96,3 +96,21 @@ def test_summarize_validates_and_table_renders():
     assert "| all" in table and "50.00" in table and " (2)" in table and "-" in lines[2]
     # a JSON round trip (int keys become strings) still renders the same table
     assert format_table(json.loads(json.dumps(s))) == table
+
+
+def test_fail_fast_records_make_the_test_case_average_a_marked_lower_bound():
+    # sample 0 passed all 4 tests; sample 1 stopped at its 2nd test (fail-fast): 1 of 4 passed, not 1 of 2
+    recs = [{"problem_id": "p", "difficulty": "interview", "results": [[True] * 4, [True, False]], "tests": 4}]
+    g = summarize(recs, [1, 2])["groups"]["all"]
+    assert g["test_case_average"] == pytest.approx((1.0 + 0.25) / 2)
+    assert g["test_case_average_partial"] is True
+    assert g["pass_at_k"][1] == pytest.approx(0.5) and g["strict_accuracy"] == pytest.approx(0.5)
+    full = [{"problem_id": "p", "difficulty": "interview", "results": [[True] * 4, [True, False, -1, True]],
+             "tests": 4}]
+    gf = summarize(full, [1, 2])["groups"]["all"]
+    assert gf["pass_at_k"] == g["pass_at_k"] and gf["test_case_average_partial"] is False
+    assert g["test_case_average"] <= gf["test_case_average"]
+    table = format_table(summarize(recs, [1]))
+    assert "(partial)" in table and "lower bound" in table
+    with pytest.raises(ValueError, match="tests"):
+        summarize([dict(recs[0], tests=0)], [1])

@@ -128,3 +128,45 @@ def test_concurrent_appends_never_interleave(tmp_path):
             t.join()
     rows = read_jsonl(os.path.join(tmp_path, "verdicts.jsonl"))
     assert len(rows) == 400 and len({(r["problem_id"], r["sample_index"]) for r in rows}) == 400
+
+
+def test_verdict_records_from_before_duplicates_and_fail_fast_still_load(tmp_path):
+    with RunStore(str(tmp_path), {"samples": 1}) as store:
+        store.add_verdicts([VerdictRecord("a", 0, [True], True, None, duplicate_of=None, tests=1)])
+    with open(tmp_path / "verdicts.jsonl", "a") as f:  # a record written by the previous version
+        f.write(json.dumps({"problem_id": "b", "sample_index": 0, "results": [-2], "passed": False,
+                            "error": "compile error"}) + "\n")
+    with RunStore(str(tmp_path), {"samples": 1}) as store:
+        assert store.verdicts[("b", 0)].duplicate_of is None and store.verdicts[("b", 0)].tests is None
+        assert store.verdicts[("a", 0)].tests == 1
+
+
+def test_config_from_before_the_preamble_resumes_only_without_it(tmp_path):
+    from tasks.results import config_differences
+
+    old = {"samples": 2, "few_shot_source": "embedded"}  # a config.json written before issue 13
+    new = {"samples": 2, "few_shot_source": "embedded", "fail_fast": False}
+    assert config_differences(old, dict(new, preamble=False)) == []
+    assert config_differences(old, dict(new, preamble=True)) == ["preamble: False -> True"]
+
+
+def test_run_lock_is_exclusive_names_the_holder_and_dies_with_it(tmp_path):
+    import subprocess
+    import sys
+
+    from tasks.results import RunLock
+
+    out = str(tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nsys.path.insert(0, sys.argv[1])\n"
+                               "from tasks.results import RunLock\nlock = RunLock(sys.argv[2])\n"
+                               "print('held', flush=True)\ntime.sleep(60)", os.getcwd(), out],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirError, match=rf"in use by another prompt-tree process \(pid {holder.pid}\)"):
+            RunLock(out)
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(out):  # the kernel dropped the dead holder's lock
+        pass

@@ -1,0 +1,354 @@
+"""Hostile programs against the warm sandbox, in every sealed mode (as root: the full sandbox with a fresh uid,
+and the non-root user-namespace path, forced by running the zygote as uid nobody) and, where the case applies
+without namespaces, the fallback.
+
+Most programs print what they managed to do; the expected output is what a sealed sandbox allows, so a leak
+shows up as a failing verdict with the program's own words in the detail. Every case must end as verdicts
+(never an exception), within its time limit, with no process left (every sandbox process descends from the
+zygote, a subreaper) and no file outside the sandbox.
+"""
+import os
+import socket
+import tempfile
+import time
+import uuid
+
+import pytest
+
+from sandbox_helpers import IS_ROOT, assert_zygote_idle, available, sealed_modes
+from tasks.checker import check
+from tasks.problem import Problem
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATASET = os.path.join(REPO, "tasks", "data", "embedded.jsonl")
+
+
+def _mode(name):
+    why = available(name)
+    if why:
+        pytest.skip(f"{name} sandbox unavailable here: {why}")
+    return name
+
+
+@pytest.fixture(params=sealed_modes())
+def sealed(request):
+    return _mode(request.param)
+
+
+@pytest.fixture(params=sealed_modes() + ["fallback"])
+def any_mode(request):
+    return _mode(request.param)
+
+
+def stdin_problem(inputs, outputs):
+    return Problem("hostile", "q", inputs=list(inputs), outputs=list(outputs))
+
+
+def judge(problem, code, mode, timeout=2.0, **kw):
+    t0 = time.monotonic()
+    res = check(problem, code, timeout=timeout, isolation=mode, **kw)
+    elapsed = time.monotonic() - t0
+    assert_zygote_idle(mode)
+    return res, elapsed
+
+
+def _host_tmp_names(prefix):
+    return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith(prefix)}
+
+
+# ---------------------------------------------------------------- reading the answers
+def test_cannot_read_the_dataset_checkout_home_or_host_tmp(sealed):
+    marker = f"pt_host_secret_{uuid.uuid4().hex}"
+    host_file = os.path.join(tempfile.gettempdir(), marker)
+    with open(host_file, "w") as f:
+        f.write("secret")
+    code = f"""
+import os
+def tried(f):
+    try:
+        f()
+        return "LEAK"
+    except Exception:
+        return "blocked"
+out = []
+out.append(tried(lambda: open({DATASET!r}).read()))
+out.append(tried(lambda: __import__("tasks.apps")))
+out.append(tried(lambda: os.listdir({REPO!r})))
+out.append(tried(lambda: os.listdir("/work")))
+out.append(tried(lambda: open({host_file!r}).read()))
+out.append(tried(lambda: open("/etc/shadow").read()))
+out.append(tried(lambda: open("/etc/passwd").read()))
+out.append(tried(lambda: os.listdir(os.path.expanduser("~root"))  and open("/root/.bashrc").read()))
+out.append("blocked" if {marker!r} not in os.listdir("/tmp") else "LEAK")
+print(" ".join(out))
+"""
+    try:
+        res, _ = judge(stdin_problem([""], [" ".join(["blocked"] * 9)]), code, sealed)
+    finally:
+        os.remove(host_file)
+    assert res.results == [True], res.details
+
+
+def test_expected_outputs_never_enter_the_sandbox(sealed):
+    # a cheater: search every readable file and every process's memory map for the expected answer
+    secret = f"answer_{uuid.uuid4().hex}"
+    code = """
+import os, re, sys
+data = sys.stdin.read()
+found, files = None, 0
+for root, dirs, names in os.walk("/"):
+    dirs[:] = [d for d in dirs if not (root == "/" and d in ("proc", "dev"))]
+    for n in names:
+        try:
+            with open(os.path.join(root, n), "rb") as f:
+                files += 1
+                m = re.search(rb"answer_[0-9a-f]{32}", f.read(1 << 16))
+                if m:
+                    found = m.group().decode()
+        except OSError:
+            pass
+for pid in os.listdir("/proc"):
+    if pid.isdigit():
+        for what in ("cmdline", "environ"):
+            try:
+                m = re.search(rb"answer_[0-9a-f]{32}", open(f"/proc/{pid}/{what}", "rb").read())
+                found = found or (m and m.group().decode())
+            except OSError:
+                pass
+print(found or f"nothing in {files} files")
+"""
+    res, _ = judge(stdin_problem(["x\n"], [secret]), code, sealed, timeout=4.0)
+    got = [d.split(", expected")[0] for d in res.details]
+    assert res.results == [False] and all(secret not in g and "nothing in" in g for g in got), got
+
+
+# ---------------------------------------------------------------- reaching the host
+def test_cannot_reach_host_sockets_or_network(sealed):
+    path = os.path.join(tempfile.gettempdir(), f"pt_sock_{uuid.uuid4().hex[:8]}")
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    unix.bind(path)
+    unix.listen(1)
+    abstract = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    abstract_name = f"\0pt_abstract_{uuid.uuid4().hex[:8]}"
+    abstract.bind(abstract_name)
+    abstract.listen(1)
+    tcp = socket.socket()
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen(1)
+    port = tcp.getsockname()[1]
+    code = f"""
+import socket, os, ctypes
+def tried(f):
+    try:
+        f()
+        return "LEAK"
+    except Exception:
+        return "blocked"
+def unix_connect(addr):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1)
+    s.connect(addr)
+def tcp_connect(host, port):
+    socket.create_connection((host, port), timeout=1)
+out = [tried(lambda: unix_connect({path!r})), tried(lambda: unix_connect({abstract_name!r})),
+       tried(lambda: tcp_connect("127.0.0.1", {port})), tried(lambda: tcp_connect("1.1.1.1", 53)),
+       tried(lambda: os.kill({os.getpid()}, 0))]
+print(" ".join(out))
+"""
+    try:
+        res, _ = judge(stdin_problem([""], [" ".join(["blocked"] * 5)]), code, sealed)
+    finally:
+        for s in (unix, abstract, tcp):
+            s.close()
+        os.remove(path)
+    assert res.results == [True], res.details
+
+
+def test_no_privilege_left_to_use(sealed):
+    # what the fallback allowed as root-less: signals and ptrace of outside processes, real-time priority,
+    # stopping the init, remounting, new user namespaces, writing outside its directory
+    code = r"""
+import ctypes, os, signal
+libc = ctypes.CDLL(None, use_errno=True)
+def tried(f):
+    try:
+        r = f()
+        return "blocked" if r not in (None, 0) else "LEAK"
+    except Exception:
+        return "blocked"
+def write(path):
+    with open(path, "w") as f:
+        f.write("x")
+out = [
+    tried(lambda: os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))),
+    tried(lambda: libc.ptrace(16, os.getppid(), 0, 0)),                   # PTRACE_ATTACH the runner
+    tried(lambda: open(f"/proc/{os.getppid()}/environ").read()),
+    tried(lambda: libc.mount(None, b"/", None, 32 | 4096, None)),          # remount / writable
+    tried(lambda: libc.unshare(0x10000000)),                               # a user namespace of its own
+    tried(lambda: libc.unshare(0x00020000)),                               # a mount namespace
+    tried(lambda: write("/etc/pt_escape")), tried(lambda: write("/var/tmp/pt_escape")),
+    tried(lambda: write("/dev/shm/pt_escape")), tried(lambda: write("/pt_escape")),
+]
+os.kill(1, signal.SIGSTOP)   # the init ignores it: the next test still runs
+os.kill(1, signal.SIGKILL)
+print(" ".join(out), os.getuid())
+"""
+    res, _ = judge(stdin_problem(["", ""], [" ".join(["blocked"] * 10) + " 1000"] * 2), code, sealed)
+    assert res.results == [True, True], res.details
+
+
+# ---------------------------------------------------------------- filling the disk, crashing the job
+def test_disk_fill_is_bounded_by_the_private_tmpfs(sealed):
+    name = f"pt_fill_{uuid.uuid4().hex[:8]}"
+    code = f"""
+import os
+total = 0
+try:
+    for i in range(1000):
+        with open("/tmp/{name}_%d" % i, "wb") as f:
+            for _ in range(8):  # 8 MiB files: under the 16 MiB file-size limit, so the tmpfs fills up
+                f.write(b"x" * (1 << 20))
+                total += 1 << 20
+except OSError as e:
+    print("full", total <= 64 << 20, e.errno)
+"""
+    before = _host_tmp_names(name)
+    res, _ = judge(stdin_problem([""], ["full True 28"]), code, sealed, timeout=4.0)
+    assert res.results == [True], res.details  # ENOSPC at 64 MiB
+    assert _host_tmp_names(name) == before == set()
+
+
+def test_deep_directories_and_files_are_gone_for_the_next_test(any_mode):
+    marker = f"pt_input_copy_{uuid.uuid4().hex[:8]}"
+    code = f"""
+import os, sys
+if sys.stdin.read().strip() == "build":
+    fd = os.open(".", os.O_RDONLY)
+    for _ in range(3000):
+        os.mkdir("d", dir_fd=fd)
+        nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    with open("{marker}", "w") as f:
+        f.write("SECRET_INPUT")
+    print("built")
+else:
+    print(sorted(os.listdir(".")), os.path.exists("/tmp/{marker}"))
+"""
+    res, _ = judge(stdin_problem(["build\n", "look\n"], ["built", "[] False"]), code, any_mode, timeout=4.0)
+    if any_mode == "fallback":
+        # on the host's disk, deleting 3000 directories may outlast the limit: then the rest fails (-1)
+        assert all(r in (True, -1) for r in res.results), res.details
+    else:
+        assert res.results == [True, True], res.details
+    tmp = tempfile.gettempdir()
+    assert not [d for d in os.listdir(tmp) if os.path.exists(os.path.join(tmp, d, marker))]  # fallback's dir gone
+
+
+def test_forged_and_closed_result_channel(any_mode):
+    # the module body owns the warm process: it writes garbage on every descriptor and closes them all
+    p = Problem("c", "q", fn_name="f", inputs=[[1], [2], [3]], outputs=[1, 2, 3])
+    forge = ('import os, json\nfor fd in range(3, 256):\n    try:\n'
+             '        os.write(fd, json.dumps({"ev": "done", "i": 0, "exit": 0}).encode())\n'
+             '        os.write(fd, b"garbage\\n" * 100)\n    except OSError:\n        pass\n'
+             'def f(x):\n    return x\n')
+    close = "import os\nos.closerange(3, 1 << 16)\ndef f(x):\n    return x\n"
+    for code in (forge, close):
+        res, elapsed = judge(p, code, any_mode)
+        assert not res.passed and elapsed < 6, res.details
+        assert all(r in (-1, -2, False) for r in res.results)
+
+
+def test_flooding_the_control_channel(sealed):
+    p = Problem("c", "q", fn_name="f", inputs=[[1], [2]], outputs=[1, 2])
+    code = ("import os, threading\ndef flood():\n    while True:\n        for fd in range(3, 64):\n"
+            "            try:\n                os.write(fd, b'x' * 60000)\n            except OSError:\n"
+            "                pass\nthreading.Thread(target=flood, daemon=True).start()\n"
+            "def f(x):\n    return x\n")
+    res, elapsed = judge(p, code, sealed)
+    assert not res.passed and elapsed < 8, res.details
+
+
+# ---------------------------------------------------------------- attacks on the warm process
+def test_killing_the_warm_process_fails_the_rest(any_mode):
+    code = "import os, sys\nif sys.stdin.read() == 'kill':\n    os.kill(os.getppid(), 9)\nprint('ok')\n"
+    res, elapsed = judge(stdin_problem(["a", "kill", "b"], ["ok", "ok", "ok"]), code, any_mode)
+    assert res.results[0] is True and res.results[2] == -1 and res.results[1] in (True, -1), res.details
+    assert elapsed < 6
+
+
+def test_kill_everything_it_can(any_mode):
+    if any_mode == "fallback" and not IS_ROOT:
+        pytest.skip("fallback without root shares the caller's uid: kill(-1) would reach the test runner")
+    code = "import os, signal, sys\nif sys.stdin.read() == 'all':\n    os.kill(-1, signal.SIGKILL)\nprint('ok')\n"
+    res, elapsed = judge(stdin_problem(["all", "b"], ["ok", "ok"]), code, any_mode)
+    assert res.results[-1] == -1 and elapsed < 6, res.details
+
+
+def test_killing_its_parent_from_the_module_body(sealed):
+    # the warm process's parent is the sandbox's init (pid 1): the kill is ignored and the checks go on
+    p = Problem("c", "q", fn_name="f", inputs=[[1], [2]], outputs=[1, 2])
+    res, _ = judge(p, "import os\nos.kill(os.getppid(), 9)\nos.kill(1, 19)\ndef f(x):\n    return x\n", sealed)
+    assert res.results == [True, True], res.details
+
+
+def test_process_limit_exhausted_by_one_test(any_mode):
+    if any_mode == "fallback" and not IS_ROOT:
+        pytest.skip("fallback without root: RLIMIT_NPROC counts all of the caller's processes")
+    code = ("import os, sys\nif sys.stdin.read() == 'bomb':\n    while True:\n        try:\n            os.fork()\n"
+            "        except OSError:\n            pass\nprint('ok')\n")
+    res, elapsed = judge(stdin_problem(["bomb", "x", "y"], ["ok", "ok", "ok"]), code, any_mode, timeout=1.5)
+    assert res.results == [-1, True, True], res.details  # the next tests fork fine again
+    assert elapsed < 8
+
+
+def test_daemon_of_one_test_is_gone_before_the_next(any_mode):
+    marker = f"pt_daemon_{uuid.uuid4().hex[:8]}"
+    code = f"""
+import os, sys, time
+if sys.stdin.read() == "spawn":
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            time.sleep(0.3)
+            open("{marker}", "w").write("alive")
+            time.sleep(100)
+        os._exit(0)
+    os.wait()
+    print("spawned")
+else:
+    time.sleep(0.6)
+    mine = os.getpid()
+    others = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, mine, os.getppid())]
+    others = [p for p in others if open(f"/proc/{{p}}/stat").read().split()[2] != "Z"]
+    print(len(others) if {any_mode != "fallback"} else 0, os.path.exists("{marker}"))
+"""
+    res, _ = judge(stdin_problem(["spawn", "look"], ["spawned", "0 False"]), code, any_mode)
+    assert res.results == [True, True], res.details
+
+
+def test_sleeping_forever_after_printing(any_mode):
+    res, elapsed = judge(stdin_problem(["", ""], ["3", "3"]),
+                         "import time\nprint(3, flush=True)\ntime.sleep(1000)", any_mode, timeout=1.0)
+    assert res.results == [-1, -1] and res.details[0] == "timeout" and elapsed < 5
+
+
+def test_stderr_flood_is_stopped_within_its_limit(any_mode):
+    res, elapsed = judge(stdin_problem([""], ["1"]), "import sys\nwhile True:\n    sys.stderr.write('e' * 65536)",
+                         any_mode, timeout=1.5)
+    assert res.results[0] in (False, -1) and elapsed < 4, (res.details, elapsed)
+
+
+@pytest.mark.parametrize("code", [
+    "x = []\nwhile True: x.append(bytearray(10**7))",
+    "while True: print('y' * 1000)",
+    "import os, time\nos.close(1)\ntime.sleep(100)",
+    "import signal\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM, signal.SIGXCPU):\n"
+    "    signal.signal(s, signal.SIG_IGN)\nwhile True: pass",
+    "x = pow(7, 10**9)",  # inside one C call
+    "import re\nre.match(r'(a+)+$', 'a' * 40 + 'b')",
+], ids=["memory", "output-flood", "closed-stdout", "ignored-signals", "c-call", "regex"])
+def test_suite_hostile_programs(any_mode, code):
+    res, elapsed = judge(stdin_problem(["1 2\n", "3 4\n"], ["3", "7"]), code, any_mode, timeout=1.0,
+                         memory_mb=256)
+    assert not res.passed and all(r in (False, -1) for r in res.results) and elapsed < 8, res.details
