@@ -64,6 +64,12 @@ class RopeScaling:
                 raise ConfigError("original_max_position_embeddings must be positive")
 
 
+def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype_bytes: int = 2) -> int:
+    """KV cache bytes of one token of one model: K and V, every layer, every KV head (bf16 = 2 bytes). The one
+    place this is computed (ModelConfig.kv_bytes_per_token, plan.memory_report and the engine's pages use it)."""
+    return 2 * num_layers * num_kv_heads * head_dim * dtype_bytes
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shapes and switches of a Llama-family decoder. Validated on construction; lists become tuples.
@@ -131,8 +137,8 @@ class ModelConfig:
         return self.num_heads // self.num_kv_heads
 
     def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
-        """Bytes of K and V cache one token takes over all layers."""
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
+        """Bytes of K and V cache one token takes over all layers (bytes_per_token: the one formula)."""
+        return bytes_per_token(self.num_layers, self.num_kv_heads, self.head_dim, dtype_bytes)
 
     def num_parameters(self) -> int:
         """Parameter count (embeddings counted once when tied)."""

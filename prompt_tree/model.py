@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kernels.reference import attention_lse
+
 from .config import ModelConfig
 from .fused_ops import BACKENDS, add_rms_norm, rope_, silu_mul
 from .rope import rope_cos_sin, rope_inv_freq
@@ -334,18 +336,11 @@ def dense_attention(
     q: [Tq, Hq, D]; k, v: [Tk, Hkv, D] with Tk >= q_offset + Tq; returns [Tq, Hq, D] in q's dtype.
     Query head h reads KV head h // (Hq / Hkv) (HF's repeat_kv grouping).
     """
-    Tq, Hq, D = q.shape
-    Tk, Hkv, _ = k.shape
-    group = Hq // Hkv
-    scale = D**-0.5 if scale is None else scale
+    Tq, Tk = q.shape[0], k.shape[0]
     work = torch.promote_types(q.dtype, torch.float32)
-    kf = k.to(work).repeat_interleave(group, dim=1)  # [Tk, Hq, D]
-    vf = v.to(work).repeat_interleave(group, dim=1)
-    scores = torch.einsum("qhd,khd->hqk", q.to(work), kf) * scale  # [Hq, Tq, Tk]
-    q_pos = torch.arange(Tq, device=q.device)[:, None] + q_offset
-    k_pos = torch.arange(Tk, device=q.device)[None, :]
-    scores = scores.masked_fill(k_pos > q_pos, float("-inf"))
-    out = torch.einsum("hqk,khd->qhd", scores.softmax(dim=-1), vf)
+    # kernels.reference is the one reference attention; the mask puts query i at position q_offset + i
+    visible = torch.arange(Tk, device=q.device)[None, :] <= torch.arange(Tq, device=q.device)[:, None] + q_offset
+    out, _ = attention_lse(q, k, v, mask=visible, scale=scale, dtype=work)
     return out.to(q.dtype)
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from prompt_tree.errors import PromptTreeError
 from prompt_tree.prefix import subtree_prefixes
+from prompt_tree.config import bytes_per_token  # noqa: F401 - part of the plan's memory API
 from prompt_tree.tokenize import PromptEncoder, check_token_ids, encode_paths, is_chat_tree
 
 if TYPE_CHECKING:
@@ -48,11 +49,6 @@ class Group:
     @property
     def size(self) -> int:
         return self.stop - self.start
-
-
-def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype_bytes: int = 2) -> int:
-    """KV cache bytes for one token of one model: K and V, every layer, every KV head (bf16 = 2 bytes)."""
-    return 2 * num_layers * num_kv_heads * head_dim * dtype_bytes
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from prompt_tree.commands import tokenization
-from prompt_tree.commands.generate import DTYPE_CHOICES, dtype_arg
+from prompt_tree.arguments import DTYPE_CHOICES, add_tokenization_arguments, dtype_arg
 from tasks.runner import RunConfig, RunConfigError, preflight, run_apps
 
 
@@ -54,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--instruction", default=None,
                    help="text put before the few-shot examples (default: none; with --chat, the system turn, "
                         "default: a request for one ```python block)")
-    tokenization.add_arguments(g)
+    add_tokenization_arguments(g)
     g.add_argument("--max-new-tokens", type=int, default=None,
                    help="tokens per completion (default: 512, the paper's setting; 64 for tiny/random models)")
     g.add_argument("--temperature", type=float, default=d.temperature, help="(default: %(default)s)")

@@ -26,9 +26,9 @@ import os
 import time
 from typing import Callable
 
-from prompt_tree.parallel.dp import expected_tokens, merge_parts, part_paths, split_by_cost
+from prompt_tree.parallel.dp import expected_tokens, split_by_cost
 from tasks.execution import usable_cores
-from tasks.results import GENERATIONS_FILE, VERDICTS_FILE, RunLock, RunStore, read_jsonl
+from tasks.results import GENERATIONS_FILE, VERDICTS_FILE, RunLock, RunStore, fold_parts, read_jsonl, record_key
 from tasks.runner import (
     RunConfig, RunConfigError, RunReport, _default_check, _engine_options, _Executor, _generate_missing,
     build_sample_tree, build_summary, draw_examples, format_report, preflight, run_identity, sampling_params,
@@ -39,21 +39,6 @@ from tasks.runner import (
 def part_label(dp_rank: int) -> str:
     """The RunStore part of group dp_rank: its files are generations.rank<d>.jsonl, as dp.part_path names them."""
     return f"rank{dp_rank}"
-
-
-def _record_key(record: dict) -> tuple[str, int]:
-    return (str(record["problem_id"]), int(record["sample_index"]))
-
-
-def fold_parts(out_dir: str) -> int:
-    """Merge every group file in out_dir into the normal files and delete them; returns the records added."""
-    added = 0
-    for name in (GENERATIONS_FILE, VERDICTS_FILE):
-        path = os.path.join(out_dir, name)
-        parts = part_paths(path)
-        if parts:
-            added += merge_parts(path, parts, key=_record_key, read=lambda p: read_jsonl(p, truncate_torn=True))
-    return added
 
 
 def _default_workers(ctx) -> int:
@@ -113,8 +98,8 @@ def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Calla
         log(f"resuming {config.out}: {resumed[0]} completions and {resumed[1]} verdicts already done")
 
     # Step 2, on every rank from the same files: the work left and its split.
-    generated = {_record_key(r) for r in read_jsonl(os.path.join(config.out, GENERATIONS_FILE))}
-    verdicts = {_record_key(r) for r in read_jsonl(os.path.join(config.out, VERDICTS_FILE))}
+    generated = {record_key(r) for r in read_jsonl(os.path.join(config.out, GENERATIONS_FILE))}
+    verdicts = {record_key(r) for r in read_jsonl(os.path.join(config.out, VERDICTS_FILE))}
     wanted = [(p.problem_id, i) for p in problems for i in range(config.samples)]
     missing: dict[str, list[int]] = {}
     unexecuted: dict[str, int] = {}

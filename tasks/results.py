@@ -26,6 +26,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
 
+from prompt_tree.parallel.dp import merge_parts, part_paths
+
 CONFIG_FILE = "config.json"
 GENERATIONS_FILE = "generations.jsonl"
 VERDICTS_FILE = "verdicts.jsonl"
@@ -384,3 +386,18 @@ def jsonable(x: Any) -> Any:
     if hasattr(x, "item"):
         return x.item()
     return x
+
+
+def record_key(record: dict) -> tuple[str, int]:
+    return (str(record["problem_id"]), int(record["sample_index"]))
+
+
+def fold_parts(out_dir: str) -> int:
+    """Merge every group file in out_dir into the normal files and delete them; returns the records added."""
+    added = 0
+    for name in (GENERATIONS_FILE, VERDICTS_FILE):
+        path = os.path.join(out_dir, name)
+        parts = part_paths(path)
+        if parts:
+            added += merge_parts(path, parts, key=record_key, read=lambda p: read_jsonl(p, truncate_torn=True))
+    return added

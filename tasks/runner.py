@@ -29,7 +29,7 @@ from typing import Any, Callable, Sequence
 from tasks.duplicates import DuplicateIndex
 from tasks.execution import usable_cores
 from tasks.problem import Problem
-from tasks.results import GenerationRecord, RunLock, RunStore, VerdictRecord, jsonable
+from tasks.results import GenerationRecord, RunLock, RunStore, VerdictRecord, fold_parts, jsonable
 from tasks.run_limits import check_run_size
 
 SAMPLE_KEY_SEP = "#"
@@ -251,9 +251,11 @@ def check_export_path(config: RunConfig) -> None:
 
 
 def preflight(config: RunConfig, generating: bool = True) -> None:
-    """The checks that need neither problems nor a model: the model (when generating) and the export path."""
+    """The checks that need neither problems nor a model's weights: the model and its tokenization rule (a chat
+    template, a BOS the rule wants) when generating, and the export path."""
     if generating:
         check_model(config)
+        tokenization_of(config)
     check_export_path(config)
 
 
@@ -261,14 +263,9 @@ def load_engine(config: RunConfig):
     """The engine the config names: "tiny" or "random:PRESET" (random weights, seed 0, so the same model every
     run), or a local checkpoint directory."""
     from prompt_tree import Engine
-    from prompt_tree.config import random_preset
 
     check_model(config)  # before building anything
-    kwargs = dict(device=config.device, dtype=config.dtype, add_bos=config.bos)
-    preset = random_preset(config.model)
-    if preset is not None:
-        return Engine.random(preset, seed=0, **kwargs)
-    return Engine.from_pretrained(config.model, **kwargs)
+    return Engine.load(config.model, device=config.device, dtype=config.dtype, seed=0, add_bos=config.bos)
 
 
 def draw_examples(config: RunConfig, problems: Sequence[Problem]) -> list[Problem]:
@@ -477,7 +474,6 @@ def _run_locked(config, problems, by_id, from_file, wanted, params, examples, en
     from tasks.extract import extract_code
 
     if os.path.isdir(config.out):  # records of a torchrun run's groups (tasks.dp_runner) count as done too
-        from tasks.dp_runner import fold_parts
 
         fold_parts(config.out)
     store = RunStore(config.out, run_identity(config, problems), force=config.force)

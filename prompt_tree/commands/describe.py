@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from prompt_tree.commands import tokenization
+from prompt_tree.arguments import add_tokenization_arguments
 from prompt_tree.commands.generate import text_node_needing_tokenizer
 from prompt_tree.plan import bytes_per_token
 from prompt_tree.tokenizer import TokenizerError, load_tokenizer
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a checkpoint directory or its tokenizer.json, for trees with string prompts; "
                              "tokenizes as generate does (each sequence its whole prompt's encoding, under the "
                              "BOS rule of the config files beside it)")
-    tokenization.add_arguments(parser)
+    add_tokenization_arguments(parser)
     parser.add_argument("--max-len", type=int, default=None, metavar="N",
                         help="refuse prompts (root to node) longer than N tokens")
     parser.add_argument("--max-children", type=int, default=8, metavar="K",

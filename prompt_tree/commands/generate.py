@@ -13,24 +13,11 @@ import json
 import os
 import sys
 
-from prompt_tree.commands import tokenization
+from prompt_tree.arguments import DTYPE_CHOICES, add_tokenization_arguments, dtype_arg
 from prompt_tree.engine.results import completion_writer
 
 
 # The dtypes the attention kernels run in (prompt_tree.loading also knows fp64, which the kernels refuse).
-DTYPE_CHOICES = ("bf16", "bfloat16", "fp16", "float16", "fp32", "float32")
-
-
-def dtype_arg(text: str) -> str:
-    """argparse type of --dtype: one of DTYPE_CHOICES (any case)."""
-    name = text.strip().lower()
-    if name not in DTYPE_CHOICES:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a dtype the attention kernels support; use one of {', '.join(DTYPE_CHOICES)}, or leave "
-            f"--dtype out (bf16 on a GPU, fp32 on the CPU)")
-    return name
-
-
 def preset_has_tokenizer(preset: str) -> bool:
     """Whether Engine.random(preset) gets a tokenizer (only byte-vocabulary presets such as tiny do). Resolves the
     preset's config only, building nothing; an unknown preset raises ConfigError (a ValueError) listing them."""
@@ -58,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "presets other than tiny have no tokenizer, so their trees need token-id prompts)")
     p.add_argument("--tree", required=True, help="prompt tree JSON (as written by PromptTree.save)")
     p.add_argument("--out", required=True, help="output JSONL: key, sample_index, text, token_ids, finish_reason")
-    tokenization.add_arguments(p)
+    add_tokenization_arguments(p)
     p.add_argument("--samples", type=int, default=None,
                    help="override: N samples at every node that asks for samples (at every leaf if none asks)")
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most per sample")
@@ -86,19 +73,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_engine(spec: str, device=None, dtype=None, **kwargs):
-    """`tiny`, `random:PRESET` or a checkpoint directory -> Engine. A checkpoint without tokenizer.json loads its
-    weights alone (no tokenizer: the tree must hold token ids, which run() checks first)."""
-    from prompt_tree.config import random_preset
+    """`tiny`, `random:PRESET` or a checkpoint directory -> Engine (Engine.load; a checkpoint without
+    tokenizer.json loads its weights alone: the tree must hold token ids, which run() checks first)."""
     from prompt_tree.engine import Engine
-    from prompt_tree.loading import load_model
 
-    preset = random_preset(spec)
-    if preset is not None:
-        return Engine.random(preset, device=device, dtype=dtype, **kwargs)
-    if not has_tokenizer_file(spec):
-        loaded = load_model(spec, device, dtype, tokenizer=False)
-        return Engine(loaded.model, loaded.config, None, loaded.eos_ids, **kwargs)
-    return Engine.from_pretrained(spec, device=device, dtype=dtype, **kwargs)
+    return Engine.load(spec, device=device, dtype=dtype, **kwargs)
 
 
 def has_tokenizer_file(model: str) -> bool:

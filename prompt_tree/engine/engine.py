@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import get_preset
+from ..config import get_preset, random_preset
 from ..loading import load_model, random_model
 from ..sampler import Sampler
 from ..sampling import SamplingParams
@@ -87,6 +87,21 @@ class Engine:
         if tokenizer is None:
             tokenizer = random_model_tokenizer(config)
         return cls(model, config, tokenizer, config.eos_token_ids, **options)
+
+    @classmethod
+    def load(cls, spec, device=None, dtype=None, *, seed: int = 0, **options) -> "Engine":
+        """The engine a model spec names, the one rule every command uses: "tiny" or "random:PRESET" (random
+        weights of `seed`), or a checkpoint directory (one without tokenizer.json loads its weights alone: such an
+        engine runs token-id trees only)."""
+        preset = random_preset(spec) if isinstance(spec, str) else None
+        if preset is not None:
+            return cls.random(preset, seed=seed, device=device, dtype=dtype, **options)
+        path = os.fspath(spec)
+        if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "tokenizer.json")):
+            EngineOptions(**{k: v for k, v in options.items() if k in EngineOptions.names()})
+            loaded = load_model(path, device, dtype, tokenizer=False)
+            return cls(loaded.model, loaded.config, None, loaded.eos_ids, **options)
+        return cls.from_pretrained(path, device=device, dtype=dtype, **options)
 
     # ----- planning
 

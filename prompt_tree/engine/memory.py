@@ -53,8 +53,8 @@ def element_size(dtype: torch.dtype) -> int:
 
 
 def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
-    """K and V of one token over all layers (the one place this is computed)."""
-    return 2 * config.num_layers * config.num_kv_heads * config.head_dim * element_size(dtype)
+    """K and V of one token over all layers, in `dtype` (ModelConfig.kv_bytes_per_token)."""
+    return config.kv_bytes_per_token(element_size(dtype))
 
 
 def prefill_rows(plan, prefill_chunk_tokens: int) -> int:

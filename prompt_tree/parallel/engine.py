@@ -45,9 +45,7 @@ def engine_for_rank(spec: str, ctx: DistContext, dtype=None, seed: int = 0, **en
     device = ctx.device
     preset = random_preset(spec)
     if tp == 1:  # pure data parallelism: a whole model per rank
-        if preset is not None:
-            return Engine.random(preset, seed=seed, device=device, dtype=dtype, **engine_kwargs)
-        return Engine.from_pretrained(spec, device=device, dtype=dtype, **engine_kwargs)
+        return Engine.load(spec, device=device, dtype=dtype, seed=seed, **engine_kwargs)
     shard = TensorShard(tp, ctx.layout.tp_rank)
     if preset is not None:
         config = get_preset(preset)

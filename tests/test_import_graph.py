@@ -1,0 +1,98 @@
+"""The house rules on imports, read off the source (ast), counting imports inside functions and not those under
+`if TYPE_CHECKING:`: no module imports one that imports it back (directly or through others); kernels/ imports
+nothing from prompt_tree/ or tasks/; prompt_tree/ imports nothing from tasks/; tasks/ does not import the
+prompt-tree command line (prompt_tree.cli, prompt_tree.commands)."""
+import ast
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = ("prompt_tree", "kernels", "tasks")
+
+
+def _modules() -> dict[str, str]:
+    mods = {}
+    for pkg in PACKAGES:
+        for dirpath, _, files in os.walk(os.path.join(ROOT, pkg)):
+            for f in files:
+                if f.endswith(".py"):
+                    path = os.path.join(dirpath, f)
+                    name = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+                    mods[name[:-9] if name.endswith(".__init__") else name] = path
+    return mods
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = _modules()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, path in mods.items():
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(
+            node.test) for n in ast.walk(node)}
+        for node in ast.walk(tree):
+            if id(node) in skip or not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                base = node.module or ""
+                if node.level:
+                    parts = mod.split(".") if path.endswith("__init__.py") else mod.split(".")[:-1]
+                    parts = parts[:len(parts) - node.level + 1]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+            for t in targets:
+                while t and t not in mods:
+                    t = t.rsplit(".", 1)[0] if "." in t else ""
+                if t and t != mod:
+                    graph[mod].add(t)
+    return graph
+
+
+def _cycles(graph) -> list[list[str]]:
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles():
+    assert _cycles(_graph()) == []
+
+
+def test_layers_point_one_way():
+    graph = _graph()
+    bad = [(m, t) for m, ts in graph.items() for t in ts
+           if (m.startswith("kernels") and not t.startswith("kernels"))
+           or (m.startswith("prompt_tree") and t.startswith("tasks"))
+           or (m.startswith("tasks") and (t == "prompt_tree.cli" or t.startswith("prompt_tree.commands")))]
+    assert bad == []
+
+
+def test_the_checker_sees_a_circle():
+    """The test would fail on a real circle: two modules importing each other inside functions."""
+    graph = {"a": {"b"}, "b": {"a"}, "c": {"a"}}
+    assert _cycles(graph) == [["a", "b"]]
