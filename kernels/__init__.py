@@ -17,7 +17,7 @@ from .meta import (MetaCapacity, Segment, TreeAttentionMeta, own_slots, position
 from .options import LaunchOptions, cuda_graph_path, in_graph_path
 from .reference import attention_lse, merge_states, naive_tree_attention
 from .worklist import build_tree_meta
-from .plan import TreeAttentionPlan, plan_tree_attention
+from .attention_plan import TreeAttentionPlan, plan_tree_attention
 from .tree_attention import tree_attention
 
 __all__ = ["Segment", "TreeAttentionMeta", "MetaCapacity", "build_tree_meta", "required_capacity", "own_slots",

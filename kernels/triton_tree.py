@@ -1,7 +1,7 @@
 """The launches of one tree-attention call on the Triton path: configurations, launch lists, issuing them.
 
 The kernels are in kernels/triton_kernels.py. A call is a short list of launches, built once (`build_launches`)
-and issued by `run_launches` here or by a plan (kernels/plan.py), whatever the tree:
+and issued by `run_launches` here or by a plan (kernels/attention_plan.py), whatever the tree:
   one _shared_kernel launch per non-empty tile class (at most three), then the _own_kernel launch, then, when the
   own segments are split or the own kernel overlaps the shared ones on a side stream, the _merge_kernel launch.
 How they are spread over streams (overlap, PDL) and launched (direct, raw) is kernels.LaunchOptions.

@@ -1,4 +1,4 @@
-"""The BOS rule: whether every sequence starts with a BOS token, decided once per tokenizer, and why (issue 14).
+"""The BOS rule: whether every sequence starts with a BOS token, decided once per tokenizer, and why.
 
 Order (the first that says something decides):
 1. an explicit option: `flatten(..., add_bos=)`, `Engine(..., add_bos=)`, `--bos` / `--no-bos` (`apply_option`);

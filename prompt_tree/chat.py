@@ -1,4 +1,4 @@
-"""Chat templates: a conversation rendered to text by the checkpoint's own jinja template (issue 14).
+"""Chat templates: a conversation rendered to text by the checkpoint's own jinja template.
 
 Instruct checkpoints (Qwen2.5-Coder-Instruct, Llama-3.1-Instruct, ...) were trained on conversations written in
 their own format, which tokenizer_config.json's `chat_template` (or chat_template.jinja) spells out. The template

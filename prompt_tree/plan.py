@@ -9,7 +9,7 @@ chains are NOT merged: levels mirror the tree, so prefill and the KV pool map 1:
 builder may fuse chains later). Subtrees that ask for no samples are dropped: they need no KV and are not
 tokenized. Pure Python, no torch.
 
-Tokens (issue 14): every sequence's ids are exactly its whole prompt's encoding (prompt_tree.tokenize), and a plan
+Tokens: every sequence's ids are exactly its whole prompt's encoding (prompt_tree.tokenize), and a plan
 node holds what the sequences of its subtree share beyond its parent's: the token-id longest common prefix of the
 subtree's path encodings (prompt_tree.prefix), cut where the node's own text ends. Where BPE merges across a
 boundary ("...)\n" + "\nQUESTION" -> ")\n\n"), the last token or two of a node's text are not shared: its

@@ -1,7 +1,7 @@
 """Longest common prefixes of token-id sequences: the one rule both sharing constructions use.
 
 `PromptTree.from_prompts` builds a radix tree of flat prompts and `flatten` finds what the sequences below each
-tree node share (issue 14); both need the common prefix of a *run* of sequences, and both get it the same way:
+tree node share; both need the common prefix of a *run* of sequences, and both get it the same way:
 
     The longest common prefix of sequences s_1 .. s_n, taken in any order, is the least common prefix of
     neighbours: min(lcp(s_1, s_2), ..., lcp(s_{n-1}, s_n)) (and len(s_1) for n = 1).

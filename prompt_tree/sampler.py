@@ -1,4 +1,4 @@
-"""Sorting-free sampling: top-k / top-p / min-p by threshold search, then the inverse-CDF pick (issue 15, part 3).
+"""Sorting-free sampling: top-k / top-p / min-p by threshold search, then the inverse-CDF pick.
 
 The contract is the sort-based reference's (`sampling.sample_reference`): for the same counter-based uniform u, the
 token is the first index, in vocabulary order, whose cumulative filtered probability exceeds u * total. Only the
@@ -280,7 +280,7 @@ def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
     The one pick rule (the reference uses it too). A zero-weight index has the cumulative value of its predecessor,
     so it is never chosen. When u is so close to 1 that u * total rounds up to the total, no index exceeds it and
-    the result is the last index of positive weight (before issue 15 this clamped to N - 1, often a token of
+    the result is the last index of positive weight (in the earlier sampler this clamped to N - 1, often a token of
     probability zero, about once per 3e7 draws). fp32 is enough: rounding moves the bucket edges by ~1e-7, far
     below any sampling effect, and a cumulative sum of non-negative terms is still monotone.
     """

@@ -1,6 +1,6 @@
 """Sampling: validated parameters, the sort-based reference sampler, the public `sample`, and stop-string matching.
 
-Reproducibility (issues 4 and 15): a sequence's random draw at a step depends only on (seed, sequence id, step),
+Reproducibility: a sequence's random draw at a step depends only on (seed, sequence id, step),
 never on which other sequences share the batch. Each sequence gets ONE counter-based uniform per step
 (`prompt_tree.seeds`), and the token is chosen by inverse CDF over the filtered distribution in vocabulary order.
 A sequence id is a stable hash of (node key, sample index), so the same sample drawn inside two different trees

@@ -1,6 +1,6 @@
 """Counter-based noise: one uniform per (seed, sequence id, step), the same on every device, batch and process.
 
-Reproducibility (issues 4 and 15): a sequence's random draw at a step depends only on (seed, sequence id, step),
+Reproducibility: a sequence's random draw at a step depends only on (seed, sequence id, step),
 never on which other sequences share the batch. Each sequence gets ONE uniform per step, a pure integer function of
 those three values, computed vectorized in torch (the sampler's Triton kernel computes the same function and is
 tested equal to `uniforms` here).
@@ -8,7 +8,7 @@ tested equal to `uniforms` here).
 - `seed_key(seed)`: every bit of any Python int seed (negative, or larger than 64 bits) goes through blake2b of
   the int's minimal signed little-endian encoding, so distinct seeds give distinct 64-bit keys (up to a 2^-64
   collision chance). The old rule folded the seed to 32 bits by XOR, so -1, 2**32 + 1 and 2**64 drew exactly seed
-  0's samples (issue 15, part 5).
+  0's samples.
 - `sequence_id(key, sample_index)`: a stable 63-bit hash of (node key, sample index).
 - `uniforms(key, seq_ids, step)`: MurmurHash3 (x86, 32-bit) of the four 32-bit words (id low, id high, step low,
   step high), once seeded with the key's low word and once with its high word; the two 32-bit hashes give 53

@@ -1,4 +1,4 @@
-"""Stop strings: the window-decoding checker of the synchronous engine, and the incremental matcher (issue 15.4).
+"""Stop strings: the window-decoding checker of the synchronous engine, and the incremental matcher.
 
 The rule both implement: a sequence stops at the first step after which its completion's text,
 `tokenizer.decode(completion ids)` with special tokens skipped, contains a stop string; the final text is that

@@ -1,4 +1,4 @@
-"""The canonical tokenization of a prompt tree: every sequence gets exactly its whole prompt's tokens (issue 14).
+"""The canonical tokenization of a prompt tree: every sequence gets exactly its whole prompt's tokens.
 
 BPE does not split at node boundaries: "ab" may encode differently from "a" + "b" (Llama 3 merges ")\\n\\n" across
 the few-shot -> problem boundary of the APPS tree). So nodes are never encoded on their own. The rule:

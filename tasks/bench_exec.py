@@ -12,7 +12,7 @@ Methods, each over the same programs with the same number of workers (the usable
 - floor: no sandbox, in-process fork: a worker process compiles each program once and forks a child per test
   (the warm runner's own child code), the programs' own time plus one fork per test;
 - bare: `python -I prog.py` per test, no sandbox (a call-based test: a small driver importing prog.py);
-- per-test: the per-test sandbox (tasks.checker, sandbox="per-test", no preamble as before issue 13);
+- per-test: the per-test sandbox (tasks.checker, sandbox="per-test", no preamble, as it ran before the warm sandbox);
 - warm: the warm sandbox, every program checked (tasks.checker default);
 - warm+dedupe: as the job runs it: identical programs of a problem run once (tasks.duplicates).
 

@@ -62,7 +62,7 @@ def run_apps_distributed(config: RunConfig, ctx, *, check_fn: Callable | None = 
 
 def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Callable | None = None,
                           log: Callable[[str], None] | None = print) -> RunReport | None:
-    from prompt_tree.parallel.engine import engine_for_rank
+    from prompt_tree.parallel.rank_engine import engine_for_rank
     from tasks.extract import extract_code
 
     lay = ctx.layout

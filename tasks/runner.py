@@ -43,7 +43,7 @@ IDENTITY_FIELDS = (
     "model", "source", "split", "difficulty", "limit", "samples", "few_shot", "few_shot_source", "instruction",
     "max_new_tokens", "temperature", "top_p", "top_k", "seed", "timeout", "memory_mb", "dtype", "bos", "chat",
 )
-# Execution settings that change verdicts (issue 13); a config.json from before them ran without the preamble and
+# Execution settings that change verdicts; a config.json from before them ran without the preamble and
 # every test (tasks.results.CONFIG_FIELD_DEFAULTS).
 IDENTITY_FIELDS += ("preamble", "fail_fast")
 # A config.json written before few_shot_source existed lacks it and meant the embedded set (tasks.results fills

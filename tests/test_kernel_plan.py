@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kernels import LaunchOptions, build_tree_meta, launch, plan_tree_attention, tree_attention, triton_tree
-from kernels.plan import RawLaunch
+from kernels.attention_plan import RawLaunch
 from kernels.reference import naive_tree_attention
 from tests.test_kernels import DEVICE, make_case, rel_err
 

@@ -1,4 +1,4 @@
-"""Sort-based reference sampler against the sorting-free one (issue 15, part 3), on the CPU (torch path) or a GPU
+"""Sort-based reference sampler against the sorting-free one, on the CPU (torch path) or a GPU
 (Triton kernel), over batch x vocabulary x sampling settings. Prints a table and writes JSON.
 
 Logits are "peaked" by default, shaped like a language model's: a Gaussian tail (sd 1) plus 1-40 tokens lifted by

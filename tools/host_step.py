@@ -28,7 +28,7 @@ from prompt_tree.benchmark.step import APPS_STOPS  # noqa: E402
 from prompt_tree.config import get_preset, replace  # noqa: E402
 from prompt_tree.engine import Engine  # noqa: E402
 from prompt_tree.engine.run import GenerationRun  # noqa: E402
-from prompt_tree.engine.runner import ModelRunner  # noqa: E402
+from prompt_tree.engine.model_runner import ModelRunner  # noqa: E402
 from prompt_tree.sampler import Sampler  # noqa: E402
 from prompt_tree.sampling import SamplingParams  # noqa: E402
 from prompt_tree.stops import StopMatcher  # noqa: E402

@@ -116,7 +116,7 @@ def attention_floor_seconds(work: DecodeWork, ceilings: Ceilings) -> float:
     return work.num_layers * per_layer
 
 
-# ----- the physical floor of a whole decode step (issue: the no-attention step has a floor too)
+# ----- the physical floor of a whole decode step: the no-attention step has a floor too
 
 
 def activation_elements_per_row(config) -> int:

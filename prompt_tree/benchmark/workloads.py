@@ -24,7 +24,7 @@ import torch
 
 from prompt_tree.tree import PromptTree
 
-# Workload 1 grid (issue 6): prefix lengths x batch sizes, 128 new tokens.
+# Workload 1 grid: prefix lengths x batch sizes, 128 new tokens.
 PREFIXES = (1024, 2048, 4096, 8192, 16384)
 BATCHES = (32, 128, 512, 1024, 2048)
 NEW_TOKENS_1 = 128
@@ -71,7 +71,7 @@ class HierarchicalShape:
                 f"x {self.new_tokens} new")
 
 
-# Issue 6: (a) the paper's APPS shape; (b) a longer few-shot block, longer problems, few samples each.
+# (a) the paper's APPS shape; (b) a longer few-shot block, longer problems, few samples each.
 DEFAULT_2A = HierarchicalShape("2a", few_shot=2400, problem=500, samples=128, new_tokens=512, problems=32)
 DEFAULT_2B = HierarchicalShape("2b", few_shot=4096, problem=1000, samples=8, new_tokens=256, problems=256)
 

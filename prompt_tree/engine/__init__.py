@@ -6,7 +6,7 @@
     memory.py     the budget, the workspace, the pages it buys; SchedulingError
     scheduler.py  admission as memory frees, expected lengths and a watermark, preemption of the newest unit
     segments.py   the one builder of attention metadata for prefill pieces and decode rows
-    runner.py     the device side: KV tensor, prefill calls, the capturable decode step, graph buckets
+    model_runner.py  the device side: KV tensor, prefill calls, the capturable decode step, graph buckets
     run.py        one generate call's loop, host work overlapped with the next step
     engine.py     Engine: construction, planning, generate, cost
     results.py    Completion, GenerationSummary, GenerationResult

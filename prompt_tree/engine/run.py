@@ -26,7 +26,7 @@ from ..sampling import sequence_id
 from .blocks import KVBlocks, OutOfPages, pages_for
 from .memory import SchedulingError, plan_memory, prefill_rows
 from .results import Completion, GenerationSummary
-from .runner import EOS, IDLE, LENGTH, STOP_ID, ModelRunner
+from .model_runner import EOS, IDLE, LENGTH, STOP_ID, ModelRunner
 from .scheduler import Scheduler
 from kernels import required_capacity
 

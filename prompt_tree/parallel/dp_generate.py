@@ -15,7 +15,7 @@ import sys
 from ..engine.results import completion_writer
 from ..tree import PromptTree
 from .dp import merge_parts, part_path, split_tree
-from .engine import engine_for_rank
+from .rank_engine import engine_for_rank
 from .env import DistContext
 
 

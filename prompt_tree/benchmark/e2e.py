@@ -41,7 +41,7 @@ WORKLOADS = ("1", "2a", "2b")
 ENGINE_ATTENTION = {"tree": "tree", "single": "tree", "flat": "flat", "none": "none"}
 # What each mode's attention reads, for time estimates (limit.ESTIMATE_ATTENTION_FACTOR).
 MODE_READS = {"tree": "shared", "single": "shared", "flat": "paged", "none": "none", "hf": "copied"}
-# Workload 1 cells that run first (issue 6): the long-prefix, large-batch corner where sharing matters.
+# Workload 1 cells that run first: the long-prefix, large-batch corner where sharing matters.
 PRIORITY_PREFIXES = (4096, 16384)
 PRIORITY_BATCHES = (128, 512, 1024)
 # Workload 2 order: 2b before 2a (2a's 512-token samples make it the slowest).
