@@ -1,10 +1,11 @@
 """Tensor and data parallelism through torch.distributed (started by torchrun; NCCL on GPUs, gloo on CPU).
 
+    layout.py         the tp x dp layout (torch-free)
     env.py            torchrun's variables, the tp x dp layout, process groups, errors
     health.py         heartbeats through the rendezvous store: a failed or dead rank stops the others, named
     layers.py         which slice of each weight a TP rank holds; the row-parallel all-reduce
     shard_loading.py  a TP rank's model from checkpoint slices or random weights
-    engine.py         an Engine whose TP ranks agree on the sub-batch schedule
+    rank_engine.py    an Engine whose TP ranks agree on the sub-batch schedule
     dp.py             splitting work into balanced subtrees; per-group result files and their merge
     dp_generate.py    `prompt-tree generate` under torchrun
 
@@ -19,7 +20,7 @@ _EXPORTS = {
     "DistTimeouts": "env", "DistContext": "env", "init_distributed": "env", "PEER_FAILED_EXIT": "env",
     "shard_config": "layers", "tp_part": "layers", "parallelize": "layers", "RowParallelLinear": "layers",
     "TensorShard": "shard_loading", "load_sharded": "shard_loading", "random_sharded": "shard_loading",
-    "ParallelEngine": "engine", "engine_for_rank": "engine",
+    "ParallelEngine": "rank_engine", "engine_for_rank": "rank_engine",
     "split_by_cost": "dp", "split_tree": "dp", "part_path": "dp", "part_paths": "dp", "merge_parts": "dp",
     "expected_tokens": "dp",
 }
