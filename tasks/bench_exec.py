@@ -36,7 +36,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from tasks.apps import load_problems
-from tasks.bench_programs import Program, program_set, variant
+from tasks.bench_exec_report import plot, summarize_runs, targets, write_outputs
+from tasks.bench_programs import LOOP_TIMEOUT_S, TIMEOUT_S, Program, program_set, variant
 from tasks.checker import check
 from tasks.compare import TokenStream, call_arguments, expected_text, expected_value, return_value_matches
 from tasks.duplicates import program_key
@@ -44,12 +45,10 @@ from tasks.execution import usable_cores
 from tasks.sandbox import wire
 from tasks.sandbox.config import SandboxConfig
 from tasks.sandbox.detect import resolve_isolation
-from tasks.sandbox.host import live_zygote_pids
+from tasks.sandbox.zygote_host import live_zygote_pids
 from tasks.verdicts import ProcessEnd, call_status_of, call_verdict, stdin_verdict
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMEOUT_S = 4.0
-LOOP_TIMEOUT_S = 0.5  # the endless-loop variant's limit
 LOOP_EVERY = 11
 METHODS = ("floor", "bare", "per-test", "warm", "warm+dedupe")
 PYTHON = os.path.realpath(sys.executable)  # not a pyenv shim: ~0.1 s of bash per start
@@ -67,12 +66,21 @@ def limit_of(program: Program) -> float:
 
 
 # ------------------------------------------------------------------------------------------ methods
-def run_checker(programs, workers, **kwargs) -> list[list]:
-    def one(prog):
-        return check(prog.problem, prog.code, timeout=limit_of(prog), **kwargs).results
+def run_checker(programs, workers, walls: list | None = None, **kwargs) -> list[list]:
+    """walls: filled with each program's wall seconds (its check call), in program order."""
+    if walls is not None:
+        walls[:] = [0.0] * len(programs)
+
+    def one(i_prog):
+        i, prog = i_prog
+        t0 = time.perf_counter()
+        results = check(prog.problem, prog.code, timeout=limit_of(prog), **kwargs).results
+        if walls is not None:
+            walls[i] = time.perf_counter() - t0
+        return results
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, programs))
+        return list(pool.map(one, enumerate(programs)))
 
 
 def run_dedupe(programs, workers) -> list[list]:
@@ -181,9 +189,9 @@ def _stdin_bytes(test_input) -> bytes:
     return test_input.encode()
 
 
-def run_floor(programs, workers) -> list[list]:
+def run_floor(programs, workers, cpus: list | None = None) -> list[list]:
     """In-process fork, no sandbox: `workers` single-threaded worker processes (tasks.bench_floor) take
-    programs one at a time."""
+    programs one at a time. cpus: filled with each program's own CPU seconds, in program order."""
     spec = [{"code": p.code, "timeout": limit_of(p), "call": p.problem.call_based, "fn_name": p.problem.fn_name,
              "inputs": p.problem.inputs, "outputs": p.problem.outputs} for p in programs]
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
@@ -194,6 +202,8 @@ def run_floor(programs, workers) -> list[list]:
     procs = [subprocess.Popen([PYTHON, "-I", "-c", boot], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                               env=dict(os.environ, OPENBLAS_NUM_THREADS="1"), bufsize=1) for _ in range(workers)]
     results: list = [None] * len(programs)
+    if cpus is not None:
+        cpus[:] = [0.0] * len(programs)
     own_cpu = [0.0]
     lock = threading.Lock()
     todo = list(range(len(programs)))
@@ -210,6 +220,8 @@ def run_floor(programs, workers) -> list[list]:
             results[i] = answer["verdicts"]
             with lock:
                 own_cpu[0] += answer["cpu_s"]
+                if cpus is not None:
+                    cpus[i] = answer["cpu_s"]
         proc.stdin.close()
         proc.wait()
 
@@ -229,22 +241,40 @@ def run_floor(programs, workers) -> list[list]:
 
 
 # ------------------------------------------------------------------------------------------ one run
-def measure(method: str, programs, workers: int) -> tuple[list, float, float | None]:
-    """(verdicts, wall seconds, the programs' own CPU seconds if this method measures them)."""
+def measure(method: str, programs, workers: int, per_program: list | None = None) -> tuple[list, float, float | None]:
+    """(verdicts, wall seconds, the programs' own CPU seconds if this method measures them). per_program: filled
+    with each program's own CPU seconds (floor) or wall seconds (warm)."""
     if method == "floor":
-        return run_floor(programs, workers)  # timed from the moment the workers are up
+        return run_floor(programs, workers, per_program)  # timed from the moment the workers are up
     t0 = time.perf_counter()
     if method == "bare":
         verdicts = run_bare(programs, workers)
     elif method == "per-test":
         verdicts = run_checker(programs, workers, sandbox="per-test", preamble=False)
     elif method == "warm":
-        verdicts = run_checker(programs, workers)
+        verdicts = run_checker(programs, workers, per_program)
     elif method == "warm+dedupe":
         verdicts = run_dedupe(programs, workers)
     else:
         raise ValueError(f"unknown method {method!r}; one of {METHODS}")
     return verdicts, time.perf_counter() - t0, None
+
+
+def fit_overhead(programs, walls: list[float], own_cpu: list[float]) -> dict:
+    """The warm sandbox's overhead split into a cost per program and a cost per test: each program's latency in
+    the warm sandbox beyond its own CPU time (under the floor), fitted by least squares as a + b x tests run (a
+    compile error runs none). Dividing the total by the tests or by the programs, as the other columns do,
+    charges each the other's share; the fit separates them."""
+    xs = [0 if p.variant == "compile" else p.problem.num_tests for p in programs]
+    ys = [1e3 * (w - c) for w, c in zip(walls, own_cpu)]
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / var if var else 0.0
+    a = my - b * mx
+    resid = [y - a - b * x for x, y in zip(xs, ys)]
+    return {"fit_ms_per_program": round(a, 2), "fit_ms_per_test": round(b, 3),
+            "fit_residual_ms_rms": round((sum(r * r for r in resid) / n) ** 0.5, 2), "fit_programs": n}
 
 
 def cpu_seconds() -> float:
@@ -271,12 +301,14 @@ def _settle() -> None:
 def one_run(programs, methods, workers: int, log) -> list[dict]:
     """Each method on the programs without the endless loops, then on those alone (their wall time is the
     limit whatever the method, so their share hides the sandbox's own speed); the row sums both."""
-    # the warm sandbox's zygote starts once per process; start it before timing (a job pays it once)
-    check(programs[0].problem, programs[0].code, timeout=TIMEOUT_S)
     sets = ([p for p in programs if p.variant != "timeout"], [p for p in programs if p.variant == "timeout"])
+    # the warm sandbox's zygote starts once per process; start it before timing (a job pays it once), with a
+    # program that ends (the first program is an endless loop: 4 s per test untimed, as the warm-up had it)
+    check(sets[0][0].problem, sets[0][0].code, timeout=TIMEOUT_S)
     tests = sum(p.problem.num_tests for p in programs)
     tests_a = sum(p.problem.num_tests for p in sets[0])
     rows, verdicts, own_cpu = [], {}, None
+    per_program: dict[str, list] = {}  # method -> per program of sets[0]: floor's own CPU s, warm's wall s
     for method in methods:
         got, seconds, seconds_a, cpu_own, used = [], 0.0, 0.0, 0.0, 0.0
         for k, subset in enumerate(sets):
@@ -284,7 +316,7 @@ def one_run(programs, methods, workers: int, log) -> list[dict]:
                 continue
             _settle()
             c0 = cpu_seconds()
-            v, sec, cpu = measure(method, subset, workers)
+            v, sec, cpu = measure(method, subset, workers, per_program.setdefault(method, []) if k == 0 else None)
             _settle()
             used += cpu_seconds() - c0
             got += v
@@ -302,6 +334,9 @@ def one_run(programs, methods, workers: int, log) -> list[dict]:
             f"the endless loops)  cpu {used:.1f} s")
     ref = verdicts.get("warm")
     floor = next((r for r in rows if r["method"] == "floor"), None)
+    if per_program.get("warm") and per_program.get("floor"):
+        fit = fit_overhead(sets[0], per_program["warm"], per_program["floor"])
+        next(r for r in rows if r["method"] == "warm").update(fit)
     ordered = [p.name for p in sets[0] + sets[1]]
     for row in rows:
         if own_cpu is not None:
@@ -356,104 +391,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def summarize_runs(runs: list[dict]) -> list[dict]:
-    """One row per method: the median run's numbers, with the spread of tests/s over runs."""
-    out = []
-    for method in [r["method"] for r in runs[0]["rows"]]:
-        rows = [next(r for r in run["rows"] if r["method"] == method) for run in runs]
-        rows.sort(key=lambda r: r["seconds"])
-        mid = dict(rows[(len(rows) - 1) // 2])
-        tps = [r["tests_per_s"] for r in rows]
-        mid["tests_per_s_min"], mid["tests_per_s_max"] = min(tps), max(tps)
-        out.append(mid)
-    return out
-
-
-def targets(rows: list[dict], jobs: list[dict]) -> dict:
-    """The issue's targets, each measured as the row says (see write_outputs for what each means)."""
-    by = {r["method"]: r for r in rows}
-    t = {}
-    if "warm" in by and "bare" in by:
-        t["warm / bare tests/s"] = round(by["warm"]["tests_per_s"] / by["bare"]["tests_per_s"], 2)
-        t["warm / bare tests/s without the endless loops"] = round(
-            by["warm"]["tests_per_s_without_endless_loops"] / by["bare"]["tests_per_s_without_endless_loops"], 2)
-    w = by.get("warm", {})
-    for key in ("overhead_ms_per_test", "cpu_overhead_ms_per_test", "wall_overhead_vs_floor_ms_per_test"):
-        if key in w:
-            t[f"warm {key} (target <= 5)"] = w[key]
-    for key in ("overhead_ms_per_program", "cpu_overhead_ms_per_program", "wall_overhead_vs_floor_ms_per_program"):
-        if key in w:
-            t[f"warm {key} (target <= 50)"] = w[key]
-    if jobs:
-        t["main job: execution <= generation"] = all(j["execution_s"] <= j["generation_s"] for j in jobs)
-    return t
-
-
-def write_outputs(result: dict, out: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out + ".json", "w") as f:
-        json.dump(result, f, indent=2)
-    loads = ", ".join(f"{r['load_average']:.1f}" for r in result["runs"])
-    lines = ["# Execution benchmark", "",
-             f"{result['cpu_model']}, {result['cores']} usable cores, {result['workers']} workers, isolation "
-             f"`{result['isolation']}`, Python {result['python']}, {result['date']}; `{result['command']}`. "
-             f"Load average (1 min) after each run: {loads} (the machine is shared).", "",
-             f"{result['programs']} programs, {result['tests']} tests per run; limit {TIMEOUT_S} s per test "
-             f"({LOOP_TIMEOUT_S} s for the endless-loop variant). Median of {len(result['runs'])} run(s); "
-             "tests/s spread over the runs in brackets.", "",
-             "Overheads per test / per program, three ways: *wall* = workers x wall seconds beyond the programs' "
-             "own CPU time (their rusage under the floor), inflated by whatever else runs on the machine; *cpu* = "
-             "CPU seconds the method made the machine spend (this process, its children, the zygote and its "
-             "sandboxes) beyond the programs' own; *vs floor* = workers x wall seconds beyond the floor's.", "",
-             "| method | seconds | tests/s [min-max] | tests/s w/o loops | programs/s/core | wall ms/test | "
-             "cpu ms/test | vs floor ms/test | wall ms/prog | cpu ms/prog | vs floor ms/prog | verdicts != warm |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        g = lambda k: r.get(k, "-")  # noqa: E731
-        lines.append(f"| {r['method']} | {r['seconds']} | {r['tests_per_s']} [{r['tests_per_s_min']}-"
-                     f"{r['tests_per_s_max']}] | {r['tests_per_s_without_endless_loops']} | "
-                     f"{r['programs_per_s_per_core']} | {g('overhead_ms_per_test')} | {g('cpu_overhead_ms_per_test')} | "
-                     f"{g('wall_overhead_vs_floor_ms_per_test')} | {g('overhead_ms_per_program')} | "
-                     f"{g('cpu_overhead_ms_per_program')} | {g('wall_overhead_vs_floor_ms_per_program')} | "
-                     f"{g('verdicts_differing_from_warm')} |")
-    lines += ["", "Targets:", ""] + [f"- {k}: {v}" for k, v in result["targets"].items()] + [""]
-    if result["main_jobs"]:
-        lines += ["Embedded default main job (`prompt-tree apps`, tiny model, 33 problems x 16 samples):", "",
-                  "| run | generation s | execution s (summed over programs) | execution after generation s | total s |",
-                  "|---|---|---|---|---|"]
-        for i, j in enumerate(result["main_jobs"], 1):
-            lines.append(f"| {i} | {j['generation_s']} | {j['execution_s']} | {j['execution_after_generation_s']} | "
-                         f"{j['total_s']} |")
-        lines.append("")
-    if os.path.exists(out + ".png"):
-        lines += [f"![tests per second](./{os.path.basename(out)}.png)", ""]
-    with open(out + ".md", "w") as f:
-        f.write("\n".join(lines))
-
-
-def plot(result: dict, out: str) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    methods = [r["method"] for r in result["rows"]]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    ax.bar(methods, [r["tests_per_s"] for r in result["rows"]], color="#8fb3d9")
-    for run in result["runs"]:
-        ax.plot(methods, [next(r["tests_per_s"] for r in run["rows"] if r["method"] == m) for m in methods], "k.")
-    ax.set_yscale("log")
-    ax.set_ylabel("tests / s (log)")
-    ax.set_title(f"Executing {result['tests']} APPS tests on {result['workers']} workers ({result['cpu_model'][:30]})",
-                 fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out + ".png", dpi=120)
-    plt.close(fig)
-    return True
 
 
 # ------------------------------------------------------------------------------------------ entry points

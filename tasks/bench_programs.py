@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from tasks.problem import Problem
 
 VARIANTS = ("reference", "wrong", "runtime", "timeout", "compile", "duplicate")
+# Limits per test: the job's default, and a short one for the endless-loop variant, which costs its whole limit on
+# every test in any method (so that one kind of program does not dominate the benchmark).
+TIMEOUT_S = 4.0
+LOOP_TIMEOUT_S = 0.5
 
 
 @dataclass(frozen=True)

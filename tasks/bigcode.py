@@ -9,6 +9,7 @@ import os
 from typing import Mapping, Sequence
 
 from tasks.problem import Problem
+from tasks.results import write_json_atomic
 
 
 class GenerationsFileError(ValueError):
@@ -29,10 +30,7 @@ def export_bigcode(path: str, problems: Sequence[Problem], programs: Mapping[str
     out = [list(programs[p.problem_id]) for p in problems]
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(out, f, ensure_ascii=False)
-    os.replace(tmp, path)
+    write_json_atomic(path, out, indent=None, ensure_ascii=False)
 
 
 def export_path_problem(path: str) -> str | None:

@@ -21,7 +21,7 @@ from tasks.compare import call_arguments, expected_text, expected_value, return_
 from tasks.problem import Problem
 from tasks.sandbox import preamble as preamble_module
 from tasks.sandbox import wire as wire_module
-from tasks.sandbox.host import SandboxError
+from tasks.sandbox.zygote_host import SandboxError
 from tasks.verdicts import ProcessEnd, call_verdict, short, stdin_verdict
 
 MIN_OUTPUT_CAP = 16 << 20

@@ -23,7 +23,6 @@ Per-test verdicts follow APPS: True (passed), False (wrong answer), -1 (runtime 
 """
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,12 +30,11 @@ from functools import lru_cache
 
 from tasks.check_per_test import check_per_test
 from tasks.check_warm import check_warm
-from tasks.compare import FLOAT_TOLERANCE, expected_text, return_value_matches, stdout_matches  # noqa: F401
 from tasks.execution import usable_cores
 from tasks.problem import Problem
 from tasks.sandbox.config import SandboxConfig
 from tasks.sandbox.detect import resolve_isolation
-from tasks.sandbox.host import SandboxError  # noqa: F401 - part of this module's API
+from tasks.sandbox.zygote_host import SandboxError  # noqa: F401 - part of this module's API
 from tasks.verdicts import Verdict, short
 
 SANDBOXES = ("warm", "per-test")

@@ -96,6 +96,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--out", default=d.out,
                    help="run directory; an existing one with the same settings is resumed (default: %(default)s)")
+    g.add_argument("--node-dir", default=None, metavar="DIR",
+                   help="torchrun over nodes that share no filesystem: each node's groups keep their files in DIR "
+                        "on that node and rank 0 merges them into --out (on rank 0's node) through the rendezvous "
+                        "store (default: the groups write into --out, which every node must then see)")
     g.add_argument("--force", action="store_true",
                    help="if --out holds a run with different settings, delete its files and start afresh")
     g.add_argument("--generations", default=None, metavar="FILE",
@@ -115,7 +119,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         seed=args.seed, timeout=args.timeout, memory_mb=args.memory_mb, workers=args.workers, device=args.device,
         preamble=not args.no_preamble, fail_fast=args.fail_fast, sandbox=args.sandbox, isolation=args.isolation,
         dtype=args.dtype, attention=args.attention, max_batch_sequences=args.max_batch_sequences, tp=args.tp,
-        out=args.out,
+        out=args.out, node_dir=args.node_dir,
         force=args.force, generations=args.generations, export_bigcode=args.export_bigcode,
         progress=not args.no_progress,
     )

@@ -5,10 +5,11 @@ split over tensor-parallel ranks (prompt_tree.parallel).
 
 Per invocation:
 1. rank 0 folds group files left by an interrupted run into the normal files, then checks (or, with --force,
-   resets) the run directory exactly as one process does; the other ranks wait for its word (ctx.share);
-2. every rank reads the normal files, lists the missing (problem, sample) pairs and the completions without a
-   verdict, and splits the problems that have work left into dp groups by expected tokens (prompt tokens +
-   missing samples x max_new_tokens; greedy largest-first), the same split on every rank;
+   resets) the run directory exactly as one process does, and tells every rank which (problem, sample) pairs
+   already have a completion and a verdict (ctx.share): no other rank reads --out;
+2. every rank lists the missing pairs and the completions without a verdict, and splits the problems that have
+   work left into dp groups by expected tokens (prompt tokens + missing samples x max_new_tokens; greedy
+   largest-first), the same split on every rank;
 3. each group generates its problems' missing samples (the sample tree is built over ALL selected problems, so
    the few-shot block is the one a single process draws). Its TP rank 0 appends completions and verdicts, as
    they come, to generations.rank<d>.jsonl and verdicts.rank<d>.jsonl and runs the checker pool; its other TP
@@ -16,24 +17,30 @@ Per invocation:
 4. rank 0 waits for every rank, merges the group files into generations.jsonl / verdicts.jsonl, and writes
    summary.json and the report as one process would.
 
+Group files live in --out, which every node must then see (one node, or a shared filesystem), or with
+--node-dir in a directory on each writer's own node; their records then travel to rank 0 through the rendezvous
+store, at the start (an interrupted run's) and at the end (tasks.node_files).
+
 Resuming: a killed group keeps what its file holds; the next invocation folds it in at step 1 and generates only
 what is missing, whatever the new number of groups.
 """
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import asdict
 import os
 import time
 from typing import Callable
 
 from prompt_tree.parallel.dp import expected_tokens, split_by_cost
 from tasks.execution import usable_cores
-from tasks.results import GENERATIONS_FILE, VERDICTS_FILE, RunLock, RunStore, fold_parts, read_jsonl, record_key
-from tasks.runner import (
-    RunConfig, RunConfigError, RunReport, _default_check, _engine_options, _Executor, _generate_missing,
-    build_sample_tree, build_summary, draw_examples, format_report, preflight, run_identity, sampling_params,
-    select_problems,
-)
+from tasks.node_files import node_part_files, node_records, read_leftovers, start_node_dir
+from tasks.results import RunLock, RunStore, fold_parts
+from tasks.run_config import (RunConfig, RunConfigError, draw_examples, preflight, run_identity, sampling_params,
+                               select_problems)
+from tasks.run_summary import RunReport, build_summary, export_programs, format_report
+from tasks.runner import build_sample_tree, engine_options, generate_missing
+from tasks.verdict_pool import VerdictPool, default_check
 
 
 def part_label(dp_rank: int) -> str:
@@ -86,21 +93,41 @@ def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Calla
     examples = draw_examples(config, problems)
     t_start = time.perf_counter()
 
-    def prepare() -> list[int]:
+    writers = [lay.tp_ranks(d)[0] for d in range(lay.dp)]
+    node_dir = config.node_dir
+    if node_dir is not None and lay.is_writer:  # step 0 (tasks.node_files): what this node holds goes to rank 0
+        held.append(RunLock(node_dir))
+        ctx.publish("apps/leftovers", read_leftovers(node_dir, identity, config.force))
+
+    def prepare() -> dict:
         held.append(RunLock(config.out))  # rank 0 only: one writer process per run directory
         fold_parts(config.out)  # before the config check, so that the check sees those records too
         store = RunStore(config.out, identity, force=config.force)
-        store.close()
-        return [store.resumed_generations, store.resumed_verdicts]
+        try:
+            if node_dir is not None:  # every writer checked its node directory; their leftovers are the run's
+                for rank, left in sorted(ctx.wait_published("apps/leftovers", writers).items()):
+                    store.absorb(left, f"rank {rank}'s --node-dir")
+        finally:
+            store.close()  # fsynced: only now may a writer delete what it sent
+        shared = {"generated": [list(k) for k in store.generations], "verdicts": [list(k) for k in store.verdicts],
+                  "resumed": [len(store.generations), len(store.verdicts)]}
+        if node_dir is not None:  # the nodes cannot read --out: the records of problems with work left travel
+            done = {k for k in store.generations if k in store.verdicts}
+            open_pids = {pid for pid, i in wanted if (pid, i) not in done}
+            shared["records"] = {
+                "generations": [asdict(g) for k, g in store.generations.items() if k[0] in open_pids],
+                "verdicts": [asdict(v) for k, v in store.verdicts.items() if k[0] in open_pids]}
+        return shared
 
-    resumed = ctx.share("apps/prepare", prepare)
+    wanted = [(p.problem_id, i) for p in problems for i in range(config.samples)]
+    shared = ctx.share("apps/prepare", prepare)
+    resumed = shared["resumed"]
     if main and any(resumed):
         log(f"resuming {config.out}: {resumed[0]} completions and {resumed[1]} verdicts already done")
 
-    # Step 2, on every rank from the same files: the work left and its split.
-    generated = {record_key(r) for r in read_jsonl(os.path.join(config.out, GENERATIONS_FILE))}
-    verdicts = {record_key(r) for r in read_jsonl(os.path.join(config.out, VERDICTS_FILE))}
-    wanted = [(p.problem_id, i) for p in problems for i in range(config.samples)]
+    # Step 2, on every rank from rank 0's word: the work left and its split.
+    generated = {(str(pid), int(i)) for pid, i in shared["generated"]}
+    verdicts = {(str(pid), int(i)) for pid, i in shared["verdicts"]}
     missing: dict[str, list[int]] = {}
     unexecuted: dict[str, int] = {}
     for pid, i in wanted:
@@ -132,10 +159,15 @@ def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Calla
     # Step 3: this group's share.
     info = {"dp_rank": lay.dp_rank, "problems": len(mine), "generated": 0, "executed": 0, "check_seconds": 0.0}
     if lay.is_writer:
-        store = RunStore(config.out, identity, part=part_label(lay.dp_rank))
+        if node_dir is None:
+            store = RunStore(config.out, identity, part=part_label(lay.dp_rank))
+        else:  # leftovers are in --out now: start the node's files afresh, knowing what the run holds
+            start_node_dir(node_dir, identity)
+            store = RunStore(node_dir, identity, part=part_label(lay.dp_rank), merged=False)
+            store.absorb(shared["records"], "rank 0", write=False)
         report = RunReport(summary={})
-        executor = _Executor(store, by_id, local, sum(1 for key in my_wanted if key not in store.verdicts),
-                             check_fn or _default_check(config))
+        executor = VerdictPool(store, by_id, local, sum(1 for key in my_wanted if key not in store.verdicts),
+                             check_fn or default_check(config))
         ok = False
         try:
             for key in my_wanted:
@@ -143,7 +175,7 @@ def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Calla
                     executor.submit(store.generations[key])
             if my_missing:
                 todo = [(pid, i) for pid, idx in my_missing.items() for i in idx]
-                gen_info = _generate_missing(local, params, problems, todo, store, executor, engine, extract_code,
+                gen_info = generate_missing(local, params, problems, todo, store, executor, engine, extract_code,
                                              report, log, examples=examples)
                 gen_info["load_s"] = load_s
                 info["generation"] = gen_info
@@ -154,15 +186,31 @@ def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Calla
             store.close()
         info.update(generated=report.generated_now, executed=executor.executed,
                     check_seconds=executor.check_seconds)
+        if node_dir is not None:  # rank 0 merges what this node wrote; once it says so, the files may go
+            ctx.publish("apps/records", node_records(node_dir))
+            if not main:
+                ctx.share("apps/merged", lambda: True)
+                for part in node_part_files(node_dir):
+                    os.remove(part)
         ctx.publish("apps", info)
     elif my_missing:  # a TP peer: the same model calls as its writer, nothing recorded
         tree, _ = build_sample_tree(problems, my_missing, config, examples)
-        engine.generate(tree, params, progress=False, **_engine_options(config))
+        engine.generate(tree, params, progress=False, **engine_options(config))
     if not main:
         return None
 
     # Step 4: rank 0 merges and reports.
     t_gen_end = time.perf_counter()
+    if node_dir is not None:
+        store = RunStore(config.out, identity)
+        try:
+            for rank, records in sorted(ctx.wait_published("apps/records", writers).items()):
+                store.absorb(records, f"rank {rank}'s --node-dir")
+        finally:
+            store.close()
+        ctx.share("apps/merged", lambda: True)
+        for part in node_part_files(node_dir):
+            os.remove(part)
     ctx.wait_for_all()
     t_all_end = time.perf_counter()
     groups = ctx.collect("apps", [lay.tp_ranks(d)[0] for d in range(lay.dp)])
@@ -182,18 +230,12 @@ def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Calla
                            resumed_verdicts=resumed[1], out_dir=config.out)
         summary["this_invocation"] = {"generated": report.generated_now, "executed": report.executed_now,
                                       "resumed_generations": resumed[0], "resumed_verdicts": resumed[1]}
-        summary["parallel"] = {"world_size": lay.world_size, "tp": lay.tp, "dp": lay.dp, "groups": groups}
+        summary["parallel"] = {"world_size": lay.world_size, "tp": lay.tp, "dp": lay.dp, "groups": groups,
+                               "group_files": "--node-dir" if node_dir is not None else "--out"}
         store.write_summary(summary)
     finally:
         store.close()
-    if config.export_bigcode:
-        from tasks.bigcode import export_bigcode
-
-        programs: dict[str, list[str]] = {}
-        for pid, i in wanted:
-            programs.setdefault(pid, []).append(store.generations[(pid, i)].code)
-        export_bigcode(config.export_bigcode, problems, programs)
-        log(f"wrote bigcode-format generations to {config.export_bigcode}")
+    export_programs(config, problems, store, wanted, log)
     log(format_report(summary))
     return report
 

@@ -7,7 +7,7 @@ fallback, and for `run_program` / `run_many` users.
 Layout of one run (namespace mode, the default where it works):
 
     this process ──Popen──▶ unshare --pid --net --mount --ipc --fork --kill-child --mount-proc
-                               └─▶ init (pid 1 of a new PID namespace; `_INIT_SOURCE` below, runs as root)
+                               └─▶ init (pid 1 of a new PID namespace; tasks/per_test_init.py, runs as root)
                                      ├ remounts every mount read-only except the run's temporary directory
                                      └─fork─▶ program: rlimits, setuid to a fresh unprivileged uid, exec python -I prog.py
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import selectors
 import shutil
 import signal
@@ -42,179 +41,18 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from tasks.per_test_init import INIT_SOURCE
+from tasks.sandbox.processes import drain, kill_group, kill_uid, read_some, release_uid, send_signal, take_uid
 from tasks.sandbox.wipe import remove_tree
 
 # The program gets this long beyond its wall limit for the sandbox's own start (unshare, the init) before this
 # process kills the whole tree itself; the init's own timer is the limit that normally fires.
 _BACKSTOP_SLACK_S = 5.0
-# Fresh uids for the programs come from here: far above login uids (< 65536) and the usual subuid ranges.
-_UID_BASE, _UID_SPAN = 3_000_000, 1_000_000
 _MODES = ("auto", "namespace", "fallback")
 # PT_SANDBOX is shared with the warm sandbox (tasks.sandbox.config), whose "userns" mode this per-test sandbox
 # does not have: there it means "auto" (namespaces as root, else the fallback).
 _ALIASES = {"userns": "auto"}
 
-# The init: runs first in the sandbox, as root, with `python -I -S -c`. Kept to the standard library and small.
-# argv[1] is a JSON config (see `_init_config`). It writes one JSON line on fd cfg["status_fd"].
-_INIT_SOURCE = r'''
-import json, os, resource, signal, sys, time
-cfg = json.loads(sys.argv[1])
-status_fd = cfg["status_fd"]
-os.set_inheritable(status_fd, False)
-
-def report(**kw):
-    try:
-        os.write(status_fd, (json.dumps(kw) + "\n").encode())
-    except OSError:
-        pass
-
-def unescape(s):  # mountinfo escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and s[i + 1:i + 4].isdigit():
-            out.append(chr(int(s[i + 1:i + 4], 8))); i += 4
-        else:
-            out.append(s[i]); i += 1
-    return "".join(out)
-
-def read_only_view(workdir):
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-    MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-    MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-    MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
-    keep = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
-            "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
-
-    def mount(src, dst, flags):
-        if libc.mount(src, dst.encode(), None, flags, None) != 0:
-            raise OSError(ctypes.get_errno(), "mount %s: %s" % (dst, os.strerror(ctypes.get_errno())))
-
-    mount(None, "/", MS_REC | MS_PRIVATE)  # nothing done here may leak to the host's mounts
-    mount(workdir.encode(), workdir, MS_BIND)  # the one writable place becomes a mount of its own
-    # The interpreter may live where the program's uid cannot go (pyenv under /root, mode 0700): cover the
-    # first closed directory on its path with a tmpfs holding only the path down to it, bind-mounted back.
-    targets = {}
-    for p in cfg["expose"]:
-        try:
-            targets[p] = os.open(p, os.O_PATH)
-        except OSError:
-            pass
-    for p, fd in targets.items():
-        parts, cur = p.strip("/").split("/"), "/"
-        for i, name in enumerate(parts):
-            nxt = os.path.join(cur, name)
-            hidden = not os.path.exists(nxt)  # under a tmpfs laid by an earlier target
-            if hidden or not (os.stat(cur).st_mode & 0o001):
-                if not hidden:
-                    if libc.mount(b"tmpfs", cur.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"mode=755,size=1m") != 0:
-                        raise OSError(ctypes.get_errno(), "tmpfs on %s failed" % cur)
-                os.makedirs(p, mode=0o755, exist_ok=True)
-                mount(("/proc/self/fd/%d" % fd).encode(), p, MS_BIND | MS_REC)
-                break
-            cur = nxt
-        os.close(fd)
-    with open("/proc/self/mountinfo") as f:
-        entries = [line.split() for line in f]
-    failed = []
-    for e in entries:
-        point = unescape(e[4])
-        if point == workdir:
-            continue
-        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
-        for opt in e[5].split(","):
-            flags |= keep.get(opt, 0)
-        try:
-            mount(None, point, flags)
-        except OSError as exc:
-            failed.append(str(exc))
-    # a mount that stayed writable is a hole only for world-writable places: the program's uid owns nothing else
-    return failed
-
-def set_limits():
-    lim = cfg["limits"]
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_CPU, (lim["cpu_s"], lim["cpu_s"] + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (lim["as_bytes"], lim["as_bytes"]))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (lim["fsize_bytes"], lim["fsize_bytes"]))
-    if lim["nproc"] is not None:
-        resource.setrlimit(resource.RLIMIT_NPROC, (lim["nproc"], lim["nproc"]))
-
-workdir = cfg["workdir"]
-warnings_ = []
-if cfg["namespace"]:
-    try:
-        warnings_ = read_only_view(workdir)
-    except OSError as exc:
-        report(setup_error=str(exc)); sys.exit(70)
-elif cfg["subreaper"]:
-    import ctypes
-    ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans of the program come back here
-
-os.chdir(workdir)
-start = time.monotonic()
-pid = os.fork()
-if pid == 0:
-    try:
-        if not cfg["namespace"]:
-            os.setpgid(0, 0)  # fallback: the program's tree gets a group of its own, killable in one call
-        set_limits()
-        uid = cfg["uid"]
-        if uid is not None:
-            os.setgroups([]); os.setgid(uid); os.setuid(uid)
-        os.execve(cfg["argv"][0], cfg["argv"], cfg["env"])
-    except BaseException as exc:
-        os.write(2, ("sandbox: cannot start the program: %r\n" % (exc,)).encode())
-    os._exit(127)
-
-report(started=pid)
-timed_out = [False]
-def on_alarm(signum, frame):
-    timed_out[0] = True
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-signal.signal(signal.SIGALRM, on_alarm)
-signal.setitimer(signal.ITIMER_REAL, cfg["wall_s"])
-_, status, ru = os.wait4(pid, 0)  # retried by Python after the handler (PEP 475)
-wall = time.monotonic() - start
-signal.setitimer(signal.ITIMER_REAL, 0)
-if not cfg["namespace"]:
-    # fallback: kill the program's group at once (a fork bomb outruns one-by-one kills), then, as a child
-    # subreaper, every orphan of the program's tree that left the group, until none is left
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except OSError:
-        pass
-    if cfg["subreaper"]:
-        me = str(os.getpid())
-        for _ in range(1000):
-            try:
-                with open("/proc/%s/task/%s/children" % (me, me)) as f:
-                    kids = [int(x) for x in f.read().split()]
-            except OSError:
-                kids = []
-            for k in kids:
-                try:
-                    os.kill(k, signal.SIGKILL)
-                except OSError:
-                    pass
-            try:
-                while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                    pass
-            except ChildProcessError:
-                break
-            if not kids:
-                time.sleep(0.005)
-report(
-    exit_code=os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-    signal=os.WTERMSIG(status) if os.WIFSIGNALED(status) else None,
-    timed_out=timed_out[0], wall_s=wall, cpu_s=ru.ru_utime + ru.ru_stime, max_rss_kb=ru.ru_maxrss,
-    mount_warnings=warnings_[:3],
-)
-'''
 
 
 @dataclass
@@ -257,8 +95,6 @@ class RunJob:
 # ---------------------------------------------------------------- sandbox mode, detected once per process
 _mode_lock = threading.Lock()
 _mode_cache: dict[str, str] = {}
-_uid_lock = threading.Lock()
-_uids_in_use: set[int] = set()
 
 
 def _unshare_cmd() -> list[str] | None:
@@ -319,20 +155,8 @@ def _probe_namespace() -> str | None:
 
 
 def _take_uid() -> int | None:
-    if os.geteuid() != 0:
-        return None
-    with _uid_lock:
-        while True:
-            uid = _UID_BASE + random.randrange(_UID_SPAN)
-            if uid not in _uids_in_use:
-                _uids_in_use.add(uid)
-                return uid
-
-
-def _release_uid(uid: int | None) -> None:
-    if uid is not None:
-        with _uid_lock:
-            _uids_in_use.discard(uid)
+    """A private uid for the program when root (setuid needs it); None otherwise."""
+    return take_uid() if os.geteuid() == 0 else None
 
 
 # ---------------------------------------------------------------- one run
@@ -465,16 +289,16 @@ def _run(spec: _Spec, namespace: bool) -> RunResult:
     uid = _take_uid()
     if uid is not None and not namespace and not fallback_limits_processes():
         # fallback mode cannot remount: a private uid could not even start the interpreter, so keep our own
-        _release_uid(uid)
+        release_uid(uid)
         uid = None
     workdir = tempfile.mkdtemp(prefix="pt_run_")
     try:
         return _run_in(spec, namespace, uid, workdir)
     finally:
         if uid is not None and not namespace:
-            _kill_uid(uid)  # fallback as root: anything of that uid that escaped the group and the subreaper
+            kill_uid(uid, rounds=20)  # fallback as root: anything of that uid that escaped the group and the subreaper
         remove_tree(workdir)  # iterative: 3000 nested directories broke shutil.rmtree (RecursionError)
-        _release_uid(uid)
+        release_uid(uid)
 
 
 def _run_in(spec: _Spec, namespace: bool, uid: int | None, workdir: str) -> RunResult:
@@ -496,7 +320,7 @@ def _run_in(spec: _Spec, namespace: bool, uid: int | None, workdir: str) -> RunR
 
     status_r, status_w = os.pipe()
     cfg = _init_config(spec, workdir, uid, status_w, namespace)
-    cmd = [sys.executable, "-I", "-S", "-c", _INIT_SOURCE, json.dumps(cfg)]
+    cmd = [sys.executable, "-I", "-S", "-c", INIT_SOURCE, json.dumps(cfg)]
     if namespace:
         cmd = _unshare_cmd() + cmd
     mode = "namespace" if namespace else "fallback"
@@ -514,10 +338,10 @@ def _run_in(spec: _Spec, namespace: bool, uid: int | None, workdir: str) -> RunR
     try:
         out, err, truncated, backstop = _collect(proc, spec, t0)
     finally:
-        status_buf += _drain(status_r)
+        status_buf += drain(status_r)
         _kill_tree(proc, namespace, _status_lines(status_buf).get("started"))
     wall = time.monotonic() - t0
-    status_buf += _drain(status_r)
+    status_buf += drain(status_r)
     os.close(status_r)
     status = _status_lines(status_buf)
     status.pop("started", None)
@@ -572,7 +396,7 @@ def _collect(proc: subprocess.Popen, spec: _Spec, t0: float):
                 break
             exited = _exited(proc)
             for key, _ in sel.select(timeout=0 if exited else min(0.1, deadline - now)):
-                chunk = _read_some(key.fd)
+                chunk = read_some(key.fd)
                 if not chunk:
                     sel.unregister(key.fd)
                     continue
@@ -585,7 +409,7 @@ def _collect(proc: subprocess.Popen, spec: _Spec, t0: float):
                 if exited and not truncated:  # drain what is buffered, without waiting for more
                     for fd in list(sel.get_map()):
                         while True:
-                            chunk = _read_some(fd)
+                            chunk = read_some(fd)
                             if not chunk:
                                 break
                             bufs[fd] += chunk
@@ -599,28 +423,8 @@ def _collect(proc: subprocess.Popen, spec: _Spec, t0: float):
     return bytes(bufs[proc.stdout.fileno()]), bytes(bufs[proc.stderr.fileno()]), truncated, backstop
 
 
-def _read_some(fd: int) -> bytes:
-    try:
-        return os.read(fd, 1 << 16)
-    except BlockingIOError:
-        return b""
-    except OSError:
-        return b""
 
 
-def _drain(fd: int) -> bytes:
-    """What the pipe holds now, without waiting."""
-    os.set_blocking(fd, False)
-    data = b""
-    while True:
-        try:
-            chunk = os.read(fd, 1 << 16)
-        except OSError:  # BlockingIOError included
-            break
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def _status_lines(data: bytes) -> dict:
@@ -639,16 +443,16 @@ def _kill_tree(proc: subprocess.Popen, namespace: bool, program_pid: int | None)
     `unshare` (its parent, which we then wait for) returns only after that is complete."""
     if namespace and not _exited(proc):
         for child in _children(proc.pid):
-            _signal(child, signal.SIGKILL)
+            send_signal(child, signal.SIGKILL)
         for _ in range(500):  # unshare waits for the namespace to be torn down, then exits
             if _exited(proc):
                 break
             time.sleep(0.01)
     # The sandbox's first process is not reaped yet (see _exited), so its pid, the group id, cannot have been
     # reused: killing the group is safe, and catches what an init killed by the program left (fallback mode).
-    _killpg(proc.pid)
+    kill_group(proc.pid)
     if not namespace and program_pid:
-        _killpg(program_pid)  # fallback: the program's own group, in case the program killed its init
+        kill_group(program_pid)  # fallback: the program's own group, in case the program killed its init
     proc.wait()
     for stream in (proc.stdout, proc.stderr):
         stream.close()
@@ -670,37 +474,6 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except OSError:
-        pass
 
 
-def _killpg(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
 
-
-def _kill_uid(uid: int) -> None:
-    """Kill every process whose real uid is `uid` (fallback mode as root: the run's private uid)."""
-    for _ in range(20):
-        found = False
-        for p in os.listdir("/proc"):
-            if not p.isdigit():
-                continue
-            try:
-                with open(f"/proc/{p}/status") as f:
-                    for line in f:
-                        if line.startswith("Uid:"):
-                            if int(line.split()[1]) == uid:
-                                found = True
-                                _signal(int(p), signal.SIGKILL)
-                            break
-            except (OSError, ValueError):
-                pass
-        if not found:
-            return
-        time.sleep(0.01)

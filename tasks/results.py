@@ -8,7 +8,8 @@ Layout of a run directory (`--out`):
     .lock               held (fcntl.flock) by the one process writing the directory; it names that process
     generations.rank<d>.jsonl, verdicts.rank<d>.jsonl
                         under torchrun, data-parallel group d's records (RunStore(part=...)); rank 0 merges them
-                        into the two files above at the end (tasks.dp_runner)
+                        into the two files above at the end (tasks.dp_runner); with --node-dir they live on
+                        each node instead and travel to rank 0 through the rendezvous store (tasks.node_files)
 
 Crash safety: records are only ever appended. Every write is flushed to the OS at once (so a killed process loses
 nothing it reported done) and fsynced at most every `fsync_interval` seconds and on close (so a power loss loses at
@@ -174,6 +175,18 @@ def config_differences(saved: dict, wanted: dict) -> list[str]:
     return out
 
 
+def write_json_atomic(path: str, value: Any, *, indent: int | None = 2, sort_keys: bool = False,
+                      ensure_ascii: bool = True) -> None:
+    """Write `value` as JSON so that `path` holds either its old content or the whole new one, on disk
+    (written beside, fsynced, renamed over): a run killed mid-write never leaves half a file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=indent, sort_keys=sort_keys, ensure_ascii=ensure_ascii)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def make_run_dir(out_dir: str) -> None:
     """Create the run directory (and its parents) if needed; RunDirError naming --out if that cannot be done."""
     if os.path.isdir(out_dir):
@@ -247,11 +260,12 @@ class RunStore:
 
     part: the store of one data-parallel group (tasks.dp_runner): it knows the run's records (the normal files,
     read only) plus its own, and appends to generations.<part>.jsonl / verdicts.<part>.jsonl. config.json must
-    already be there and equal `config` (rank 0 checked it; a part never rewrites it).
+    already be there and equal `config` (rank 0 checked it; a part never rewrites it). merged=False: out_dir is
+    a node's own directory (tasks.node_files), which holds no merged files.
     """
 
     def __init__(self, out_dir: str, config: dict, force: bool = False, fsync_interval: float = 1.0,
-                 part: str | None = None):
+                 part: str | None = None, merged: bool = True):
         self.out_dir = out_dir
         self.config = json.loads(json.dumps(config))  # normalize (tuples -> lists) so it compares as saved
         make_run_dir(out_dir)
@@ -266,7 +280,7 @@ class RunStore:
             self._check_part_config()
         self.generations: dict[tuple[str, int], GenerationRecord] = {}
         self.verdicts: dict[tuple[str, int], VerdictRecord] = {}
-        if part is not None:  # the run's merged records first (read only: rank 0 owns the normal files)
+        if part is not None and merged:  # the run's merged records first (read only: rank 0 owns the normal files)
             self._load(os.path.join(out_dir, GENERATIONS_FILE), os.path.join(out_dir, VERDICTS_FILE), False)
         self._load(self.generations_path, self.verdicts_path, True)
         self.resumed_generations = len(self.generations)
@@ -323,12 +337,7 @@ class RunStore:
         return any(os.path.exists(p) and os.path.getsize(p) > 0 for p in (self.generations_path, self.verdicts_path))
 
     def _write_config(self) -> None:
-        tmp = self.config_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.config, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.config_path)  # atomic: config.json is either the old one or the whole new one
+        write_json_atomic(self.config_path, self.config, sort_keys=True)
 
     # ---- appending (thread-safe) -----------------------------------------------------------------------------
     def add_generations(self, records: list[GenerationRecord]) -> list[GenerationRecord]:
@@ -347,13 +356,24 @@ class RunStore:
         out.write(asdict(r) for r in new)
         return new
 
+    def absorb(self, records: dict, source: str, write: bool = True) -> tuple[int, int]:
+        """Take in records that travelled as JSON ({"generations": [...], "verdicts": [...]}, from another
+        node: tasks.node_files): appended like any others, or with write=False only known (a node's store learns
+        what the run already holds). Returns (generations, verdicts) new to this store."""
+        gens = [_parse(GenerationRecord, r, source) for r in records.get("generations", ())]
+        vers = [_parse(VerdictRecord, r, source) for r in records.get("verdicts", ())]
+        if write:
+            return len(self.add_generations(gens)), len(self.add_verdicts(vers))
+        with self._lock:
+            new = [g for g in gens if g.key not in self.generations], [v for v in vers if v.key not in self.verdicts]
+            for g in new[0]:
+                self.generations[g.key] = g
+            for v in new[1]:
+                self.verdicts[v.key] = v
+        return len(new[0]), len(new[1])
+
     def write_summary(self, summary: dict) -> None:
-        tmp = self.summary_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.summary_path)
+        write_json_atomic(self.summary_path, summary)
 
     def close(self) -> None:
         self._gen_out.close()

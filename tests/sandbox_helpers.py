@@ -6,7 +6,8 @@ import time
 
 from tasks.sandbox.config import SandboxConfig
 from tasks.sandbox.detect import probe
-from tasks.sandbox.host import WarmSandbox, zygote_for
+from tasks.sandbox.host import WarmSandbox
+from tasks.sandbox.zygote_host import zygote_for
 
 IS_ROOT = os.geteuid() == 0
 _probes: dict = {}

@@ -17,7 +17,7 @@ import torch
 
 from prompt_tree import cli
 from prompt_tree.benchmark.limit import Ceilings, DecodeWork, attention_floor_seconds, decode_work
-from prompt_tree.benchmark.e2e import largest_fitting
+from prompt_tree.benchmark.e2e_rows import largest_fitting
 from prompt_tree.benchmark.workloads import (FEW_SHOT_KEY, HierarchicalShape, HierarchicalWorkload,
                                              sequence_prompts, shared_prefix_tree, single_level)
 from prompt_tree.config import get_preset, replace

@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from tasks.checker import (CheckResult, check, check_many, return_value_matches, stdout_matches)
+from tasks.checker import CheckResult, check, check_many
+from tasks.compare import return_value_matches, stdout_matches
 from tasks.problem import Problem
 
 ADD_STDIN = Problem("add", "sum two ints", inputs=["1 2\n", "3 4\n", "10 -10\n"], outputs=["3\n", "7", ["0"]])

@@ -111,8 +111,14 @@ def test_result_files_without_config_are_refused(tmp_path):
 
 
 def test_tuples_in_config_compare_equal_to_saved_lists(tmp_path):
-    RunStore(str(tmp_path), {"k": (1, 5)}).close()
-    RunStore(str(tmp_path), {"k": (1, 5)}).close()
+    # config.json holds lists; a config given with tuples must resume into it, and a different value must not
+    with RunStore(str(tmp_path), {"k": (1, 5)}) as store:
+        store.add_generations([gen("a", 0)])
+    assert json.loads((tmp_path / "config.json").read_text()) == {"k": [1, 5]}
+    with RunStore(str(tmp_path), {"k": (1, 5)}) as store:
+        assert store.resumed_generations == 1 and ("a", 0) in store.generations
+    with pytest.raises(RunDirError, match=r"k: \[1, 5\] -> \[1, 10\]"):
+        RunStore(str(tmp_path), {"k": (1, 10)})
 
 
 def test_concurrent_appends_never_interleave(tmp_path):

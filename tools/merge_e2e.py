@@ -14,7 +14,7 @@ import json
 import sys
 
 from prompt_tree.benchmark.limit import Ceilings, attention_floor_seconds, decode_work
-from prompt_tree.benchmark.e2e import row_key
+from prompt_tree.benchmark.e2e_rows import row_key
 from prompt_tree.benchmark.workloads import shared_prefix_tree
 from prompt_tree.config import get_preset
 

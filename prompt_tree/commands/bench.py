@@ -110,7 +110,7 @@ def _shapes(overrides: dict, new_tokens: int | None, problems_2a: int | None) ->
 def config_from_args(args: argparse.Namespace):
     """A checked BenchConfig from the parsed flags (ValueError with the flag's name for bad input)."""
     from prompt_tree.benchmark.limit import Ceilings
-    from prompt_tree.benchmark.e2e import BenchConfig
+    from prompt_tree.benchmark.e2e_rows import BenchConfig
     from prompt_tree.benchmark.workloads import BATCHES, PREFIXES
 
     overrides: dict = {}
@@ -162,7 +162,7 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     if args.report_only:
         from prompt_tree.benchmark.report import write_markdown, write_plots
-        from prompt_tree.benchmark.e2e import JSON_NAME, MD_NAME
+        from prompt_tree.benchmark.e2e_rows import JSON_NAME, MD_NAME
 
         path = os.path.join(args.out, JSON_NAME)
         try:
@@ -175,7 +175,8 @@ def run(args: argparse.Namespace) -> int:
         for p in write_plots(results, args.out):
             print(f"wrote {p}", file=sys.stderr)
         return 0
-    from prompt_tree.benchmark.e2e import BenchError, run_benchmark
+    from prompt_tree.benchmark.e2e import run_benchmark
+    from prompt_tree.benchmark.e2e_rows import BenchError
 
     try:
         bench = config_from_args(args)

@@ -71,6 +71,27 @@ class DistContext:
         """Results `publish`ed under `key` by `ranks` (call after wait_for_all)."""
         return {r: json.loads(self.store.get(f"result/{key}/{r}")) for r in ranks}
 
+    def wait_published(self, key: str, ranks: list[int], poll_s: float = 0.2) -> dict[int, Any]:
+        """Rank 0: the results `ranks` publish under `key`, waiting as long as they keep their heartbeat (a
+        data-parallel group may generate for hours: a plain store get would time out). A rank that fails or dies
+        first stops this one, naming it."""
+        waiting = list(ranks)
+        while waiting:
+            still = []
+            for r in waiting:
+                if self.store.check([f"result/{key}/{r}"]):
+                    continue
+                status = read_status(self.store, r) or {"state": "running"}
+                if status["state"] == "failed":
+                    raise RankFailedError(int(status.get("rank", r)), status.get("why") or f"rank {r} failed")
+                if self.monitor.failure is not None:
+                    raise RankFailedError(*self.monitor.failure)
+                still.append(r)
+            waiting = still
+            if waiting:
+                time.sleep(poll_s)
+        return self.collect(key, list(ranks))
+
     def wait_for_all(self, poll_s: float = 0.2) -> None:
         """Rank 0: wait until every other rank has finished. No timeout of its own: a slow data-parallel group
         is waited for as long as it keeps its heartbeat; one that dies or fails stops this rank (the monitor)."""

@@ -13,7 +13,8 @@ import threading
 import warnings
 
 from tasks.sandbox.config import SandboxConfig
-from tasks.sandbox.host import SandboxError, WarmSandbox
+from tasks.sandbox.host import WarmSandbox
+from tasks.sandbox.zygote_host import SandboxError
 
 _lock = threading.Lock()
 _cache: dict[str, str] = {}

@@ -1,5 +1,5 @@
-"""The host side of the warm sandbox: the zygote process (one per isolation mode per host process) and
-`WarmSandbox`, one program's sealed sandbox driven test by test.
+"""The host side of the warm sandbox: `WarmSandbox`, one program's sealed sandbox driven test by test (the
+zygote it forks from is managed in zygote_host.py).
 
 Everything that comes back from a sandbox is treated as hostile: a packet that is not the expected one, a
 report for another test, a descriptor, a flood, silence past the limit or a closed socket all end the same way
@@ -12,165 +12,35 @@ zygote's request socket is shared under a lock (a request is one small packet).
 """
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import random
 import selectors
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
 
 from tasks.sandbox import wire
-from tasks.sandbox.config import SandboxConfig, interpreter_paths
+from tasks.sandbox.config import SandboxConfig
 from tasks.sandbox.preamble import may_use_numpy
+from tasks.sandbox.zygote_host import SandboxError, zygote_for
+from tasks.sandbox.processes import kill_uid, read_some, release_uid, take_uid
 from tasks.sandbox.runner import cpu_limit_for
 from tasks.sandbox.wipe import remove_tree
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A test's report may come this long after its wall limit (the runner's kill, reap and clean-up on a loaded
 # machine) before the host gives up on the sandbox.
 BACKSTOP_S = 2.0
 START_TIMEOUT_S = 30.0  # zygote queue + seal, on a machine shared with other jobs
 COMPILE_SLACK_S = 5.0  # compiling (and a module body past its timeout) may take this long before "ready"
 _SILENT = "no answer within the limit"
-ZYGOTE_START_TIMEOUT_S = 60.0
 RESULT_CAP = 64 << 20  # bytes of one call-based result
 MAX_FILE_MB = 16  # RLIMIT_FSIZE in the sandbox (the run directory's tmpfs holds several such files)
 GRACE_S = 1.0  # a healthy runner ends within milliseconds of its socket closing; past this it is killed
 _STDERR_TAIL = 4096
 _HEAD = 256
-# Fresh host uids for programs (namespace mode as root, fallback as root): far above login uids and subuid ranges.
-_UID_BASE, _UID_SPAN = 3_000_000, 1_000_000
-_MIN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
-            "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HOME": "/"}
-
-
-class SandboxError(RuntimeError):
-    """The sandbox itself cannot work here (not the candidate program's doing): verdicts would be meaningless."""
-
-
-# ---------------------------------------------------------------------------------------------- the zygote
-class Zygote:
-    """One zygote process (tasks.sandbox.zygote) for one isolation mode, package set and numpy choice: numpy
-    adds ~12 MB to every fork (~0.9 ms per fork here), so programs that never mention it fork from a zygote
-    without it (numpy stays importable there, at its import cost)."""
-
-    def __init__(self, isolation: str, packages: tuple[str, ...], run_as: int | None, numpy: bool):
-        self.isolation, self.packages, self.run_as, self.numpy = isolation, packages, run_as, numpy
-        self.lock = threading.Lock()
-        self.proc: subprocess.Popen | None = None
-        self.sock: socket.socket | None = None
-        self.info: dict = {}
-
-    def _start(self) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        interp = interpreter_paths()
-        cfg = {"request_fd": child.fileno(), "root": REPO_ROOT, "isolation": self.isolation,
-               "packages": list(self.packages), "run_as": self.run_as, "numpy": self.numpy,
-               "extra_sys_path": interp["site"], "staging": "/tmp" if os.path.isdir("/tmp") else "/mnt"}
-        boot = f"import sys; sys.path.insert(0, {REPO_ROOT!r}); from tasks.sandbox.zygote import main; main()"
-        try:
-            proc = subprocess.Popen([interp["executable"], "-I", "-S", "-X", "utf8", "-c", boot, json.dumps(cfg)],
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    pass_fds=(child.fileno(),), env=dict(_MIN_ENV), start_new_session=True)
-        finally:
-            child.close()
-        parent.settimeout(ZYGOTE_START_TIMEOUT_S)
-        try:
-            msg, _ = wire.recv_message(parent)
-        except (OSError, wire.ProtocolError) as exc:
-            msg = {"ev": "zygote_error", "error": f"no answer ({exc})"}
-        parent.settimeout(None)
-        if not msg or msg.get("ev") != "zygote_ready":
-            proc.kill()
-            proc.wait()
-            parent.close()
-            why = (msg or {}).get("error", "it exited at start")
-            raise SandboxError(f"the sandbox zygote ({self.isolation}) did not start: {why}")
-        self.proc, self.sock, self.info = proc, parent, msg
-
-    def spawn(self, request: dict, fds: list[int]) -> None:
-        """Send one spawn request (restarting the zygote once if it died)."""
-        with self.lock:
-            for attempt in (0, 1):
-                if self.proc is None or self.proc.poll() is not None:
-                    self._close_locked()
-                    self._start()
-                try:
-                    wire.send_message(self.sock, request, fds)
-                    return
-                except OSError:
-                    self._close_locked()
-                    if attempt:
-                        raise SandboxError("the sandbox zygote stopped answering") from None
-
-    def _close_locked(self) -> None:
-        if self.sock is not None:
-            self.sock.close()
-            self.sock = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def close(self) -> None:
-        with self.lock:
-            self._close_locked()
-
-
-_zygotes: dict[tuple, Zygote] = {}
-_zygotes_lock = threading.Lock()
-
-
-def zygote_for(isolation: str, config: SandboxConfig, numpy: bool = False) -> Zygote:
-    numpy = numpy and "numpy" in config.packages
-    key = (isolation, config.packages, config.zygote_run_as(isolation), numpy)
-    with _zygotes_lock:
-        z = _zygotes.get(key)
-        if z is None:
-            z = _zygotes[key] = Zygote(isolation, config.packages, key[2], numpy)
-        return z
-
-
-def live_zygote_pids() -> list[int]:
-    """Pids of this process's running zygotes (the benchmark reads their CPU time, children included)."""
-    with _zygotes_lock:
-        return [z.proc.pid for z in _zygotes.values() if z.proc is not None and z.proc.poll() is None]
-
-
-@atexit.register
-def _close_zygotes() -> None:
-    with _zygotes_lock:
-        for z in _zygotes.values():
-            z.close()
-        _zygotes.clear()
-
-
-_uid_lock = threading.Lock()
-_uids_in_use: set[int] = set()
-
-
-def _take_uid() -> int:
-    with _uid_lock:
-        while True:
-            uid = _UID_BASE + random.randrange(_UID_SPAN)
-            if uid not in _uids_in_use:
-                _uids_in_use.add(uid)
-                return uid
-
-
-def _release_uid(uid: int | None) -> None:
-    if uid is not None:
-        with _uid_lock:
-            _uids_in_use.discard(uid)
 
 
 # ---------------------------------------------------------------------------------------------- one program
@@ -238,7 +108,7 @@ class WarmSandbox:
         zygote = zygote_for(self.isolation, self.config, numpy=may_use_numpy(self.source))
         if os.geteuid() == 0 and (self.isolation == "namespace" or
                                   (self.isolation == "fallback" and self.config.zygote_run_as("fallback") is None)):
-            self.uid = _take_uid()
+            self.uid = take_uid()
         if self.isolation == "fallback":
             self.workdir = tempfile.mkdtemp(prefix="pt_warm_")
             owner = self.uid if self.uid is not None else self.config.zygote_run_as("fallback")
@@ -407,7 +277,7 @@ class WarmSandbox:
                             break
                         report = msg
                         continue
-                    chunk = _read(fd)
+                    chunk = read_some(fd)
                     if not chunk:
                         sel.unregister(fd)
                         continue
@@ -449,7 +319,7 @@ class WarmSandbox:
                     if kill_sent:
                         break
                     while True:
-                        chunk = _read(fd)
+                        chunk = read_some(fd)
                         if not chunk:
                             break
                         if kind == "out":
@@ -515,11 +385,11 @@ class WarmSandbox:
         finally:
             if self.isolation == "fallback":
                 if self.uid is not None:
-                    _kill_uid(self.uid)  # anything of the private uid that left the runner's group
+                    kill_uid(self.uid)  # anything of the private uid that left the runner's group
                 if self.workdir is not None:
                     remove_tree(self.workdir)
                     self.workdir = None
-            _release_uid(self.uid)
+            release_uid(self.uid)
             self.uid = None
 
 
@@ -546,13 +416,6 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _read(fd: int) -> bytes:
-    try:
-        return os.read(fd, 1 << 16)
-    except (BlockingIOError, InterruptedError):
-        return b""
-    except OSError:
-        return b""
 
 
 def _pidfd_exited(pidfd: int, timeout: float) -> bool:
@@ -575,27 +438,3 @@ def _killpg_of_pidfd(pidfd: int) -> None:
     except (OSError, StopIteration, ValueError):
         pass
 
-
-def _kill_uid(uid: int) -> None:
-    """Kill every process whose real uid is `uid` (fallback mode as root: the program's private uid)."""
-    for _ in range(50):
-        found = False
-        for p in os.listdir("/proc"):
-            if not p.isdigit():
-                continue
-            try:
-                with open(f"/proc/{p}/status") as f:
-                    for line in f:
-                        if line.startswith("Uid:"):
-                            if int(line.split()[1]) == uid:
-                                found = True
-                                try:
-                                    os.kill(int(p), signal.SIGKILL)
-                                except OSError:
-                                    pass
-                            break
-            except (OSError, ValueError):
-                pass
-        if not found:
-            return
-        time.sleep(0.01)
