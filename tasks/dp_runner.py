@@ -101,12 +101,14 @@ def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Calla
 
     def prepare() -> dict:
         held.append(RunLock(config.out))  # rank 0 only: one writer process per run directory
+        # Every writer has checked and locked its node directory before --out is checked (and, under --force,
+        # reset): nothing is deleted before everything is validated.
+        leftovers = ctx.wait_published("apps/leftovers", writers) if node_dir is not None else {}
         fold_parts(config.out)  # before the config check, so that the check sees those records too
         store = RunStore(config.out, identity, force=config.force)
         try:
-            if node_dir is not None:  # every writer checked its node directory; their leftovers are the run's
-                for rank, left in sorted(ctx.wait_published("apps/leftovers", writers).items()):
-                    store.absorb(left, f"rank {rank}'s --node-dir")
+            for rank, left in sorted(leftovers.items()):
+                store.absorb(left, f"rank {rank}'s --node-dir")
         finally:
             store.close()  # fsynced: only now may a writer delete what it sent
         shared = {"generated": [list(k) for k in store.generations], "verdicts": [list(k) for k in store.verdicts],

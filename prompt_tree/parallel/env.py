@@ -84,6 +84,8 @@ class DistContext:
                 status = read_status(self.store, r) or {"state": "running"}
                 if status["state"] == "failed":
                     raise RankFailedError(int(status.get("rank", r)), status.get("why") or f"rank {r} failed")
+                if status["state"] == "done" and not self.store.check([f"result/{key}/{r}"]):
+                    raise RankFailedError(r, f"rank {r} finished without publishing {key!r}")
                 if self.monitor.failure is not None:
                     raise RankFailedError(*self.monitor.failure)
                 still.append(r)
