@@ -187,6 +187,16 @@ class StopMatcher:
                 return False
         return self._check_tail(ids, n)
 
+    def candidates(self, tokens: np.ndarray) -> np.ndarray | None:
+        """Which of a step's new tokens (one per sequence) can make hit() true: bool [n]. In bytes mode, those that
+        may end a stop string (hit()'s own first test, vectorized); None where hit() must see every token (pieces
+        mode: a completion's first text token is judged by the strip rules; window mode)."""
+        if self.mode == "off":
+            return np.zeros(len(tokens), dtype=bool)
+        if self.mode != "bytes":
+            return None
+        return self.may_end[np.minimum(np.asarray(tokens, dtype=np.int64), self.size)]
+
     def push(self, seq, token: int) -> bool:
         """The engine's per-sequence call: seq.tokens already ends with token."""
         return self.hit(seq.tokens)

@@ -108,12 +108,17 @@ def plot(result: dict, out: str) -> bool:
     except ImportError:
         return False
     methods = [r["method"] for r in result["rows"]]
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    ax.bar(methods, [r["tests_per_s"] for r in result["rows"]], color="#8fb3d9")
-    for run in result["runs"]:
-        ax.plot(methods, [next(r["tests_per_s"] for r in run["rows"] if r["method"] == m) for m in methods], "k.")
-    ax.set_yscale("log")
-    ax.set_ylabel("tests / s (log)")
+    xs = list(range(len(methods)))
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    for dx, key, label, color in ((-0.2, "tests_per_s", "all programs", "#8fb3d9"),
+                                  (0.2, "tests_per_s_without_endless_loops", "without the endless loops", "#e3a66b")):
+        ax.bar([x + dx for x in xs], [r[key] for r in result["rows"]], width=0.4, color=color, label=label)
+    for run in result["runs"]:  # each run's all-programs value, to show the spread
+        ax.plot([x - 0.2 for x in xs], [next(r["tests_per_s"] for r in run["rows"] if r["method"] == m)
+                                        for m in methods], "k.", markersize=4)
+    ax.set_xticks(xs, methods)
+    ax.set_ylabel("tests / s")
+    ax.legend(fontsize=8)
     ax.set_title(f"Executing {result['tests']} APPS tests on {result['workers']} workers ({result['cpu_model'][:30]})",
                  fontsize=9)
     fig.tight_layout()

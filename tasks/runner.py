@@ -100,6 +100,9 @@ def run_apps(
     if config.tp != 1:
         raise RunConfigError(f"tp: {config.tp} ranks per model need torchrun (prompt-tree apps --tp under torchrun, "
                              f"or tasks.dp_runner.run_apps_distributed); run_apps is one process")
+    if config.node_dir is not None:
+        raise RunConfigError(f"node_dir: {config.node_dir!r} is for torchrun runs over several nodes (each node's "
+                             f"group files); one process writes --out directly: drop --node-dir")
     problems = list(problems) if problems is not None else select_problems(config)
     by_id = {p.problem_id: p for p in problems}
     if len(by_id) != len(problems):

@@ -77,3 +77,18 @@ def test_bench_command_checks_the_job_flags(capsys):
     assert "--lengths: 'uniform' is not one of" in capsys.readouterr().err
     assert bench_cmd.run(p.parse_args(["--workloads", "job", "--engines", "ideal", "--device", "cpu"])) == 2
     assert "ideal needs continuous-tree" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workload", ["step", "job"])
+def test_bench_step_and_job_name_a_missing_gpu(capsys, workload):
+    import argparse
+
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is here: --device cuda works")
+    p = argparse.ArgumentParser()
+    bench_cmd.add_arguments(p)
+    assert bench_cmd.run(p.parse_args(["--workloads", workload, "--models", "llama3-8b"])) == 2
+    err = capsys.readouterr().err
+    assert "CUDA is not available" in err and "--device cpu --dtype fp32 --models tiny" in err

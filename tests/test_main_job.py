@@ -121,6 +121,7 @@ def test_exported_tiny_model_generations_evaluate_to_the_same_verdicts(tmp_path)
         (["--temperature", "-1"], "temperature"),
         (["--model", "/no/such/checkpoint"], "not 'tiny', 'random:PRESET' or an existing checkpoint directory"),
         (["--difficulty", "easy"], "invalid choice"),
+        (["--node-dir", "/tmp/pt-node"], "is for torchrun runs over several nodes"),
     ],
 )
 def test_bad_flags_fail_with_a_message_naming_them(tmp_path, capsys, flags, message):

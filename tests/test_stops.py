@@ -221,3 +221,24 @@ def test_engine_form_push_uses_the_sequence_tokens():
         s.tokens.append(t)
         found.append(m.push(s, t))
     assert found.index(True) == len("ab\nANSWER:") - 1 and sum(found) == 1
+
+
+@pytest.mark.parametrize("name", list(TOKENIZERS))
+def test_candidates_never_drop_a_token_that_hits(name):
+    """The engine only calls hit() for the rows candidates() marks (bytes mode) and for every row otherwise: on
+    random completions, every prefix whose newest token makes hit() true is marked."""
+    tok = TOKENIZERS[name]()
+    rng = random.Random(3)
+    specials = _specials(tok)
+    for trial in range(120):
+        m = StopMatcher(STOP_SETS[trial % len(STOP_SETS)], tok)
+        ids = _random_ids(tok, rng, specials)
+        marks = m.candidates(np.array(ids))
+        if m.mode != "bytes":
+            assert marks is None
+            continue
+        assert marks.shape == (len(ids),) and marks.dtype == bool
+        for n in range(1, len(ids) + 1):
+            if m.hit(ids[:n]):
+                assert marks[n - 1], (ids[:n], m.stops)
+    assert StopMatcher((), tok).candidates(np.array([1, 2])).tolist() == [False, False]

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # One GPU call: versions, the CUDA tests, the attention benchmark against its peers, the engine benchmark
 # (STAGES picks: tests, attention, overhead (host time per call, tools/launch_overhead.py),
-# splits (tools/split_sweep.py), engine).
+# splits (tools/split_sweep.py), engine; and for the continuous engine: cuda (every CUDA test), step (the decode
+# step against its physical floor, sampled and greedy, with host_ms), before (the previous engine's step, from
+# .before: `git archive 9ee8ecd prompt_tree kernels | tar -x -C .before`, carried), job (the APPS job with
+# lognormal lengths per engine), sampler (tools/bench_sampler.py)), e.g.
+#   STAGES=cuda,step,before,job,sampler bash tools/gpu_check.sh
 # Run through the device tool from the repo root, carrying .whl (the FlashInfer wheel of
 # ../shared/tools/build_flashinfer_wheel.sh). Everything it writes lands in $OUT.
 set -uo pipefail
@@ -30,4 +34,21 @@ if [[ $stages == *overhead* ]]; then
 fi
 if [[ $stages == *engine* ]]; then
     python3 examples/bench_engine.py --out "$OUT" 2>&1 | tail -3
+fi
+if [[ $stages == *cuda* ]]; then
+    python3 -m pytest -q -p no:cacheprovider -m cuda tests/ 2>&1 | tee "$OUT/cuda_tests_all.log" | tail -5
+fi
+if [[ $stages == *step* ]]; then
+    python3 -m prompt_tree.cli bench --workloads step --models llama3-8b --batches 32,128,1024 --prefixes 4096 \
+        --modes none,tree,flat --sampling greedy,sampled --out "$OUT" 2>&1 | tee "$OUT/step.log" | tail -20
+fi
+if [[ $stages == *before* ]] && [ -d .before ]; then
+    PYTHONPATH=.before python3 tools/step_before.py --out "$OUT/step_before.json" 2>&1 | tail -5
+fi
+if [[ $stages == *job* ]]; then
+    python3 -m prompt_tree.cli bench --workloads job --models llama3-8b --job-shapes apps --lengths lognormal \
+        --problems 32 --samples 32 --out "$OUT" 2>&1 | tee "$OUT/job.log" | tail -12
+fi
+if [[ $stages == *sampler* ]]; then
+    python3 tools/bench_sampler.py --device cuda --out "$OUT/sampler.json" 2>&1 | tail -12
 fi

@@ -26,7 +26,7 @@ from ..sampling import sequence_id
 from .blocks import KVBlocks, OutOfPages, pages_for
 from .memory import SchedulingError, plan_memory, prefill_rows
 from .results import Completion, GenerationSummary
-from .model_runner import EOS, IDLE, LENGTH, STOP_ID, ModelRunner
+from .model_runner import EOS, IDLE, LENGTH, RUNNING, STOP_ID, ModelRunner
 from .scheduler import Scheduler
 from kernels import required_capacity
 
@@ -120,7 +120,13 @@ class GenerationRun:
         self.rows: list[Sequence] = []
         self.table = None  # numpy [B, capacity_pages] int32: the rows' page table as the host sees it
         self.kill = None  # numpy [B] bool: rows the host stopped (stop strings)
-        self.next_gen: list[int] = []  # per row: the generated count at the next enqueued step
+        # Per row, as numpy arrays so that a step's host work is a few vector operations, not a Python loop over
+        # the batch: the generated count at the next enqueued step, the positions its suffix pages cover, and
+        # whether the host still runs it (a row leaves when its sequence finishes; rebuilds reset all three).
+        self.next_gen = np.zeros(0, dtype=np.int64)
+        self.covered = np.zeros(0, dtype=np.int64)
+        self.live = np.zeros(0, dtype=bool)
+        self.row_of: dict[int, int] = {}  # sequence index -> its row, while it is in the batch
         self.table_dirty = False
         self.dead_rows = 0
         self.pending = None  # (batch, staging index) of the enqueued step not yet read
@@ -290,7 +296,10 @@ class GenerationRun:
         bucket = self.opts.bucket(n) if self.runner.use_graphs else n
         b = self.runner.batch(bucket, self.capacity_pages)
         gens = [s.generated for s in rows]
-        self.next_gen = list(gens)
+        self.next_gen = np.array(gens, dtype=np.int64)
+        self.covered = np.array([len(s.pages) * self.page_size for s in rows], dtype=np.int64)
+        self.live = np.ones(n, dtype=bool)
+        self.row_of = {s.index: r for r, s in enumerate(rows)}
         # Built on the host and copied into the bucket's metadata in one transfer; a composition that outgrows
         # the bucket's capacity gets a larger one (and the bucket a new capture).
         meta_args = ([s.path for s in rows], [s.pages for s in rows], gens, self.capacity_pages, bucket,
@@ -336,20 +345,19 @@ class GenerationRun:
         """Pages for the positions the next step feeds (host-live rows; an allocation for a row the device has
         already finished is returned when the host learns it)."""
         blocks, table = self.blocks, self.table
-        for r, s in enumerate(self.rows):
-            if s.state is SeqState.RUNNING:
-                for col, page in blocks.ensure_suffix(s, self.next_gen[r]):
-                    table[r, col] = page
-                    self.table_dirty = True
+        # only rows about to feed a position past their last page (one row in page_size per step, on average)
+        for r in np.flatnonzero(self.live & (self.next_gen > self.covered)).tolist():
+            s = self.rows[r]
+            for col, page in blocks.ensure_suffix(s, int(self.next_gen[r])):
+                table[r, col] = page
+                self.table_dirty = True
+            self.covered[r] = len(s.pages) * self.page_size
 
     def _enqueue(self):
         b = self.batch
-        running = [r for r, s in enumerate(self.rows) if s.state is SeqState.RUNNING]
-        live = len(running)
-        i = self.runner.enqueue(b, self.table, self.kill, self.table_dirty, live)
+        i = self.runner.enqueue(b, self.table, self.kill, self.table_dirty, self._live_rows())
         self.table_dirty = False
-        for r in running:
-            self.next_gen[r] += 1
+        self.next_gen += self.live
         st = self.stats
         st.decode_steps += 1
         st.padded_rows += b.rows
@@ -357,16 +365,27 @@ class GenerationRun:
 
     def _process(self, b, i) -> None:
         """Read a step's outputs and apply them to the host-live rows."""
-        toks, codes, lps = self.runner.outputs(b, i)
-        toks, codes, lps = toks.tolist(), codes.tolist(), lps.tolist()
-        ran = sum(c != IDLE for c in codes)  # rows the device computed a token for (discarded extras included)
+        toks_np, codes_np, lps_np = self.runner.outputs(b, i)
+        rows = self.rows
+        n = len(rows)
+        ran = int(np.count_nonzero(codes_np != IDLE))  # rows the device computed a token for (extras included)
         self.stats.decode_rows += ran
         self.stats.decode_tokens += ran
+        # Which new tokens can end a stop string (one vectorized lookup where the matcher has one): the others,
+        # still running on the device, only append their token.
+        may = None if self.stops is None else self.stops.candidates(toks_np[:n])
+        quiet = None if self.stops is None else (~may).tolist() if may is not None else [False] * n
+        toks, codes, lps = toks_np[:n].tolist(), codes_np[:n].tolist(), lps_np[:n].tolist()
         suffix_tokens = 0
-        for r, s in enumerate(self.rows):
+        for r, s in enumerate(rows):
             if s.state is not SeqState.RUNNING:
                 continue  # finished on the host earlier: this is its discarded extra token
             c = codes[r]
+            if c == RUNNING and (quiet is None or quiet[r]):
+                s.tokens.append(toks[r])
+                s.logprobs.append(lps[r])
+                suffix_tokens += len(s.tokens)
+                continue
             if c == IDLE:  # pragma: no cover - the device and the host agree on live rows by construction
                 raise AssertionError(f"row {r} ran idle on the device while the host had it running")
             self._accept(s, toks[r], lps[r], c, row=r)
@@ -410,6 +429,7 @@ class GenerationRun:
         self.unfinished -= 1
         if was_running:
             self.dead_rows += 1
+            self.live[self.row_of[s.index]] = False
         self.stats.generated_tokens += len(ids)
         self.scheduler.finished(s)
         self.on_done(Completion(text=text, token_ids=list(ids), finish_reason=reason,
