@@ -34,7 +34,7 @@ from typing import Callable
 
 from prompt_tree.parallel.dp import expected_tokens, split_by_cost
 from tasks.execution import usable_cores
-from tasks.node_files import node_part_files, node_records, read_leftovers, start_node_dir
+from tasks.node_files import node_records, read_leftovers, remove_group_files, start_node_dir
 from tasks.results import RunLock, RunStore, fold_parts
 from tasks.run_config import (RunConfig, RunConfigError, draw_examples, preflight, run_identity, sampling_params,
                                select_problems)
@@ -46,6 +46,13 @@ from tasks.verdict_pool import VerdictPool, default_check
 def part_label(dp_rank: int) -> str:
     """The RunStore part of group dp_rank: its files are generations.rank<d>.jsonl, as dp.part_path names them."""
     return f"rank{dp_rank}"
+
+
+def _node_writers(ctx) -> list[int]:
+    """The group writers (TP rank 0 of each group) among this node's ranks, lowest first: torchrun numbers one
+    node's processes consecutively, so they are rank - local_rank onwards."""
+    first = ctx.env.rank - ctx.env.local_rank
+    return [r for r in range(first, first + ctx.env.local_world_size) if r % ctx.layout.tp == 0]
 
 
 def _default_workers(ctx) -> int:
@@ -95,9 +102,15 @@ def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Calla
 
     writers = [lay.tp_ranks(d)[0] for d in range(lay.dp)]
     node_dir = config.node_dir
-    if node_dir is not None and lay.is_writer:  # step 0 (tasks.node_files): what this node holds goes to rank 0
-        held.append(RunLock(node_dir))
-        ctx.publish("apps/leftovers", read_leftovers(node_dir, identity, config.force))
+    # With --node-dir (tasks.node_files) the node's first writer owns the directory: it locks it, sends rank 0
+    # what an interrupted run left there (step 0), and clears it for the node's writers (step 3).
+    node_leader = _node_writers(ctx)[0] if node_dir is not None and lay.is_writer else None
+    if node_leader is not None:
+        leftovers = {"generations": [], "verdicts": []}
+        if lay.rank == node_leader:
+            held.append(RunLock(node_dir))
+            leftovers = read_leftovers(node_dir, identity, config.force)
+        ctx.publish("apps/leftovers", leftovers)
 
     def prepare() -> dict:
         held.append(RunLock(config.out))  # rank 0 only: one writer process per run directory
@@ -163,8 +176,13 @@ def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Calla
     if lay.is_writer:
         if node_dir is None:
             store = RunStore(config.out, identity, part=part_label(lay.dp_rank))
-        else:  # leftovers are in --out now: start the node's files afresh, knowing what the run holds
-            start_node_dir(node_dir, identity)
+        else:  # leftovers are in --out now: the node's files start afresh, knowing what the run holds
+            ready = f"apps/node_ready/{node_leader}"
+            if lay.rank == node_leader:
+                start_node_dir(node_dir, identity)
+                ctx.announce(ready)
+            else:
+                ctx.wait_announced(ready, node_leader)
             store = RunStore(node_dir, identity, part=part_label(lay.dp_rank), merged=False)
             store.absorb(shared["records"], "rank 0", write=False)
         report = RunReport(summary={})
@@ -188,12 +206,11 @@ def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Calla
             store.close()
         info.update(generated=report.generated_now, executed=executor.executed,
                     check_seconds=executor.check_seconds)
-        if node_dir is not None:  # rank 0 merges what this node wrote; once it says so, the files may go
-            ctx.publish("apps/records", node_records(node_dir))
-            if not main:
-                ctx.share("apps/merged", lambda: True)
-                for part in node_part_files(node_dir):
-                    os.remove(part)
+        if node_dir is not None:  # rank 0 merges what this group wrote; once it says so, the files may go
+            ctx.publish("apps/records", node_records(node_dir, lay.dp_rank))
+            if not main:  # polled, not a store get: the slowest group may end hours after this one
+                ctx.wait_announced("apps/merged", 0)
+                remove_group_files(node_dir, lay.dp_rank)
         ctx.publish("apps", info)
     elif my_missing:  # a TP peer: the same model calls as its writer, nothing recorded
         tree, _ = build_sample_tree(problems, my_missing, config, examples)
@@ -210,9 +227,8 @@ def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Calla
                 store.absorb(records, f"rank {rank}'s --node-dir")
         finally:
             store.close()
-        ctx.share("apps/merged", lambda: True)
-        for part in node_part_files(node_dir):
-            os.remove(part)
+        ctx.announce("apps/merged")
+        remove_group_files(node_dir, lay.dp_rank)
     ctx.wait_for_all()
     t_all_end = time.perf_counter()
     groups = ctx.collect("apps", [lay.tp_ranks(d)[0] for d in range(lay.dp)])

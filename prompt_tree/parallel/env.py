@@ -71,28 +71,40 @@ class DistContext:
         """Results `publish`ed under `key` by `ranks` (call after wait_for_all)."""
         return {r: json.loads(self.store.get(f"result/{key}/{r}")) for r in ranks}
 
-    def wait_published(self, key: str, ranks: list[int], poll_s: float = 0.2) -> dict[int, Any]:
+    def wait_published(self, key: str, ranks: list[int]) -> dict[int, Any]:
         """Rank 0: the results `ranks` publish under `key`, waiting as long as they keep their heartbeat (a
-        data-parallel group may generate for hours: a plain store get would time out). A rank that fails or dies
-        first stops this one, naming it."""
-        waiting = list(ranks)
+        data-parallel group may generate for hours: a plain store get would time out). A rank that fails, dies,
+        or finishes without publishing stops this one, naming it."""
+        self._wait_keys({r: f"result/{key}/{r}" for r in ranks})
+        return self.collect(key, list(ranks))
+
+    def announce(self, key: str, value: Any = True) -> None:
+        """Tell every rank something they may wait for far longer than a store get allows (rank 0's word that the
+        run's records are merged, comes when the slowest group ends); read with wait_announced."""
+        self.store.set(f"announce/{key}", json.dumps(value))
+
+    def wait_announced(self, key: str, owner: int) -> Any:
+        """What `owner` announces under `key`, waiting as long as it keeps its heartbeat (as wait_published)."""
+        self._wait_keys({owner: f"announce/{key}"})
+        return json.loads(self.store.get(f"announce/{key}"))
+
+    def _wait_keys(self, keys: dict[int, str], poll_s: float = 0.2) -> None:
+        """Poll until every rank r has set keys[r]; a failed, dead or finished-without-it rank raises."""
+        waiting = dict(keys)
         while waiting:
-            still = []
-            for r in waiting:
-                if self.store.check([f"result/{key}/{r}"]):
+            for r, k in list(waiting.items()):
+                if self.store.check([k]):
+                    del waiting[r]
                     continue
                 status = read_status(self.store, r) or {"state": "running"}
                 if status["state"] == "failed":
                     raise RankFailedError(int(status.get("rank", r)), status.get("why") or f"rank {r} failed")
-                if status["state"] == "done" and not self.store.check([f"result/{key}/{r}"]):
-                    raise RankFailedError(r, f"rank {r} finished without publishing {key!r}")
+                if status["state"] == "done" and not self.store.check([k]):
+                    raise RankFailedError(r, f"rank {r} finished without setting {k!r}")
                 if self.monitor.failure is not None:
                     raise RankFailedError(*self.monitor.failure)
-                still.append(r)
-            waiting = still
             if waiting:
                 time.sleep(poll_s)
-        return self.collect(key, list(ranks))
 
     def wait_for_all(self, poll_s: float = 0.2) -> None:
         """Rank 0: wait until every other rank has finished. No timeout of its own: a slow data-parallel group
