@@ -27,7 +27,6 @@ what is missing, whatever the new number of groups.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict
 import os
 import time
 from typing import Callable
@@ -100,6 +99,7 @@ def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Calla
     examples = draw_examples(config, problems)
     t_start = time.perf_counter()
 
+    wanted = [(p.problem_id, i) for p in problems for i in range(config.samples)]
     writers = [lay.tp_ranks(d)[0] for d in range(lay.dp)]
     node_dir = config.node_dir
     # With --node-dir (tasks.node_files) the node's first writer owns the directory: it locks it, sends rank 0
@@ -130,11 +130,10 @@ def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Calla
             done = {k for k in store.generations if k in store.verdicts}
             open_pids = {pid for pid, i in wanted if (pid, i) not in done}
             shared["records"] = {
-                "generations": [asdict(g) for k, g in store.generations.items() if k[0] in open_pids],
-                "verdicts": [asdict(v) for k, v in store.verdicts.items() if k[0] in open_pids]}
+                "generations": [dataclasses.asdict(g) for k, g in store.generations.items() if k[0] in open_pids],
+                "verdicts": [dataclasses.asdict(v) for k, v in store.verdicts.items() if k[0] in open_pids]}
         return shared
 
-    wanted = [(p.problem_id, i) for p in problems for i in range(config.samples)]
     shared = ctx.share("apps/prepare", prepare)
     resumed = shared["resumed"]
     if main and any(resumed):
@@ -231,7 +230,7 @@ def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Calla
         remove_group_files(node_dir, lay.dp_rank)
     ctx.wait_for_all()
     t_all_end = time.perf_counter()
-    groups = ctx.collect("apps", [lay.tp_ranks(d)[0] for d in range(lay.dp)])
+    groups = ctx.collect("apps", writers)
     groups = [groups[r] for r in sorted(groups)]
     fold_parts(config.out)
     store = RunStore(config.out, identity)

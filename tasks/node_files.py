@@ -28,6 +28,7 @@ from tasks.results import (CONFIG_FILE, GENERATIONS_FILE, VERDICTS_FILE, RunDirE
                            make_run_dir, read_jsonl, write_json_atomic)
 
 NAMES = (GENERATIONS_FILE, VERDICTS_FILE)
+FIELDS = ((GENERATIONS_FILE, "generations"), (VERDICTS_FILE, "verdicts"))  # file -> key of a records dict
 
 
 def node_part_files(node_dir: str) -> list[str]:
@@ -75,15 +76,16 @@ def group_files(node_dir: str, dp_rank: int) -> list[str]:
 def node_records(node_dir: str, dp_rank: int | None = None) -> dict[str, list[dict]]:
     """The records of node_dir's group files (only group dp_rank's when given): {"generations": [...],
     "verdicts": [...]} (a torn last line, from a writer killed mid-write, dropped)."""
-    def files(name):
+    out = {}
+    for name, field in FIELDS:
         path = os.path.join(node_dir, name)
         if dp_rank is None:
-            return part_paths(path)
-        own = part_path(path, dp_rank)
-        return [own] if os.path.exists(own) else []
-
-    return {field: [r for part in files(name) for r in read_jsonl(part, truncate_torn=True)]
-            for name, field in ((GENERATIONS_FILE, "generations"), (VERDICTS_FILE, "verdicts"))}
+            parts = part_paths(path)
+        else:
+            own = part_path(path, dp_rank)
+            parts = [own] if os.path.exists(own) else []
+        out[field] = [r for part in parts for r in read_jsonl(part, truncate_torn=True)]
+    return out
 
 
 def remove_group_files(node_dir: str, dp_rank: int) -> None:

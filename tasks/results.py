@@ -349,11 +349,13 @@ class RunStore:
         return self._add(records, self.verdicts, self._ver_out)
 
     def _add(self, records: list, table: dict, out) -> list:
+        """Records not in `table` yet: into it and, unless out is None, appended to its file."""
         with self._lock:
             new = [r for r in records if r.key not in table]
             for r in new:
                 table[r.key] = r
-        out.write(asdict(r) for r in new)
+        if out is not None:
+            out.write(asdict(r) for r in new)
         return new
 
     def absorb(self, records: dict, source: str, write: bool = True) -> tuple[int, int]:
@@ -362,15 +364,8 @@ class RunStore:
         what the run already holds). Returns (generations, verdicts) new to this store."""
         gens = [_parse(GenerationRecord, r, source) for r in records.get("generations", ())]
         vers = [_parse(VerdictRecord, r, source) for r in records.get("verdicts", ())]
-        if write:
-            return len(self.add_generations(gens)), len(self.add_verdicts(vers))
-        with self._lock:
-            new = [g for g in gens if g.key not in self.generations], [v for v in vers if v.key not in self.verdicts]
-            for g in new[0]:
-                self.generations[g.key] = g
-            for v in new[1]:
-                self.verdicts[v.key] = v
-        return len(new[0]), len(new[1])
+        return (len(self._add(gens, self.generations, self._gen_out if write else None)),
+                len(self._add(vers, self.verdicts, self._ver_out if write else None)))
 
     def write_summary(self, summary: dict) -> None:
         write_json_atomic(self.summary_path, summary)

@@ -30,7 +30,8 @@ from prompt_tree.tree import PromptTree
 
 from .e2e_rows import (ENGINE_ATTENTION, JSON_NAME, MD_NAME, MODE_READS, PRIORITY_BATCHES, PRIORITY_PREFIXES,
                        ROLE_GRID, ROLE_LARGEST, ROLE_LIMIT, ROLE_SAME, TIME_BUDGET_REASON, WORKLOAD_2_ORDER,
-                       BenchConfig, BenchError, Cell, Row, _gib, _size, benchmark_config, largest_fitting, row_key)
+                       BenchConfig, BenchError, Cell, Row, _gib, _size, benchmark_config, largest_fitting,
+                       resolve_bench_device, row_key)
 from .hf_baseline import hf_generate, hf_model, hf_predicted_bytes, hf_unavailable_reason
 from .limit import (attention_floor_seconds, decode_work, estimate_run_seconds, measure_ceilings,
                     physical_run_seconds)
@@ -223,13 +224,8 @@ class Runner:
     # ----- the run
 
     def run(self) -> dict:
-        from prompt_tree.loading import resolve_device_dtype
-
         b = self.bench
-        try:
-            device, dtype = resolve_device_dtype(b.device, b.dtype)
-        except ValueError as e:
-            raise BenchError(f"{e} (pass --device cpu --dtype fp32 --models tiny for a CPU run)") from e
+        device, dtype = resolve_bench_device(b)
         self.device, self.dtype = device, dtype
         self.results = self._load()
         self.results["not_run"] = []

@@ -179,3 +179,14 @@ def largest_fitting(candidates: list[int], fits: Callable[[int], bool]) -> int:
         else:
             hi = mid
     return candidates[lo] if lo >= 0 else 0
+
+
+def resolve_bench_device(bench: BenchConfig):
+    """(torch device, dtype) of a benchmark run; BenchError naming the way to a CPU run when the device is not
+    there. Every workload checks it before building anything."""
+    from prompt_tree.loading import resolve_device_dtype
+
+    try:
+        return resolve_device_dtype(bench.device, bench.dtype)
+    except ValueError as e:
+        raise BenchError(f"{e} (pass --device cpu --dtype fp32 --models tiny for a CPU run)") from e

@@ -176,18 +176,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {p}", file=sys.stderr)
         return 0
     from prompt_tree.benchmark.e2e import run_benchmark
-    from prompt_tree.benchmark.e2e_rows import BenchError
+    from prompt_tree.benchmark.e2e_rows import BenchError, resolve_bench_device
 
     try:
         bench = config_from_args(args)
         asked = _list(args.workloads, "workloads")
         if any(w in EXTRA_WORKLOADS for w in asked):
-            from prompt_tree.loading import resolve_device_dtype
-
-            try:  # as the decode grid checks it: a device that is not there is named, with the way out
-                resolve_device_dtype(bench.device, bench.dtype)
-            except ValueError as e:
-                raise ValueError(f"{e} (pass --device cpu --dtype fp32 --models tiny for a CPU run)") from None
+            resolve_bench_device(bench)  # BenchError (a ValueError) naming the way out, as the decode grid's
         for w in asked:
             if w in EXTRA_WORKLOADS:
                 _run_extra(w, args, bench)

@@ -373,8 +373,10 @@ class GenerationRun:
         self.stats.decode_tokens += ran
         # Which new tokens can end a stop string (one vectorized lookup where the matcher has one): the others,
         # still running on the device, only append their token.
-        may = None if self.stops is None else self.stops.candidates(toks_np[:n])
-        quiet = None if self.stops is None else (~may).tolist() if may is not None else [False] * n
+        quiet = None  # per row: its token can end no stop string (None: no stop strings, every row is quiet)
+        if self.stops is not None:
+            may = self.stops.candidates(toks_np[:n])
+            quiet = (~may).tolist() if may is not None else [False] * n
         toks, codes, lps = toks_np[:n].tolist(), codes_np[:n].tolist(), lps_np[:n].tolist()
         suffix_tokens = 0
         for r, s in enumerate(rows):

@@ -75,7 +75,7 @@ class DistContext:
         """Rank 0: the results `ranks` publish under `key`, waiting as long as they keep their heartbeat (a
         data-parallel group may generate for hours: a plain store get would time out). A rank that fails, dies,
         or finishes without publishing stops this one, naming it."""
-        self._wait_keys({r: f"result/{key}/{r}" for r in ranks})
+        self._poll(ranks, lambda r: f"result/{key}/{r}")
         return self.collect(key, list(ranks))
 
     def announce(self, key: str, value: Any = True) -> None:
@@ -85,40 +85,35 @@ class DistContext:
 
     def wait_announced(self, key: str, owner: int) -> Any:
         """What `owner` announces under `key`, waiting as long as it keeps its heartbeat (as wait_published)."""
-        self._wait_keys({owner: f"announce/{key}"})
+        self._poll([owner], lambda r: f"announce/{key}")
         return json.loads(self.store.get(f"announce/{key}"))
 
-    def _wait_keys(self, keys: dict[int, str], poll_s: float = 0.2) -> None:
-        """Poll until every rank r has set keys[r]; a failed, dead or finished-without-it rank raises."""
-        waiting = dict(keys)
+    def wait_for_all(self) -> None:
+        """Rank 0: wait until every other rank has finished. No timeout of its own: a slow data-parallel group
+        is waited for as long as it keeps its heartbeat; one that dies or fails stops this rank (the monitor)."""
+        self._poll([r for r in range(self.layout.world_size) if r != self.rank])
+
+    def _poll(self, ranks: list[int], key_of: Callable[[int], str] | None = None, poll_s: float = 0.2) -> None:
+        """Until every rank r in `ranks` has set the store key key_of(r) or, without key_of, has finished. A rank
+        whose status says failed raises RankFailedError naming the culprit, as does one that finished without
+        setting its key (it never will) and a failure the heartbeat monitor found."""
+        waiting = list(ranks)
         while waiting:
-            for r, k in list(waiting.items()):
-                if self.store.check([k]):
-                    del waiting[r]
+            still = []
+            for r in waiting:
+                key = key_of(r) if key_of is not None else None
+                if key is not None and self.store.check([key]):
                     continue
                 status = read_status(self.store, r) or {"state": "running"}
                 if status["state"] == "failed":
                     raise RankFailedError(int(status.get("rank", r)), status.get("why") or f"rank {r} failed")
-                if status["state"] == "done" and not self.store.check([k]):
-                    raise RankFailedError(r, f"rank {r} finished without setting {k!r}")
+                if status["state"] == "done":
+                    if key is None or self.store.check([key]):  # (set between the two reads)
+                        continue
+                    raise RankFailedError(r, f"rank {r} finished without setting {key!r}")
                 if self.monitor.failure is not None:
                     raise RankFailedError(*self.monitor.failure)
-            if waiting:
-                time.sleep(poll_s)
-
-    def wait_for_all(self, poll_s: float = 0.2) -> None:
-        """Rank 0: wait until every other rank has finished. No timeout of its own: a slow data-parallel group
-        is waited for as long as it keeps its heartbeat; one that dies or fails stops this rank (the monitor)."""
-
-        waiting = [r for r in range(self.layout.world_size) if r != self.rank]
-        while waiting:
-            still = []
-            for r in waiting:
-                status = read_status(self.store, r) or {"state": "running"}
-                if status["state"] == "failed":
-                    raise RankFailedError(int(status.get("rank", r)), status.get("why") or f"rank {r} failed")
-                if status["state"] != "done":
-                    still.append(r)
+                still.append(r)
             waiting = still
             if waiting:
                 time.sleep(poll_s)
