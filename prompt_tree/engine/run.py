@@ -137,8 +137,11 @@ class GenerationRun:
     # ================================================================================================ the loop
 
     def run(self) -> None:
-        with torch.inference_mode():
-            self._loop()
+        try:
+            with torch.inference_mode():
+                self._loop()
+        finally:
+            self.runner.release()
         # every page back: nodes are dropped with their last reader, suffixes with their sequence
         self.blocks.check()
         if self.blocks.free_pages != self.blocks.pool.usable_pages:

@@ -85,6 +85,10 @@ class Scheduler:
         fed = max(1, self.lengths.expected(s.generated) - 1)
         return max(0, pages_for(fed, self.run.page_size) - len(s.pages))
 
+    def _worst_pages(self, s) -> int:
+        """Pages s would still add at max_new_tokens (the worst case the static policy reserves)."""
+        return max(0, self.run.capacity_pages - len(s.pages))
+
     def prefilling(self) -> list:
         return sorted((s for s in self.active if s.state is SeqState.PREFILLING), key=lambda s: s.index)
 
@@ -99,6 +103,7 @@ class Scheduler:
             return False
         run, blocks = self.run, self.run.blocks
         committed = sum(self._suffix_pages(s) for s in self.active)
+        worst = sum(self._worst_pages(s) for s in self.active)
         watermark = int(run.opts.watermark * blocks.pool.usable_pages)
         admitted = False
         while self.waiting:
@@ -117,7 +122,11 @@ class Scheduler:
             suffix = sum(self._suffix_pages(s) for s in seqs)
             spare = blocks.free_pages + self._evictable_pages(nodes)
             if rows:
-                if spare - committed - node_pages - suffix < watermark:
+                # The watermark is headroom for lengths longer than expected; a unit that fits even with every
+                # admitted sequence at max_new_tokens needs none (else a pool sized to the whole plan would
+                # keep its last units waiting for headroom it can never use).
+                fits_worst = spare - worst - node_pages - sum(self._worst_pages(s) for s in seqs) >= 0
+                if spare - committed - node_pages - suffix < watermark and not fits_worst:
                     break
             else:  # nothing admitted: take what can start (static: what its reservation allows)
                 per = pages_for(run.max_fed, run.page_size) if self.static else 1
@@ -140,6 +149,7 @@ class Scheduler:
                 self.waiting.appendleft(rest)
             self._admit(u, seqs, nodes)
             committed += suffix
+            worst += sum(self._worst_pages(s) for s in seqs)
             admitted = True
         return admitted
 
