@@ -123,7 +123,7 @@ def test_memory_freed_by_short_samples_admits_new_problems_at_once():
 def test_a_pool_that_holds_the_whole_plan_admits_it_whole():
     """When the pages hold every sequence at max_new_tokens (the pool is capped at what the plan can use), the
     watermark must not keep the last units waiting: one admission takes all of them. (It once held back half of
-    a 1024-sample problem, so the step benchmark's batch 1024 decoded 515 rows.)"""
+    a 1024-sample problem, so the step benchmark's batch 1024 decoded about half its rows.)"""
     from prompt_tree.engine.run import GenerationRun
     from prompt_tree.sampler import Sampler
 
