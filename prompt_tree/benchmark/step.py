@@ -123,16 +123,16 @@ def measure_row(engine: Engine, batch: int, prefix: int, mode: str, sampled: boo
     r = run.runner
     padded = engine.options.bucket(batch) if r.use_graphs else batch
     r.release()
-    if r.record_times:
+    if r.record_times:  # device time per replay (CUDA events), and the device's idle gaps between them
         timed = [a for a in r.times if a is not None]
-        gpu = sorted(a.start.elapsed_time(a.end) for a in timed)
+        ms = sorted(a.start.elapsed_time(a.end) for a in timed)
+        rows = statistics.fmean(a.rows for a in timed)
         gaps, n = r.idle_gaps()
-        return dict(step_ms=statistics.median(gpu), step_p10_ms=gpu[len(gpu) // 10],
-                    step_p90_ms=gpu[(9 * len(gpu)) // 10], rows=statistics.fmean(a.rows for a in timed),
-                    padded_rows=padded, host_ms=1e3 * gaps / max(1, n))
-    wall = sorted(1e3 * w for w in walls[WARMUP_STEPS:])
-    return dict(step_ms=statistics.median(wall), step_p10_ms=wall[len(wall) // 10],
-                step_p90_ms=wall[(9 * len(wall)) // 10], padded_rows=padded, host_ms=0.0)
+        host = 1e3 * gaps / max(1, n)
+    else:  # wall time per step; live rows and host time are not separable there
+        ms, rows, host = sorted(1e3 * w for w in walls[WARMUP_STEPS:]), None, 0.0
+    return dict(step_ms=statistics.median(ms), step_p10_ms=ms[len(ms) // 10], step_p90_ms=ms[(9 * len(ms)) // 10],
+                rows=rows, padded_rows=padded, host_ms=host)
 
 
 def write(results: dict, out: str) -> None:

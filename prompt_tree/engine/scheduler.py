@@ -120,16 +120,17 @@ class Scheduler:
             nodes = self._nodes_of(seqs)
             node_pages = sum(blocks.node_pages_needed(k, len(run.plan.node_tokens[k])) for k in nodes)
             suffix = sum(self._suffix_pages(s) for s in seqs)
+            unit_worst = sum(self._worst_pages(s) for s in seqs)
             spare = blocks.free_pages + self._evictable_pages(nodes)
             if rows:
                 # The watermark is headroom for lengths longer than expected; a unit that fits even with every
                 # admitted sequence at max_new_tokens needs none (else a pool sized to the whole plan would
                 # keep its last units waiting for headroom it can never use).
-                fits_worst = spare - worst - node_pages - sum(self._worst_pages(s) for s in seqs) >= 0
+                fits_worst = spare - worst - node_pages - unit_worst >= 0
                 if spare - committed - node_pages - suffix < watermark and not fits_worst:
                     break
             else:  # nothing admitted: take what can start (static: what its reservation allows)
-                per = pages_for(run.max_fed, run.page_size) if self.static else 1
+                per = run.capacity_pages if self.static else 1
                 fit = (spare - node_pages) // max(1, per)
                 if fit < 1:
                     raise SchedulingError(
@@ -138,6 +139,7 @@ class Scheduler:
                 if fit < len(seqs):
                     seqs = seqs[:fit]
                     suffix = sum(self._suffix_pages(s) for s in seqs)
+                    unit_worst = sum(self._worst_pages(s) for s in seqs)
             self.waiting.popleft()
             if seqs[-1].index + 1 < u.stop and any(s.state is SeqState.WAITING
                                                    for s in run.seqs[seqs[-1].index + 1:u.stop]):
@@ -149,7 +151,7 @@ class Scheduler:
                 self.waiting.appendleft(rest)
             self._admit(u, seqs, nodes)
             committed += suffix
-            worst += sum(self._worst_pages(s) for s in seqs)
+            worst += unit_worst
             admitted = True
         return admitted
 
