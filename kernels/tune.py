@@ -1,7 +1,7 @@
 """Launch-configuration sweep for the tree-attention kernels (GPU). One factor at a time from the current
 defaults; prints time per layer (CUDA-graph replay) for each variant on representative decode workloads.
 
-    python -m kernels.tune [--out DIR]
+    python -m kernels.tune [--out DIR] [--only 8,9]      (--only: indices into WORKLOADS)
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ WORKLOADS = [  # hq, hkv, B, levels, suffix
     (40, 40, 16, [(1024, 1)], 256),
     (40, 40, 1024, [(16384, 1)], 256),
     (32, 8, 1024, [(8192, 1), (256, 128)], 128),
+    (32, 8, 1024, [(4096, 1)], 256),  # the step benchmark's llama3-8b tree row (prefix 4096)
+    (32, 8, 1024, [(2400, 1), (500, 8)], 256),  # the APPS job: few-shot block, 8 problems of 128 samples
 ]
 
 
@@ -42,11 +44,13 @@ def variants():
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
+    ap.add_argument("--only", default=None, help="comma-separated indices into WORKLOADS (default: all)")
     args = ap.parse_args(argv)
+    chosen = WORKLOADS if args.only is None else [WORKLOADS[int(i)] for i in args.only.split(",")]
     base_shared, base_own = dict(triton_tree.SHARED_CFG), dict(triton_tree.OWN_CFG)
     base_waves, base_min = worklist.TARGET_WAVES, worklist.MIN_SPLIT_TOKENS
     data = {}
-    for hq, hkv, B, levels, suffix in WORKLOADS:
+    for hq, hkv, B, levels, suffix in chosen:
         q, k, v, segs, own_starts, _ = make_workload(hq, hkv, B, levels, suffix)
         name = f"{hq}/{hkv} B{B} " + "+".join(f"{n}x{g}" for n, g in levels)
         ref = None
@@ -77,7 +81,7 @@ def main(argv=None):
             print(f"{name:28s} {vname:22s} {t:8.1f} us  err {err:.1e}", flush=True)
         del q, k, v
         torch.cuda.empty_cache()
-    names = [f"{hq}/{hkv} B{B} " + "+".join(f"{n}x{g}" for n, g in lv) for hq, hkv, B, lv, _ in WORKLOADS]
+    names = [f"{hq}/{hkv} B{B} " + "+".join(f"{n}x{g}" for n, g in lv) for hq, hkv, B, lv, _ in chosen]
     print("\nvariant                " + " ".join(f"{n[:14]:>14s}" for n in names))
     for vname, row in data.items():
         print(f"{vname:22s} " + " ".join(f"{row.get(n, float('nan')):14.1f}" for n in names))

@@ -22,8 +22,9 @@ Two implementations of the same function:
   max, logsumexp and topk (about 4), the normaliser for top-p without top-k (1); plain temperature skips the
   selection (a pick over the row); fallback rows about 12 more. Because it picks the
   fallback rows on the host, this path reads one flag back per call on an accelerator.
-- Triton (CUDA; `prompt_tree.sampler_triton`): one program per row, 3 passes in the common case, no host sync;
-  see that module.
+- Triton (CUDA): backend "triton", `prompt_tree.sampler_split`, every row split over chunks on a (B, S) grid with
+  per-row decisions between passes (the default); backend "triton-row", `prompt_tree.sampler_triton`, one program
+  per row. Both take 3 passes in the common case and never sync with the host; see those modules.
 Greedy (temperature 0) is the first maximal index on both.
 """
 from __future__ import annotations
@@ -37,10 +38,11 @@ import torch
 from .seeds import seed_key, uniforms
 
 try:
-    from . import sampler_triton
+    from . import sampler_split, sampler_triton
 except ImportError:  # no Triton on this platform (it is a Linux-only dependency): the torch path only
-    sampler_triton = None
+    sampler_split = sampler_triton = None
 
+BACKENDS = ("auto", "torch", "triton", "triton-row")
 CANDIDATES = 1024  # the torch path's top-C candidates per row, and the Triton path's compaction buffer
 FIRST_CANDIDATES = 64  # the torch path tries this many candidates first
 _ROW_CHUNK_ELEMENTS = 1 << 24  # the torch path works on rows in chunks of about this many logits (64 MiB fp32)
@@ -119,27 +121,29 @@ class Sampler:
     seq_ids: [B] int64, step: int or int64 tensor [] / [B] (pass a device tensor under CUDA-graph capture: an int
     is baked into the graph). logprobs are log_softmax of the raw logits at the chosen tokens.
 
-    backend: "auto" (Triton on CUDA, torch elsewhere), "torch", or "triton" (on the CPU only under
-    TRITON_INTERPRET=1, for tests). candidates: C above. The Triton path allocates nothing that depends on the
-    data and never reads back to the host, so a call can be captured in a CUDA graph.
+    backend: "auto" (split Triton kernels on CUDA, torch elsewhere), "torch", "triton" (the split kernels) or
+    "triton-row" (one program per row); a Triton backend on the CPU only under TRITON_INTERPRET=1, for tests.
+    candidates: C above; block, chunk: the split kernels' step and chunk sizes (None: their defaults). The Triton
+    paths allocate nothing that depends on the data and never read back to the host, so a call can be captured
+    in a CUDA graph.
     """
 
     def __init__(self, params, device=None, *, backend: str = "auto", candidates: int = CANDIDATES,
-                 block: int | None = None):
-        if backend not in ("auto", "torch", "triton"):
-            raise ValueError(f"Sampler: backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+                 block: int | None = None, chunk: int | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"Sampler: backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
         if not isinstance(candidates, int) or candidates < 2 or candidates & (candidates - 1):
             raise ValueError(f"Sampler: candidates must be a power of two >= 2, got {candidates!r}")
         self.params = params
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         if backend == "auto":
             backend = "triton" if self.device.type == "cuda" and sampler_triton is not None else "torch"
-        if backend == "triton":
+        if backend.startswith("triton"):
             if sampler_triton is None:
                 raise ValueError("Sampler: backend 'triton' needs the triton package (pip install triton)")
             if self.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-                raise ValueError(f"Sampler: backend 'triton' on {self.device} runs only under Triton's interpreter "
-                                 "(TRITON_INTERPRET=1, for tests); use backend 'torch' or a CUDA device")
+                raise ValueError(f"Sampler: backend {backend!r} on {self.device} runs only under Triton's "
+                                 "interpreter (TRITON_INTERPRET=1, for tests); use backend 'torch' or a CUDA device")
         self.backend = backend
         self.candidates = candidates
         self.key = seed_key(params.seed)
@@ -147,8 +151,12 @@ class Sampler:
         self.inv_t = None if self.greedy else inverse_temperature(params.temperature)
         self.top_p = fp32(params.top_p)
         self.log_min_p = fp32(math.log(params.min_p)) if params.min_p > 0 else None
-        self._triton = (sampler_triton.TritonSampler(self, block=block)
-                        if backend == "triton" else None)
+        if backend == "triton":
+            self._triton = sampler_split.SplitSampler(self, block=block, chunk=chunk)
+        elif backend == "triton-row":
+            self._triton = sampler_triton.TritonSampler(self, block=block)
+        else:
+            self._triton = None
 
     def __call__(self, logits: torch.Tensor, seq_ids: torch.Tensor, step: int | torch.Tensor):
         self._check(logits, seq_ids, step)

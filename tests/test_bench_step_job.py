@@ -26,7 +26,7 @@ def test_step_benchmark_writes_every_row_with_its_floor(tmp_path):
     none = physical_step_seconds(cfg, 4, 3, CEIL)
     tree = physical_step_seconds(cfg, 4, 3, CEIL, kv_tokens_read=16 + 3 * 5, keys_attended=3 * 21)
     assert tree > none > 0  # attention adds KV bytes and flops to the dense floor
-    assert "| tiny | after | 3 | 16 | tree | sampled |" in (tmp_path / "step.md").read_text()
+    assert "| tiny | after | 3 | 16 | tree | sampled (torch) |" in (tmp_path / "step.md").read_text()
 
 
 def test_job_benchmark_rows_and_length_budgets(tmp_path):
@@ -92,3 +92,14 @@ def test_bench_step_and_job_name_a_missing_gpu(capsys, workload):
     assert bench_cmd.run(p.parse_args(["--workloads", workload, "--models", "llama3-8b"])) == 2
     err = capsys.readouterr().err
     assert "CUDA is not available" in err and "--device cpu --dtype fp32 --models tiny" in err
+
+
+def test_step_benchmark_measures_each_sampler_backend(tmp_path):
+    """--sampler-backends: one sampled row per backend, named as resolved ("auto" is the torch path on a CPU; the
+    Triton backends are measured side by side on the GPU, too slow here under the interpreter)."""
+    res = step.run_step_benchmark(["tiny"], (2,), (8,), ("tree",), ("greedy", "sampled"), str(tmp_path),
+                                  device="cpu", dtype="fp32", steps=2, suffix=4,
+                                  sampler_backends=("auto", "torch"), log=lambda *a: None)
+    got = [(r["sampling"], r["sampler"]) for r in res["rows"]]
+    assert got == [("greedy", None), ("sampled", "torch"), ("sampled", "torch")]
+    assert all(r["skipped"] is None and r["step_ms"] > 0 for r in res["rows"])

@@ -173,6 +173,8 @@ def test_options_are_checked_when_given():
         EngineOptions(graph_buckets=(4, 2))
     with pytest.raises(ValueError, match="watermark"):
         engine(watermark=0.9)
+    with pytest.raises(ValueError, match="sampler_backend: must be one of 'auto'"):
+        engine(sampler_backend="flashinfer")
     with pytest.raises(ValueError, match="length budget"):
         engine().generate(problems_tree(0), SamplingParams(max_new_tokens=4), progress=False,
                           length_budget=lambda k, s: 5)

@@ -1,4 +1,5 @@
-"""The sampler kernel compiles for a Hopper GPU (sm_90), on a machine without one.
+"""The sampler kernels (one program per row, and the split ones) compile for a Hopper GPU (sm_90), on a machine
+without one.
 
 The CPU tests run the kernel under Triton's interpreter, which never meets the compiler: a construct the
 compiler rejects (a loop-carried variable changing type, a variable typed differently in two branches, a scalar
@@ -58,6 +59,37 @@ compile_one("*fp32", GREEDY=False, NEED_Z=False, HAS_TOPK=True, HAS_TOPP=True, H
 n += 1
 compile_one("*bf16", GREEDY=False, NEED_Z=False, HAS_TOPK=False, HAS_TOPP=True, HAS_MINP=False, STEP_TENSOR=False)
 n += 1
+
+# the split sampler (prompt_tree.sampler_split): every kernel, and the decision kernel with each filter set the
+# APPS and vLLM-style settings reach (top-p; top-k + top-p + min-p; min-p alone)
+from prompt_tree import sampler_split as ss
+PTR = dict(pmax_ptr="*fp32", psum_ptr="*fp32", parg_ptr="*i32", seq_ptr="*i64", step_ptr="*i64", tok_ptr="*i64",
+           lp_ptr="*fp32", u_ptr="*fp64", fs_ptr="*fp32", is_ptr="*i32", piv_ptr="*fp32", piv_off_ptr="*fp32",
+           fix_ptr="*fp32", part_c_ptr="*i32", part_m_ptr="*fp32", bv_ptr="*fp32", bi_ptr="*i32", act_ptr="*i32",
+           n_act_ptr="*i32", next_ptr="*i32", n_next_ptr="*i32")
+SCAL = dict(stride_row="i32", V="i32", S="i32", B="i32", step_stride="i32", step_val="i32", inv_t="fp32", key_lo="i64",
+            key_hi="i32", top_k="i32", top_p="fp32", log_min_p="fp32")
+
+
+def compile_split(fn, logits, warps, **consts):
+    names = list(inspect.signature(fn.fn).parameters)
+    missing = [p.name for p in fn.params if p.is_constexpr and p.name not in consts]
+    assert not missing, f"no value for constexpr {missing}"
+    sig = {n: "constexpr" if n in consts else logits if n == "logits_ptr" else PTR.get(n) or SCAL[n]
+           for n in names}
+    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+    assert "cubin" in k.asm
+
+
+compile_split(ss._stats_kernel, "*bf16", 4, CH=ss.CHUNK, BLOCK=ss.BLOCK)
+for g, f, t in ((True, False, True), (False, True, False), (False, False, True)):
+    compile_split(ss._start_kernel, "*fp32", 1, GREEDY=g, ANY_FILTER=f, STEP_TENSOR=t, S_PAD=32, P=st.PIVOTS)
+compile_split(ss._pass_kernel, "*bf16", 4, CH=ss.CHUNK, BLOCK=ss.BLOCK, PB=ss.PIVOT_BLOCK, C=1024, P=st.PIVOTS)
+for k_, p_, m_ in ((False, True, False), (True, True, True), (False, False, True)):
+    compile_split(ss._decide_kernel, "*bf16", 8, HAS_TOPK=k_, HAS_TOPP=p_, HAS_MINP=m_, S_PAD=32, C=1024,
+                  P=st.PIVOTS)
+n += 1
 print("compiled", n)
 '''
 
@@ -70,4 +102,4 @@ def test_sampler_kernel_compiles_for_sm90():
     assert out.returncode == 0, out.stderr[-4000:]
     if out.stdout.startswith("SKIP"):
         pytest.skip(out.stdout.strip())
-    assert "compiled 4" in out.stdout, out.stdout
+    assert "compiled 5" in out.stdout, out.stdout

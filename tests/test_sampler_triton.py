@@ -1,14 +1,17 @@
-"""The Triton sampler kernel (under the interpreter on CPU, fp32/fp16; bf16 and CUDA-graph capture on a GPU)
-against the torch path and the sort-based reference, its in-kernel uniform against seeds.uniforms.
+"""The Triton samplers (under the interpreter on CPU, fp32/fp16; bf16 and CUDA-graph capture on a GPU) against
+the torch path and the sort-based reference, their in-kernel uniform against seeds.uniforms. Both kernels are
+tested: "triton" (rows split over chunks, `prompt_tree.sampler_split`) and "triton-row" (one program per row).
 
 Shapes are small because the interpreter runs every program in Python; candidates=16 with V up to 300 makes both
-the register path (<= 16 elements above the chosen pivot) and the bracket-refining fallback run.
+the register path (<= 16 elements above the chosen pivot) and the bracket-refining fallback run, and chunk=128
+splits a row over up to 3 chunks (the last one partial).
 """
 import pytest
 import torch
 
 from sampler_oracle import ambiguous_rows, assert_same_tokens
 from triton_interpreter import quick_device_calls
+from prompt_tree import sampler_split as ss
 from prompt_tree.sampler import Sampler
 from prompt_tree.sampling import SamplingParams, sample_reference
 from prompt_tree.seeds import seed_key, uniforms
@@ -23,8 +26,12 @@ def _interpreter_speed():
         yield
 
 
-def _compare(params, logits, ids, step, candidates=16, block=64, max_ambiguous=0.25):
-    tri = Sampler(params, DEVICE, backend="triton", candidates=candidates, block=block)
+BACKENDS = ["triton", "triton-row"]
+
+
+def _compare(params, logits, ids, step, backend, candidates=16, block=64, chunk=128, max_ambiguous=0.25):
+    tri = Sampler(params, DEVICE, backend=backend, candidates=candidates, block=block,
+                  **(dict(chunk=chunk) if backend == "triton" else {}))
     got, got_lp = tri(logits, ids, step)
     want, want_lp = sample_reference(logits.cpu(), params, ids.cpu(), step.cpu() if torch.is_tensor(step) else step)
     mid, _ = Sampler(params, "cpu", backend="torch", candidates=candidates)(
@@ -38,6 +45,8 @@ def _compare(params, logits, ids, step, candidates=16, block=64, max_ambiguous=0
     if not params.greedy:
         assert torch.equal(tri._triton.u_out.cpu(), uniforms(seed_key(params.seed), ids.cpu(),
                                                              step.cpu() if torch.is_tensor(step) else step))
+    if backend == "triton":  # the fixed number of rounds sufficed: every row ended DONE
+        assert (tri._triton.state[1][:, ss.I_PHASE] == ss.DONE).all()
     return got
 
 
@@ -55,26 +64,29 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("kw", CASES, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()))
-def test_kernel_equals_reference_and_torch_path(kw):
+def test_kernel_equals_reference_and_torch_path(kw, backend):
     params = SamplingParams(seed=len(str(kw)), **kw)
     g = torch.Generator().manual_seed(len(kw))
     for V, scale in ((11, 2.0), (300, 3.0), (257, 0.5)):
         logits = (torch.randn(6, V, generator=g) * scale).to(DEVICE)
         ids = torch.randint(0, 2**62, (6,), generator=g).to(DEVICE)
-        _compare(params, logits, ids, 4, max_ambiguous=0.5)
+        _compare(params, logits, ids, 4, backend, max_ambiguous=0.5)
 
 
-def test_fp16_logits_and_tensor_steps():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp16_logits_and_tensor_steps(backend):
     params = SamplingParams(temperature=0.9, top_p=0.9, top_k=20)
     g = torch.Generator().manual_seed(7)
     logits = (torch.randn(6, 200, generator=g) * 3).half().to(DEVICE)
     ids = torch.arange(6, device=DEVICE) * 31
-    _compare(params, logits, ids, torch.arange(6, device=DEVICE) + 3)
-    _compare(params, logits, ids, torch.tensor(9, device=DEVICE))
+    _compare(params, logits, ids, torch.arange(6, device=DEVICE) + 3, backend)
+    _compare(params, logits, ids, torch.tensor(9, device=DEVICE), backend)
 
 
-def test_awkward_rows():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_awkward_rows(backend):
     """A masked vocabulary, a fully tied row, a single finite logit, huge and strided logits."""
     V = 100
     rows = torch.stack([
@@ -89,8 +101,62 @@ def test_awkward_rows():
     logits = wide[:, ::2].to(DEVICE)  # a non-contiguous view: the launcher copies it
     ids = torch.arange(5, device=DEVICE)
     for kw in (dict(top_k=20), dict(top_p=0.9), dict(min_p=0.3), dict(temperature=1.0), dict(temperature=0)):
-        got = _compare(SamplingParams(seed=2, **kw), logits, ids, 1, max_ambiguous=0.6)
+        got = _compare(SamplingParams(seed=2, **kw), logits, ids, 1, backend, max_ambiguous=0.6)
         assert torch.isfinite(logits.cpu().gather(1, got.cpu()[:, None])).all()
+
+
+def _cluster_rows(V=300, n=30):
+    """Rows whose thresholds fall inside a cluster of n > C values one ulp apart: each refinement round shrinks the
+    bracket's key range only 17-fold, so they need close to the worst-case number of rounds."""
+    base = torch.tensor(1.0).view(torch.int32)
+    cluster = (base + torch.arange(n, dtype=torch.int32)).view(torch.float32)
+    rows = torch.full((3, V), -1000.0)
+    rows[0, :n] = cluster
+    rows[1, 50:50 + n] = cluster.flip(0)  # the cluster in the middle of the row, descending
+    rows[2, :n] = cluster
+    rows[2, 200] = 3.0  # one clear maximum above the cluster
+    return rows
+
+
+@pytest.mark.parametrize("kw", [dict(top_k=20, temperature=1.0), dict(top_p=0.87, temperature=1.0),
+                                dict(top_k=20, top_p=0.87, temperature=1.0)], ids=str)
+def test_split_kernel_deep_refinement_ends_within_its_rounds(kw, monkeypatch):
+    """The rows that need the most rounds still end DONE within `rounds_for`, equal to the reference. With one
+    threshold they need 10 of its 12 rounds (measured), so 3 fewer leave a row unfinished: the DONE check in
+    _compare has teeth. (With both, top-p's bracket starts at t_k and they need 15 of 21.)"""
+    params = SamplingParams(seed=5, **kw)
+    logits = _cluster_rows().to(DEVICE)
+    ids = torch.arange(3, device=DEVICE) + 11
+    _compare(params, logits, ids, 2, "triton", max_ambiguous=0.7)
+    real = ss.rounds_for
+    monkeypatch.setattr(ss, "rounds_for", lambda *a: real(*a) - (3 if len(kw) == 2 else 7))
+    short = Sampler(params, DEVICE, backend="triton", candidates=16, block=64, chunk=128)
+    short(logits, ids, 2)
+    assert (short._triton.state[1][:, ss.I_PHASE] != ss.DONE).any()
+
+
+def test_split_kernel_takes_both_paths():
+    """The same call resolves peaked rows in registers (goal ALL) and flat rows by refining top-p (goal P)."""
+    params = SamplingParams(seed=9, temperature=0.8, top_p=0.95)
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(4, 300, generator=g)
+    logits[:2, 7] += 30  # peaked: one token holds the nucleus
+    tri = Sampler(params, DEVICE, backend="triton", candidates=16, block=64, chunk=128)
+    got, _ = tri(logits.to(DEVICE), torch.arange(4, device=DEVICE), 1)
+    goals = tri._triton.state[1][:, ss.I_GOAL].cpu().tolist()
+    assert goals == [ss.GOAL_ALL, ss.GOAL_ALL, ss.GOAL_P, ss.GOAL_P]
+    assert got[:2].cpu().tolist() == [7, 7]
+    _compare(params, logits.to(DEVICE), torch.arange(4, device=DEVICE), 1, "triton", max_ambiguous=0.5)
+
+
+def test_split_kernel_options_are_checked():
+    params = SamplingParams(temperature=0.8, top_p=0.95)
+    with pytest.raises(ValueError, match="chunk .* multiple of block"):
+        Sampler(params, DEVICE, backend="triton", block=64, chunk=32)
+    with pytest.raises(ValueError, match="chunk must be a power of two"):
+        Sampler(params, DEVICE, backend="triton", block=64, chunk=96)
+    with pytest.raises(ValueError, match="block must be a power of two"):
+        Sampler(params, DEVICE, backend="triton", block=48)
 
 
 @pytest.mark.cuda
@@ -98,14 +164,16 @@ def test_bf16_on_gpu():
     params = SamplingParams(temperature=0.8, top_p=0.95)
     logits = (torch.randn(64, 32000, device="cuda") * 4).bfloat16()
     ids = torch.arange(64, device="cuda")
-    _compare(params, logits, ids, 1, candidates=1024, block=1024)  # step 1 arrives as a constexpr
+    for backend in BACKENDS:
+        _compare(params, logits, ids, 1, backend, candidates=1024, block=1024, chunk=4096)  # step 1: a constexpr
 
 
 @pytest.mark.cuda
-def test_cuda_graph_capture_replays_the_eager_result():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cuda_graph_capture_replays_the_eager_result(backend):
     params = SamplingParams(temperature=0.8, top_p=0.95, top_k=50)
     B, V = 128, 32000
-    sampler = Sampler(params, "cuda")
+    sampler = Sampler(params, "cuda", backend=backend)
     logits = torch.randn(B, V, device="cuda") * 3
     ids = torch.arange(B, device="cuda")
     step = torch.zeros((), dtype=torch.int64, device="cuda")

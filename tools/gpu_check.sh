@@ -4,11 +4,12 @@
 # splits (tools/split_sweep.py), engine; and for the continuous engine: cuda (every CUDA test), step (the decode
 # step against its physical floor, sampled and greedy, with host_ms), before (the previous engine's step, from
 # .before: `git archive 9ee8ecd prompt_tree kernels | tar -x -C .before`, carried), job (the APPS job with
-# lognormal lengths per engine), sampler (tools/bench_sampler.py)), e.g.
+# lognormal lengths per engine), sampler (tools/bench_sampler.py), tune (kernels/tune.py on the WORKLOADS indices
+# TUNE_ONLY)), e.g.
 #   STAGES=cuda,step,before,job,sampler bash tools/gpu_check.sh
-# Knobs of the continuous engine's stages: STEP_ARGS, JOB_ARGS, SAMPLER_ARGS (the benchmarks' arguments),
+# Knobs of the continuous engine's stages: STEP_ARGS, STEP_MODES, JOB_ARGS, SAMPLER_ARGS (the benchmarks' arguments),
 # CUDA_WORKERS (pytest -n), TEST_TIMEOUT (seconds per test), T_CUDA, T_STEP, T_JOB, T_SAMPLER, T_BEFORE (seconds
-# per stage). The session of 2026-12-02 ran, for instance:
+# per stage), T_TUNE. The session of 2026-12-02 ran, for instance:
 #   STAGES=cuda,job,step CUDA_WORKERS=8 T_CUDA=180 T_JOB=240 T_STEP=100 JOB_ARGS="--models llama3-8b \
 #     --job-shapes apps --lengths lognormal --problems 40 --samples 128 --engines continuous-tree,static-tree" \
 #     STEP_ARGS="--models llama3-8b --batches 128,1024 --prefixes 4096" bash tools/gpu_check.sh
@@ -59,11 +60,14 @@ if [[ $stages == *job* ]]; then
 fi
 if [[ $stages == *step* ]]; then
     timeout "${T_STEP:-240}" python3 -m prompt_tree.cli bench --workloads step $STEP_ARGS \
-        --modes none,tree,flat --sampling greedy,sampled --out "$OUT" 2>&1 | tee "$OUT/step.log" | tail -40
+        --modes "${STEP_MODES:-none,tree,flat}" --sampling greedy,sampled --out "$OUT" 2>&1 | tee "$OUT/step.log" | tail -40
 fi
 if [[ $stages == *sampler* ]]; then
     timeout "${T_SAMPLER:-60}" python3 tools/bench_sampler.py --device cuda $SAMPLER_ARGS --out "$OUT/sampler.json" 2>&1 \
         | tail -14
+fi
+if [[ $stages == *tune* ]]; then
+    timeout "${T_TUNE:-120}" python3 -m kernels.tune --only "${TUNE_ONLY:-8,9}" --out "$OUT" 2>&1 | tee "$OUT/tune.log" | tail -16
 fi
 if [[ $stages == *before* ]] && [ -d .before ]; then
     PYTHONPATH=.before:$PYTHONPATH timeout "${T_BEFORE:-90}" python3 tools/step_before.py \

@@ -51,6 +51,7 @@ class StepRow:
     mode: str
     sampling: str
     engine: str = "after"
+    sampler: str | None = None  # the Sampler backend of a sampled row ("triton": split rows; "triton-row")
     suffix: int = SUFFIX
     step_ms: float | None = None
     step_p10_ms: float | None = None  # the spread of the timed steps: a composition change or a stall shows here
@@ -79,7 +80,7 @@ def physical_ms(config, dtype_bytes: int, batch: int, prefix: int, suffix: int, 
 
 
 def measure_row(engine: Engine, batch: int, prefix: int, mode: str, sampled: bool, suffix: int = SUFFIX,
-                steps: int = STEPS, seed: int = 0) -> dict:
+                steps: int = STEPS, seed: int = 0, sampler_backend: str = "auto") -> dict:
     """One row through the engine's own decode loop -> the StepRow fields it measures (step_ms, host_ms, ...)."""
     rng = random.Random(seed)
     vocab = engine.config.vocab_size
@@ -89,7 +90,7 @@ def measure_row(engine: Engine, batch: int, prefix: int, mode: str, sampled: boo
     params = sampling_params(sampled, suffix + WARMUP_STEPS + steps + 4)
     stops = StopMatcher(params.stop, engine.tokenizer) if params.stop else None
     run = GenerationRun(engine, engine.plan(tree, params), params, mode, batch, lambda c: None,
-                        Sampler(params, engine.device), stops)
+                        Sampler(params, engine.device, backend=sampler_backend), stops)
     with torch.inference_mode():
         run.runner.kv.normal_()  # never time on zeros; prefill overwrites the prefix
         run.scheduler.admit()
@@ -151,7 +152,8 @@ def write(results: dict, out: str) -> None:
         return "-" if x is None else f"{x:.{d}f}"
 
     for r in results["rows"]:
-        lines.append(f"| {r['model']} | {r['engine']} | {r['batch']} | {r['prefix']} | {r['mode']} | {r['sampling']} "
+        lines.append(f"| {r['model']} | {r['engine']} | {r['batch']} | {r['prefix']} | {r['mode']} | {r['sampling']}"
+                     f"{' (' + r['sampler'] + ')' if r.get('sampler') else ''} "
                      f"| {f(r['step_ms'])} ({f(r.get('step_p10_ms'), 2)}-{f(r.get('step_p90_ms'), 2)}) "
                      f"| {f(r.get('rows'), 0)} | {f(r['host_ms'])} | {f(r['physical_ms'])} | "
                      f"{f(r['step_over_physical'], 2)}{' (' + r['skipped'] + ')' if r.get('skipped') else ''} |")
@@ -162,7 +164,8 @@ def write(results: dict, out: str) -> None:
 def run_step_benchmark(models, batches, prefixes, modes, samplings, out: str, device: str = "cuda",
                        dtype: str = "bf16", time_budget_s: float | None = None, ceilings: Ceilings | None = None,
                        memory_budget_bytes: int | None = None, steps: int = STEPS, suffix: int = SUFFIX,
-                       log=print) -> dict:
+                       sampler_backends: tuple[str, ...] = ("auto",), log=print) -> dict:
+    """sampler_backends: each sampled row is measured once per backend (greedy rows once, with the default)."""
     import triton
 
     dev = torch.device(device)
@@ -183,15 +186,18 @@ def run_step_benchmark(models, batches, prefixes, modes, samplings, out: str, de
         for prefix in prefixes:
             for batch in batches:
                 for mode in modes:
-                    for sampling in samplings:
-                        row = StepRow(name, batch, prefix, mode, sampling, suffix=suffix)
+                    for sampling, backend in [(sm, b) for sm in samplings
+                                              for b in (sampler_backends if sm == "sampled" else ("auto",))]:
+                        row = StepRow(name, batch, prefix, mode, sampling, suffix=suffix,
+                                      sampler=Sampler(sampling_params(True, 1), dev, backend=backend).backend
+                                      if sampling == "sampled" else None)
                         if time_budget_s is not None and time.monotonic() - start > time_budget_s:
                             results["not_run"].append(asdict(row))
                             continue
                         row.physical_ms = physical_ms(config, el, batch, prefix, suffix, mode, ceilings, steps)
                         try:
                             for k, v in measure_row(engine, batch, prefix, mode, sampling == "sampled", suffix,
-                                                    steps).items():
+                                                    steps, sampler_backend=backend).items():
                                 setattr(row, k, v)
                             row.step_over_physical = row.step_ms / row.physical_ms
                         except (torch.cuda.OutOfMemoryError, ValueError) as e:  # does not fit: a skipped row
@@ -200,7 +206,7 @@ def run_step_benchmark(models, batches, prefixes, modes, samplings, out: str, de
                             if dev.type == "cuda":
                                 torch.cuda.empty_cache()
                         results["rows"].append(asdict(row))
-                        log(f"{name} B{batch} P{prefix} {mode} {sampling}: step {row.step_ms} ms (p10 "
+                        log(f"{name} B{batch} P{prefix} {mode} {sampling} {row.sampler or ''}: step {row.step_ms} ms (p10 "
                             f"{row.step_p10_ms}, p90 {row.step_p90_ms}, rows {row.rows}) host {row.host_ms} ms "
                             f"physical {row.physical_ms:.3f} ms")
                         write(results, out)

@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=None, help="job workload: samples per problem (default: the shape's)")
     p.add_argument("--sampling", default="greedy,sampled", help="step workload: greedy, sampled")
     p.add_argument("--steps", type=int, default=None, help="step workload: timed steps per row (default 16)")
+    p.add_argument("--sampler-backends", default="auto",
+                   help="step workload: Sampler backends of the sampled rows, comma-separated (auto, torch, triton, "
+                        "triton-row); each sampled row is measured once per backend")
     p.add_argument("--prefixes", default=None, help="workload 1 prefix lengths (default 1024,2048,4096,8192,16384)")
     p.add_argument("--batches", default=None, help="workload 1 batch sizes (default 32,128,512,1024,2048)")
     p.add_argument("--modes", default="tree,single,flat,none,hf",
@@ -210,10 +213,16 @@ def _run_extra(workload: str, args: argparse.Namespace, bench) -> None:
         bad = [x for x in samplings if x not in step.SAMPLINGS]
         if bad:
             raise ValueError(f"--sampling: {bad[0]!r} is not one of {', '.join(step.SAMPLINGS)}")
+        from prompt_tree.sampler import BACKENDS
+        backends = tuple(args.sampler_backends.split(","))
+        bad = [x for x in backends if x not in BACKENDS]
+        if bad:
+            raise ValueError(f"--sampler-backends: {bad[0]!r} is not one of {', '.join(BACKENDS)}")
         step.run_step_benchmark(models, bench.batches if args.batches else step.BATCHES,
                                 bench.prefixes if args.prefixes else step.PREFIXES, modes, samplings, bench.out,
                                 bench.device, bench.dtype, bench.time_budget_s, bench.ceilings,
-                                bench.memory_budget_bytes, steps=args.steps or step.STEPS)
+                                bench.memory_budget_bytes, steps=args.steps or step.STEPS,
+                                sampler_backends=backends)
         return
     from prompt_tree.benchmark import job
 

@@ -190,7 +190,8 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         try:
-            run = GenerationRun(self, plan, params, attention, cap, done, Sampler(params, self.device), stops,
+            sampler = Sampler(params, self.device, backend=self.options.sampler_backend)
+            run = GenerationRun(self, plan, params, attention, cap, done, sampler, stops,
                                 length_budget)
             run.runner.sync()
             t0 = time.perf_counter()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
+from ..sampler import BACKENDS as SAMPLER_BACKENDS
+
 BATCHING = ("continuous", "static")
 # Padded decode batch sizes a CUDA graph is captured for (each once, at its first use). Between two buckets a
 # step pays for at most ~25-33% padding rows; the small ones matter for the tail of a run.
@@ -43,6 +45,8 @@ class EngineOptions:
       with overlap=False, which is the synchronous reference).
     add_bos: force (True) or forbid (False) a BOS token at the start of every prompt; None = the tokenizer's rule.
     graph_buckets: the padded batch sizes, ascending.
+    sampler_backend: the token sampler (`prompt_tree.sampler.Sampler`): "auto" (the split Triton kernel on CUDA,
+      the torch path elsewhere), "torch", "triton", or "triton-row" (the earlier one-program-per-row kernel).
     """
 
     memory_budget_bytes: int | None = None
@@ -56,6 +60,7 @@ class EngineOptions:
     overlap: bool = True
     add_bos: bool | None = None
     graph_buckets: tuple[int, ...] = DEFAULT_GRAPH_BUCKETS
+    sampler_backend: str = "auto"
 
     def __post_init__(self):
         def fail(name, why):
@@ -98,6 +103,9 @@ class EngineOptions:
         if not buckets or any(x < 1 for x in buckets) or list(buckets) != sorted(set(buckets)):
             fail("graph_buckets", "must be positive, strictly ascending")
         object.__setattr__(self, "graph_buckets", tuple(buckets))
+        need_type("sampler_backend", isinstance(self.sampler_backend, str), "a str")
+        if self.sampler_backend not in SAMPLER_BACKENDS:
+            fail("sampler_backend", f"must be one of {', '.join(map(repr, SAMPLER_BACKENDS))}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
