@@ -131,7 +131,7 @@ def _stats_kernel(logits_ptr, stride_row, V, pmax_ptr, psum_ptr, parg_ptr, S,
 @triton.jit
 def _start_kernel(logits_ptr, stride_row, pmax_ptr, psum_ptr, parg_ptr, S,
                   seq_ptr, step_ptr, step_stride, step_val, tok_ptr, lp_ptr, u_ptr,
-                  fs_ptr, is_ptr, piv_ptr, piv_off_ptr, inv_t, key_lo, key_hi, act_ptr, n_act_ptr, B,
+                  fs_ptr, is_ptr, piv_ptr, piv_off_ptr, inv_t, key_lo, key_hi,
                   GREEDY: tl.constexpr, ANY_FILTER: tl.constexpr, STEP_TENSOR: tl.constexpr,
                   S_PAD: tl.constexpr, P: tl.constexpr):
     """Per row: max, logsumexp and the greedy token from the chunk stats; the uniform; the first phase."""
@@ -157,9 +157,6 @@ def _start_kernel(logits_ptr, stride_row, pmax_ptr, psum_ptr, parg_ptr, S,
         else:
             step = step_val + tl.zeros([], tl.int64)
         tl.store(u_ptr + row, _uniform(tl.load(seq_ptr + row), step, key_lo, key_hi))
-        tl.store(act_ptr + row, row.to(tl.int32))  # every row takes part in the first round
-        if row == 0:
-            tl.store(n_act_ptr, B)
         m = m_raw * inv_t  # = max x exactly: multiplying by a positive constant keeps the order
         tl.store(fs + _F_M, m)
         tl.store(fs + _F_LSE, lse)
@@ -175,16 +172,12 @@ def _start_kernel(logits_ptr, stride_row, pmax_ptr, psum_ptr, parg_ptr, S,
 
 @triton.jit
 def _pass_kernel(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, part_c_ptr, part_m_ptr,
-                 bv_ptr, bi_ptr, tok_ptr, lp_ptr, act_ptr, n_act_ptr,
+                 bv_ptr, bi_ptr, tok_ptr, lp_ptr,
                  CH: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr, C: tl.constexpr, P: tl.constexpr):
-    """One data pass over every (active row, chunk), whatever the row's phase asks (see the module docstring).
-    Persistent: a fixed grid strides over n_act * S items, so a round with few active rows costs few programs."""
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    for item in range(pid, tl.load(n_act_ptr) * S, nprog):
-        row = tl.load(act_ptr + item // S).to(tl.int64)
-        _pass_item(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, part_c_ptr, part_m_ptr, bv_ptr,
-                   bi_ptr, tok_ptr, lp_ptr, row, item % S, CH, BLOCK, PB, C, P)
+    """One data pass over chunk program_id(1) of row program_id(0), whatever the row's phase asks (see the module
+    docstring). A full (B, S) grid: a row that is DONE costs each of its programs one load."""
+    _pass_item(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, part_c_ptr, part_m_ptr, bv_ptr,
+               bi_ptr, tok_ptr, lp_ptr, tl.program_id(0).to(tl.int64), tl.program_id(1), CH, BLOCK, PB, C, P)
 
 
 @triton.jit
@@ -318,23 +311,14 @@ def _finalize(fs, st, m, t_k, t_p, log_min_p, HAS_MINP: tl.constexpr):
 
 @triton.jit
 def _decide_kernel(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, fix_ptr, part_c_ptr, part_m_ptr,
-                   bv_ptr, bi_ptr, u_ptr, tok_ptr, lp_ptr, top_k, top_p, log_min_p, act_ptr, n_act_ptr,
-                   next_ptr, n_next_ptr,
+                   bv_ptr, bi_ptr, u_ptr, tok_ptr, lp_ptr, top_k, top_p, log_min_p,
                    HAS_TOPK: tl.constexpr, HAS_TOPP: tl.constexpr, HAS_MINP: tl.constexpr,
                    S_PAD: tl.constexpr, C: tl.constexpr, P: tl.constexpr):
-    """Per active row: read the last data pass's partials and set the next phase (see the module docstring); the
-    rows not DONE after it form the next round's active list (next, n_next; their order is free).
+    """Per row (grid B): read the last data pass's partials and set the next phase (see the module docstring).
     fix: [B, 3, P] fp32, the fixed pivots with their counts and masses (kept for the top-p bracket and min-p)."""
-    pid = tl.program_id(0)
-    nprog = tl.num_programs(0)
-    for i in range(pid, tl.load(n_act_ptr), nprog):
-        row = tl.load(act_ptr + i).to(tl.int64)
-        _decide_row(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, fix_ptr, part_c_ptr, part_m_ptr,
-                    bv_ptr, bi_ptr, u_ptr, tok_ptr, lp_ptr, top_k, top_p, log_min_p, row,
-                    HAS_TOPK, HAS_TOPP, HAS_MINP, S_PAD, C, P)
-        tl.debug_barrier()  # the phase this program just stored, read back by every thread
-        if tl.load(is_ptr + row * _NI + _I_PHASE) != _DONE:
-            tl.store(next_ptr + tl.atomic_add(n_next_ptr, 1), row.to(tl.int32))
+    _decide_row(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, fix_ptr, part_c_ptr, part_m_ptr,
+                bv_ptr, bi_ptr, u_ptr, tok_ptr, lp_ptr, top_k, top_p, log_min_p, tl.program_id(0).to(tl.int64),
+                HAS_TOPK, HAS_TOPP, HAS_MINP, S_PAD, C, P)
 
 
 @triton.jit
@@ -533,11 +517,6 @@ class SplitSampler:
         assert len(offsets) < PIVOTS
         offsets += [float("-inf")] * (PIVOTS - len(offsets))
         self.pivot_offsets = torch.tensor(offsets, dtype=torch.float32, device=sampler.device)
-        # the persistent grids of a round: a few programs per SM (on the CPU, under the interpreter, a few in
-        # all, so that tests run many items per program)
-        dev = torch.device(sampler.device)
-        self.programs = (4 * torch.cuda.get_device_properties(dev).multi_processor_count
-                         if dev.type == "cuda" else 3)
         self.u_out = None  # [B] fp64 of the last call (tests compare it with seeds.uniforms)
         self.state = None  # (fs [B, NF] fp32, ist [B, NI] int32) of the last call: tests read each row's path
 
@@ -560,8 +539,6 @@ class SplitSampler:
         logprobs = torch.empty(B, dtype=torch.float32, device=dev)
         u_out = torch.empty(B, dtype=torch.float64, device=dev)
         rounds = rounds_for(greedy, has_topk, has_topp, has_minp)
-        act = torch.empty(2, B, dtype=torch.int32, device=dev)  # the active rows of a round and of the next
-        n_act = torch.zeros(rounds + 1, dtype=torch.int32, device=dev)  # how many, per round
         pmax = torch.empty(B, S, dtype=torch.float32, device=dev)
         psum = torch.empty(B, S, dtype=torch.float32, device=dev)
         parg = torch.empty(B, S, dtype=torch.int32, device=dev)
@@ -576,7 +553,7 @@ class SplitSampler:
         _start_kernel[(B,)](
             logits, logits.stride(0), pmax, psum, parg, S, seq_ids, step_arg, step_stride,
             0 if step_tensor else int(step), tokens, logprobs, u_out, fs, ist, piv, self.pivot_offsets,
-            1.0 if greedy else s.inv_t, s.key[0], s.key[1], act, n_act, B,
+            1.0 if greedy else s.inv_t, s.key[0], s.key[1],
             GREEDY=greedy, ANY_FILTER=any_filter, STEP_TENSOR=step_tensor, S_PAD=S_PAD, P=P, num_warps=1)
         if rounds:
             part_c = torch.empty(B, S, P, dtype=torch.int32, device=dev)
@@ -585,15 +562,14 @@ class SplitSampler:
             bv = torch.empty(B if any_filter else 1, C, dtype=torch.float32, device=dev)
             bi = torch.empty(B if any_filter else 1, C, dtype=torch.int32, device=dev)
             log_min_p = s.log_min_p if has_minp else 0.0
-            for r in range(rounds):
-                here, there = act[r % 2], act[(r + 1) % 2]
-                _pass_kernel[(min(B * S, self.programs),)](
-                    logits, logits.stride(0), V, S, s.inv_t, fs, ist, piv, part_c, part_m, bv, bi, tokens, logprobs,
-                    here, n_act[r:], CH=CH, BLOCK=self.block, PB=self.pivot_block, C=C, P=P, num_warps=4)
-                _decide_kernel[(min(B, self.programs),)](
-                    logits, logits.stride(0), V, S, s.inv_t, fs, ist, piv, fix, part_c, part_m, bv, bi, u_out,
-                    tokens, logprobs, k, s.top_p, log_min_p, here, n_act[r:], there, n_act[r + 1:],
-                    HAS_TOPK=has_topk, HAS_TOPP=has_topp, HAS_MINP=has_minp, S_PAD=S_PAD, C=C, P=P, num_warps=8)
+            for _ in range(rounds):
+                _pass_kernel[(B, S)](logits, logits.stride(0), V, S, s.inv_t, fs, ist, piv, part_c, part_m,
+                                     bv, bi, tokens, logprobs, CH=CH, BLOCK=self.block, PB=self.pivot_block,
+                                     C=C, P=P, num_warps=4)
+                _decide_kernel[(B,)](logits, logits.stride(0), V, S, s.inv_t, fs, ist, piv, fix, part_c, part_m,
+                                     bv, bi, u_out, tokens, logprobs, k, s.top_p, log_min_p,
+                                     HAS_TOPK=has_topk, HAS_TOPP=has_topp, HAS_MINP=has_minp, S_PAD=S_PAD, C=C,
+                                     P=P, num_warps=8)
         self.u_out = u_out
         self.state = (fs, ist)
         return tokens, logprobs

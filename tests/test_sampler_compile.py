@@ -65,9 +65,8 @@ n += 1
 from prompt_tree import sampler_split as ss
 PTR = dict(pmax_ptr="*fp32", psum_ptr="*fp32", parg_ptr="*i32", seq_ptr="*i64", step_ptr="*i64", tok_ptr="*i64",
            lp_ptr="*fp32", u_ptr="*fp64", fs_ptr="*fp32", is_ptr="*i32", piv_ptr="*fp32", piv_off_ptr="*fp32",
-           fix_ptr="*fp32", part_c_ptr="*i32", part_m_ptr="*fp32", bv_ptr="*fp32", bi_ptr="*i32", act_ptr="*i32",
-           n_act_ptr="*i32", next_ptr="*i32", n_next_ptr="*i32")
-SCAL = dict(stride_row="i32", V="i32", S="i32", B="i32", step_stride="i32", step_val="i32", inv_t="fp32", key_lo="i64",
+           fix_ptr="*fp32", part_c_ptr="*i32", part_m_ptr="*fp32", bv_ptr="*fp32", bi_ptr="*i32")
+SCAL = dict(stride_row="i32", V="i32", S="i32", step_stride="i32", step_val="i32", inv_t="fp32", key_lo="i64",
             key_hi="i32", top_k="i32", top_p="fp32", log_min_p="fp32")
 
 

@@ -140,13 +140,16 @@ def write(results: dict, out: str) -> None:
              "the named distribution. seconds: first prefill to last token, CUDA-graph captures excluded (listed).",
              "", "| model | shape | lengths | engine | problems x samples | seconds | tokens/s | mean batch | "
              "kv occupancy | preemptions | captures (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    if results.get("note"):
+        lines[4:4] = [results["note"], ""]
 
     def f(x, d=1):
         return "-" if x is None else f"{x:,.{d}f}"
 
     for r in results["rows"]:
         cap = "-" if r["captures"] is None else f"{r['captures']} ({f(r['capture_seconds'])})"
-        lines.append(f"| {r['model']} | {r['shape']} | {r['lengths']} | {r['engine']} | {r['problems']} x "
+        run = f" (run {r['run']}, sampler {r.get('sampler', '?')})" if r.get("run") else ""  # merged files
+        lines.append(f"| {r['model']} | {r['shape']} | {r['lengths']} | {r['engine']}{run} | {r['problems']} x "
                      f"{r['samples']} | {f(r['seconds'])} | {f(r['tokens_per_s'], 0)} | {f(r['mean_batch'], 0)} | "
                      f"{f(r['kv_occupancy'], 2)} | {r['preemptions'] if r['preemptions'] is not None else '-'} | "
                      f"{cap}{' ' + r['skipped'] if r.get('skipped') else ''} |")

@@ -147,12 +147,15 @@ def write(results: dict, out: str) -> None:
              "| model | engine | batch | prefix | mode | sampling | step ms (p10-p90) | live rows | host ms | physical ms "
              "| step / physical |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    if results.get("note"):
+        lines[4:4] = [results["note"], ""]
 
     def f(x, d=3):
         return "-" if x is None else f"{x:.{d}f}"
 
     for r in results["rows"]:
-        lines.append(f"| {r['model']} | {r['engine']} | {r['batch']} | {r['prefix']} | {r['mode']} | {r['sampling']}"
+        run = f" (run {r['run']})" if r.get("run") else ""  # merged files
+        lines.append(f"| {r['model']} | {r['engine']}{run} | {r['batch']} | {r['prefix']} | {r['mode']} | {r['sampling']}"
                      f"{' (' + r['sampler'] + ')' if r.get('sampler') else ''} "
                      f"| {f(r['step_ms'])} ({f(r.get('step_p10_ms'), 2)}-{f(r.get('step_p90_ms'), 2)}) "
                      f"| {f(r.get('rows'), 0)} | {f(r['host_ms'])} | {f(r['physical_ms'])} | "
