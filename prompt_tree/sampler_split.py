@@ -11,17 +11,22 @@ compaction of the <= C elements above the chosen pivot L (the common case: thres
 or, when no pivot qualifies, a refinement of each threshold's bracket by P pivots evenly spaced in key space
 (`_key`) until it holds <= C elements, a compaction of the bracket, and a pick over the whole row.
 
+In front of that, for top-p and min-p, the bound path (`_start_kernel`): a lower bound L <= T* that needs no count
+(from the row's max and normaliser), and a compaction above it; a row whose compaction holds <= C elements is
+done after that one pass, one that overflows goes on to the fixed pivots.
+
 Every step is a per-row state machine whose state lives in small device tensors (`_State`):
   stats   (B, S)  per chunk: max, sum of exp and first argmax of the raw logits
-  start   (B,)    the row's max, logsumexp, uniform; greedy ends here; else the fixed pivots (or, with no filter,
-                  straight to the pick)
+  start   (B,)    the row's max, logsumexp, uniform; greedy ends here; else the bound compaction or the fixed
+                  pivots (or, with no filter, straight to the pick)
   round   a data pass (B, S) doing what the row's phase asks (COUNT at the pivots, COMPACT a value range into
           the row's buffer, PICK_MASS: the kept mass per chunk, PICK_SCAN: the pick inside one chunk), then a
           decision (B,) that reads the partials and sets the next phase. A row that is DONE costs its programs
           one load.
 The number of rounds launched is the worst case for the settings (`rounds_for`), fixed on the host, so a call
-has no data-dependent launch and no host sync, and can be captured in a CUDA graph. The common case needs two
-rounds (COUNT, COMPACT); a flat top-p row about six (COUNT, two refinements, COMPACT, PICK_MASS, PICK_SCAN).
+has no data-dependent launch and no host sync, and can be captured in a CUDA graph. The common case needs one
+round (the bound COMPACT) or two (COUNT, COMPACT); a flat top-p row about six (COUNT, two refinements, COMPACT,
+PICK_MASS, PICK_SCAN).
 
 Compaction takes its positions in the row's buffer with one atomic add per block that has selected elements, so
 the buffer's order is arbitrary; everything read from it is order-free (a sort of the values for the
@@ -43,7 +48,7 @@ _INT_MAX = tl.constexpr(2147483647)
 # phases (host ints and their jit twins)
 DONE, COUNT, COMPACT, RESOLVED, PICK_MASS, PICK_SCAN = range(6)
 # what a COUNT / COMPACT / RESOLVED round is for
-GOAL_FIXED, GOAL_ALL, GOAL_K, GOAL_P = range(4)
+GOAL_FIXED, GOAL_ALL, GOAL_K, GOAL_P, GOAL_BOUND = range(5)
 # float state slots
 F_M, F_LSE, F_Z, F_LO, F_HI, F_LO_M, F_HI_M, F_TK, F_ZK, F_TGT, F_T, F_RUN, F_PICK = range(13)
 NF = 16
@@ -61,6 +66,7 @@ _G_FIXED = tl.constexpr(GOAL_FIXED)
 _G_ALL = tl.constexpr(GOAL_ALL)
 _G_K = tl.constexpr(GOAL_K)
 _G_P = tl.constexpr(GOAL_P)
+_G_BOUND = tl.constexpr(GOAL_BOUND)
 _F_M = tl.constexpr(F_M)
 _F_LSE = tl.constexpr(F_LSE)
 _F_Z = tl.constexpr(F_Z)
@@ -85,14 +91,22 @@ _I_CHUNK = tl.constexpr(I_CHUNK)
 _NI = tl.constexpr(NI)
 
 
+# The bound path is tried when the row's Z = sum exp(x - m) = 1 / p_max is at most C / BOUND_Z_DIVISOR: a
+# distribution whose top token has less than 1/128 of the mass (C = 1024) has a wide nucleus, and the compaction
+# would overflow (a random-weight model's flat logits: Z ~ 1000).
+BOUND_Z_DIVISOR = 8
+_BOUND_Z_DIVISOR = tl.constexpr(BOUND_Z_DIVISOR)
+
+
 def rounds_for(greedy: bool, top_k: bool, top_p: bool, min_p: bool) -> int:
-    """The most rounds a row can need: the fixed count (1), per refined threshold at most 8 refinements (a 32-bit
-    key range shrinks >= 17-fold per pass with P = 16) and its compaction or resolution (1), then the pick (2)."""
+    """The most rounds a row can need: the bound compaction when it applies (1, see `_start_kernel`), the fixed
+    count (1), per refined threshold at most 8 refinements (a 32-bit key range shrinks >= 17-fold per pass with
+    P = 16) and its compaction or resolution (1), then the pick (2)."""
     if greedy:
         return 0
     if not (top_k or top_p or min_p):
         return 2
-    return 1 + 9 * int(top_k) + 9 * int(top_p) + 2
+    return int(top_p or min_p) + 1 + 9 * int(top_k) + 9 * int(top_p) + 2
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -100,9 +114,10 @@ def rounds_for(greedy: bool, top_k: bool, top_p: bool, min_p: bool) -> int:
 
 
 @triton.jit
-def _stats_kernel(logits_ptr, stride_row, V, pmax_ptr, psum_ptr, parg_ptr, S,
-                  CH: tl.constexpr, BLOCK: tl.constexpr):
-    """Per (row, chunk): max, sum of exp(raw - that max), first argmax of the raw logits. -> [B, S] each."""
+def _stats_kernel(logits_ptr, stride_row, V, pmax_ptr, psum_ptr, parg_ptr, pz_ptr, S, inv_t,
+                  NEED_Z: tl.constexpr, CH: tl.constexpr, BLOCK: tl.constexpr):
+    """Per (row, chunk): max, sum of exp(raw - that max), first argmax of the raw logits, and (NEED_Z) the sum of
+    exp((raw - that max) * inv_t). -> [B, S] each."""
     row = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1)
     row_ptr = logits_ptr + row * stride_row
@@ -110,6 +125,7 @@ def _stats_kernel(logits_ptr, stride_row, V, pmax_ptr, psum_ptr, parg_ptr, S,
     ar = tl.arange(0, BLOCK)
     m_l = tl.full([BLOCK], NEG, tl.float32)
     s_l = tl.zeros([BLOCK], tl.float32)
+    z_l = tl.zeros([BLOCK], tl.float32)
     a_l = tl.zeros([BLOCK], tl.int32)
     c0 = s * CH
     for i in range(0, CH, BLOCK):
@@ -119,22 +135,36 @@ def _stats_kernel(logits_ptr, stride_row, V, pmax_ptr, psum_ptr, parg_ptr, S,
         a_l = tl.where(raw > m_l, offs, a_l)  # strictly greater: a lane keeps its first maximum
         m_use = tl.where(m_new == NEG, 0.0, m_new)
         s_l = s_l * tl.exp(m_l - m_use) + tl.exp(raw - m_use)
+        if NEED_Z:
+            z_l = z_l * tl.exp((m_l - m_use) * inv_t) + tl.exp((raw - m_use) * inv_t)
         m_l = m_new
     mc = tl.max(m_l, 0)
     mu = tl.where(mc == NEG, 0.0, mc)
     at = row * S + s
+    if NEED_Z:
+        tl.store(pz_ptr + at, tl.sum(z_l * tl.exp((m_l - mu) * inv_t), 0))
     tl.store(pmax_ptr + at, mc)
     tl.store(psum_ptr + at, tl.sum(s_l * tl.exp(m_l - mu), 0))
     tl.store(parg_ptr + at, tl.min(tl.where(m_l == mc, a_l, _INT_MAX), 0))
 
 
 @triton.jit
-def _start_kernel(logits_ptr, stride_row, pmax_ptr, psum_ptr, parg_ptr, S,
+def _start_kernel(logits_ptr, stride_row, pmax_ptr, psum_ptr, parg_ptr, pz_ptr, S, V,
                   seq_ptr, step_ptr, step_stride, step_val, tok_ptr, lp_ptr, u_ptr,
-                  fs_ptr, is_ptr, piv_ptr, piv_off_ptr, inv_t, key_lo, key_hi,
+                  fs_ptr, is_ptr, piv_ptr, piv_off_ptr, inv_t, key_lo, key_hi, top_k, top_p, log_min_p,
                   GREEDY: tl.constexpr, ANY_FILTER: tl.constexpr, STEP_TENSOR: tl.constexpr,
-                  S_PAD: tl.constexpr, P: tl.constexpr):
-    """Per row: max, logsumexp and the greedy token from the chunk stats; the uniform; the first phase."""
+                  HAS_TOPK: tl.constexpr, HAS_TOPP: tl.constexpr, HAS_MINP: tl.constexpr,
+                  S_PAD: tl.constexpr, C: tl.constexpr, P: tl.constexpr):
+    """Per row: max, logsumexp and the greedy token from the chunk stats; the uniform; the first phase.
+
+    With top-p or min-p the first phase may be a compaction above a threshold lower bound L known without any
+    count (the bound path): every kept token has x >= T* >= L, where
+      min-p:            L = t_min = m + log(min_p) exactly;
+      top-p:            the mass below L is at most V exp(L - m), so L = m + log((1 - p) Z / V) leaves at least
+                        p Z above it: t_p >= L (Z = sum exp(x - m), from the stats pass);
+      top-p with top-k: the same within the top k, whose mass z_k >= 1: L = m + log((1 - p) / k).
+    The largest of those applies. If the compaction finds more than C elements above L (or fewer than k), the
+    row goes on to the fixed pivots as without it."""
     row = tl.program_id(0).to(tl.int64)
     NEG: tl.constexpr = float("-inf")
     ars = tl.arange(0, S_PAD)
@@ -165,6 +195,24 @@ def _start_kernel(logits_ptr, stride_row, pmax_ptr, psum_ptr, parg_ptr, S,
             tl.store(piv_ptr + row * P + arp, m + tl.load(piv_off_ptr + arp))
             tl.store(st + _I_GOAL, _G_FIXED)
             tl.store(st + _I_PHASE, _COUNT)
+            if HAS_TOPP or HAS_MINP:
+                zs = tl.load(pz_ptr + row * S + ars, mask=ins, other=0.0)
+                z = tl.sum(zs * tl.exp(ms * inv_t - m), 0)  # chunk maxima rescaled to the row's
+                bound = tl.full([], NEG, tl.float32)
+                if HAS_MINP:
+                    bound = m + log_min_p
+                if HAS_TOPP:
+                    if HAS_TOPK:
+                        bound = tl.maximum(bound, m + tl.log((1.0 - top_p) / top_k))
+                    else:
+                        bound = tl.maximum(bound, m + tl.log((1.0 - top_p) * z / V))
+                if (z * _BOUND_Z_DIVISOR <= C) & (bound > NEG):
+                    tl.store(fs + _F_Z, z)
+                    tl.store(fs + _F_LO, bound)
+                    tl.store(fs + _F_HI, float("inf"))
+                    tl.store(st + _I_N, 0)
+                    tl.store(st + _I_GOAL, _G_BOUND)
+                    tl.store(st + _I_PHASE, _COMPACT)
         else:
             tl.store(fs + _F_T, NEG)
             tl.store(st + _I_PHASE, _PICK_MASS)
@@ -405,7 +453,14 @@ def _decide_row(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, fi
         n = tl.load(st + _I_N)
         live = arc < n
         row_ptr = logits_ptr + row * stride_row
-        if goal == _G_ALL:
+        fits = n <= C
+        if HAS_TOPK:
+            fits = fits & (n >= top_k)
+        if (goal == _G_BOUND) & (fits == 0):
+            # the bound path overflowed (or holds fewer than k): the fixed pivots, written by the start kernel
+            tl.store(st + _I_GOAL, _G_FIXED)
+            tl.store(st + _I_PHASE, _COUNT)
+        elif (goal == _G_ALL) | (goal == _G_BOUND):
             # everything >= L is in the buffer: the thresholds and the pick in registers
             cv = tl.load(bv_ptr + row * C + arc, mask=live, other=NEG)
             ci = tl.load(bi_ptr + row * C + arc, mask=live, other=0)
@@ -548,13 +603,17 @@ class SplitSampler:
         step_tensor = isinstance(step, torch.Tensor)
         step_arg = step if step_tensor else seq_ids  # any int64 pointer when unused
         step_stride = (step.stride(0) if step.dim() == 1 else 0) if step_tensor else 0
-        _stats_kernel[(B, S)](logits, logits.stride(0), V, pmax, psum, parg, S, CH=CH, BLOCK=self.block,
-                              num_warps=4)
+        need_z = has_topp or has_minp  # the bound path's normaliser
+        pz = torch.empty(B, S, dtype=torch.float32, device=dev) if need_z else pmax
+        _stats_kernel[(B, S)](logits, logits.stride(0), V, pmax, psum, parg, pz, S, 1.0 if greedy else s.inv_t,
+                              NEED_Z=need_z, CH=CH, BLOCK=self.block, num_warps=4)
         _start_kernel[(B,)](
-            logits, logits.stride(0), pmax, psum, parg, S, seq_ids, step_arg, step_stride,
+            logits, logits.stride(0), pmax, psum, parg, pz, S, V, seq_ids, step_arg, step_stride,
             0 if step_tensor else int(step), tokens, logprobs, u_out, fs, ist, piv, self.pivot_offsets,
-            1.0 if greedy else s.inv_t, s.key[0], s.key[1],
-            GREEDY=greedy, ANY_FILTER=any_filter, STEP_TENSOR=step_tensor, S_PAD=S_PAD, P=P, num_warps=1)
+            1.0 if greedy else s.inv_t, s.key[0], s.key[1], max(k, 1), s.top_p,
+            s.log_min_p if has_minp else 0.0,
+            GREEDY=greedy, ANY_FILTER=any_filter, STEP_TENSOR=step_tensor, HAS_TOPK=has_topk, HAS_TOPP=has_topp,
+            HAS_MINP=has_minp, S_PAD=S_PAD, C=C, P=P, num_warps=1)
         if rounds:
             part_c = torch.empty(B, S, P, dtype=torch.int32, device=dev)
             part_m = torch.empty(B, S, P, dtype=torch.float32, device=dev)

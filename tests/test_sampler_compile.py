@@ -63,7 +63,7 @@ n += 1
 # the split sampler (prompt_tree.sampler_split): every kernel, and the decision kernel with each filter set the
 # APPS and vLLM-style settings reach (top-p; top-k + top-p + min-p; min-p alone)
 from prompt_tree import sampler_split as ss
-PTR = dict(pmax_ptr="*fp32", psum_ptr="*fp32", parg_ptr="*i32", seq_ptr="*i64", step_ptr="*i64", tok_ptr="*i64",
+PTR = dict(pz_ptr="*fp32", pmax_ptr="*fp32", psum_ptr="*fp32", parg_ptr="*i32", seq_ptr="*i64", step_ptr="*i64", tok_ptr="*i64",
            lp_ptr="*fp32", u_ptr="*fp64", fs_ptr="*fp32", is_ptr="*i32", piv_ptr="*fp32", piv_off_ptr="*fp32",
            fix_ptr="*fp32", part_c_ptr="*i32", part_m_ptr="*fp32", bv_ptr="*fp32", bi_ptr="*i32")
 SCAL = dict(stride_row="i32", V="i32", S="i32", step_stride="i32", step_val="i32", inv_t="fp32", key_lo="i64",
@@ -81,9 +81,11 @@ def compile_split(fn, logits, warps, **consts):
     assert "cubin" in k.asm
 
 
-compile_split(ss._stats_kernel, "*bf16", 4, CH=ss.CHUNK, BLOCK=ss.BLOCK)
-for g, f, t in ((True, False, True), (False, True, False), (False, False, True)):
-    compile_split(ss._start_kernel, "*fp32", 1, GREEDY=g, ANY_FILTER=f, STEP_TENSOR=t, S_PAD=32, P=st.PIVOTS)
+compile_split(ss._stats_kernel, "*bf16", 4, NEED_Z=True, CH=ss.CHUNK, BLOCK=ss.BLOCK)
+for g, f, t, k_, p_, m_ in ((True, False, True, False, False, False), (False, True, False, False, True, False),
+                            (False, True, True, True, True, True), (False, False, True, False, False, False)):
+    compile_split(ss._start_kernel, "*fp32", 1, GREEDY=g, ANY_FILTER=f, STEP_TENSOR=t, HAS_TOPK=k_, HAS_TOPP=p_,
+                  HAS_MINP=m_, S_PAD=32, C=1024, P=st.PIVOTS)
 compile_split(ss._pass_kernel, "*bf16", 4, CH=ss.CHUNK, BLOCK=ss.BLOCK, PB=ss.PIVOT_BLOCK, C=1024, P=st.PIVOTS)
 for k_, p_, m_ in ((False, True, False), (True, True, True), (False, False, True)):
     compile_split(ss._decide_kernel, "*bf16", 8, HAS_TOPK=k_, HAS_TOPP=p_, HAS_MINP=m_, S_PAD=32, C=1024,

@@ -125,31 +125,61 @@ def _cluster_rows(V=300, n=30):
                                 dict(top_k=20, top_p=0.87, temperature=1.0)], ids=str)
 def test_split_kernel_deep_refinement_ends_within_its_rounds(kw, monkeypatch):
     """The rows that need the most rounds still end DONE within `rounds_for`, equal to the reference. With one
-    threshold they need 10 of its 12 rounds (measured), so 3 fewer leave a row unfinished: the DONE check in
-    _compare has teeth. (With both, top-p's bracket starts at t_k and they need 15 of 21.)"""
+    threshold they need 10 rounds (measured; the bound allows 12-13), so 9 leave a row unfinished: the DONE check
+    in _compare has teeth. (With both, top-p's bracket starts at t_k and they need 15 of 22.)"""
     params = SamplingParams(seed=5, **kw)
     logits = _cluster_rows().to(DEVICE)
     ids = torch.arange(3, device=DEVICE) + 11
     _compare(params, logits, ids, 2, "triton", max_ambiguous=0.7)
     real = ss.rounds_for
-    monkeypatch.setattr(ss, "rounds_for", lambda *a: real(*a) - (3 if len(kw) == 2 else 7))
+    fewer = 9 if len(kw) == 2 else 14
+    assert fewer < real(False, "top_k" in kw, "top_p" in kw, False)
+    monkeypatch.setattr(ss, "rounds_for", lambda *a: fewer)
     short = Sampler(params, DEVICE, backend="triton", candidates=16, block=64, chunk=128)
     short(logits, ids, 2)
     assert (short._triton.state[1][:, ss.I_PHASE] != ss.DONE).any()
 
 
-def test_split_kernel_takes_both_paths():
-    """The same call resolves peaked rows in registers (goal ALL) and flat rows by refining top-p (goal P)."""
-    params = SamplingParams(seed=9, temperature=0.8, top_p=0.95)
+def _peaked_and_flat_rows():
     g = torch.Generator().manual_seed(3)
-    logits = torch.randn(4, 300, generator=g)
-    logits[:2, 7] += 30  # peaked: one token holds the nucleus
+    logits = torch.randn(5, 300, generator=g)
+    logits[:2, 7] += 30  # peaked: one token holds the nucleus (Z = 1 / p_max ~ 1)
+    logits[4] = -50.0  # a dominant token over 100 tokens 6 nats below it: Z ~ 1.06, but 101 tokens above the bound
+    logits[4, 40:140] = 4.0  # at T 0.8: 7.5 nats below, above the bound m + log(0.05 Z / V) = m - 8.6
+    logits[4, 9] = 10.0
+    return logits
+
+
+def test_split_kernel_takes_every_path(monkeypatch):
+    """In one call: peaked rows end by the bound path (goal BOUND: one compaction, no count), flat rows by refining
+    top-p (goal P), and a row whose bound compaction overflows C goes on to the fixed pivots."""
+    params = SamplingParams(seed=9, temperature=0.8, top_p=0.95)
+    logits = _peaked_and_flat_rows().to(DEVICE)
+    ids = torch.arange(5, device=DEVICE)
     tri = Sampler(params, DEVICE, backend="triton", candidates=16, block=64, chunk=128)
-    got, _ = tri(logits.to(DEVICE), torch.arange(4, device=DEVICE), 1)
+    got, _ = tri(logits, ids, 1)
     goals = tri._triton.state[1][:, ss.I_GOAL].cpu().tolist()
-    assert goals == [ss.GOAL_ALL, ss.GOAL_ALL, ss.GOAL_P, ss.GOAL_P]
+    assert goals[:4] == [ss.GOAL_BOUND, ss.GOAL_BOUND, ss.GOAL_P, ss.GOAL_P]
     assert got[:2].cpu().tolist() == [7, 7]
-    _compare(params, logits.to(DEVICE), torch.arange(4, device=DEVICE), 1, "triton", max_ambiguous=0.5)
+    _compare(params, logits, ids, 1, "triton", max_ambiguous=0.5)
+    # after one round only: the bound rows are DONE, the overflowing row has fallen back to counting the fixed
+    # pivots, the flat rows never tried the bound (Z too large) and count too
+    monkeypatch.setattr(ss, "rounds_for", lambda *a: 1)
+    one = Sampler(params, DEVICE, backend="triton", candidates=16, block=64, chunk=128)
+    one(logits, ids, 1)
+    st = one._triton.state[1].cpu()
+    assert st[:, ss.I_PHASE].tolist() == [ss.DONE, ss.DONE, ss.COUNT, ss.COUNT, ss.COUNT]
+    assert st[4, ss.I_GOAL] == ss.GOAL_FIXED and st[4, ss.I_N] > 16  # overflowed: counted past C
+
+
+@pytest.mark.parametrize("kw", [dict(min_p=0.1), dict(top_k=5, top_p=0.9), dict(top_k=5, min_p=0.1)], ids=str)
+def test_split_kernel_bound_path_with_min_p_and_top_k(kw):
+    """The bound's other forms: t_min for min-p, m + log((1 - p) / k) for top-p within top-k; with top-k the
+    compaction must also hold k elements (the peaked rows hold 1 above the bound: they fall back and count)."""
+    params = SamplingParams(seed=4, temperature=0.9, **kw)
+    logits = _peaked_and_flat_rows().to(DEVICE)
+    ids = torch.arange(5, device=DEVICE) + 3
+    _compare(params, logits, ids, 2, "triton", max_ambiguous=0.5)
 
 
 def test_split_kernel_options_are_checked():
