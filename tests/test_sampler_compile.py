@@ -63,7 +63,8 @@ n += 1
 # the split sampler (prompt_tree.sampler_split): every kernel, and the decision kernel with each filter set the
 # APPS and vLLM-style settings reach (top-p; top-k + top-p + min-p; min-p alone)
 from prompt_tree import sampler_split as ss
-PTR = dict(pz_ptr="*fp32", pmax_ptr="*fp32", psum_ptr="*fp32", parg_ptr="*i32", seq_ptr="*i64", step_ptr="*i64", tok_ptr="*i64",
+PTR = dict(pz_ptr="*fp32", pmax_ptr="*fp32", psum_ptr="*fp32", parg_ptr="*i32", seq_ptr="*i64", step_ptr="*i64",
+           tok_ptr="*i64",
            lp_ptr="*fp32", u_ptr="*fp64", fs_ptr="*fp32", is_ptr="*i32", piv_ptr="*fp32", piv_off_ptr="*fp32",
            fix_ptr="*fp32", part_c_ptr="*i32", part_m_ptr="*fp32", bv_ptr="*fp32", bi_ptr="*i32")
 SCAL = dict(stride_row="i32", V="i32", S="i32", step_stride="i32", step_val="i32", inv_t="fp32", key_lo="i64",

@@ -9,8 +9,8 @@ the same uniform are counted (`differ`), and each of them is recomputed in fp64 
 (tests/sampler_oracle.py): `unexplained` counts the differing rows that fp64 does not find decided within float
 rounding (it should be 0). On a GPU each row also has the floor of one read of the logits at the copy bandwidth
 measured in the same run (`floor_ms`) and the time of a CUDA-graph replay of the call (`graph_ms`: what the engine
-pays, with no host launch cost; `ours_ms` is a plain call), and each backend (`--backends`: the split kernel "triton", the
-one-program-per-row kernel "triton-row", the "torch" path) is timed on the same logits.
+pays, with no host launch cost; `ours_ms` is a plain call), and each backend (`--backends`: the split kernel
+"triton", the one-program-per-row kernel "triton-row", the "torch" path) is timed on the same logits.
 
     PYTHONPATH=$PWD python3 tools/bench_sampler.py --out sampler_cpu.json          # CPU, torch path
     PYTHONPATH=$PWD python3 tools/bench_sampler.py --device cuda --out sampler_h200.json
@@ -152,7 +152,8 @@ def main(argv=None) -> int:
                                    unexplained=unexplained(logits, params, ids, step, ours, ref))
                         rows.append(row)
                         print(f"{name:16} {dist:6} {B:5d} {V:7d} {backend:>10} {row['sort_ms']:9.2f} "
-                              f"{row['ours_ms']:9.3f} {row['graph_ms'] or 0:9.3f} {floor_ms or 0:9.3f} {row['speedup']:8.1f} {row['differ']:6d} "
+                              f"{row['ours_ms']:9.3f} {row['graph_ms'] or 0:9.3f} {floor_ms or 0:9.3f} "
+                              f"{row['speedup']:8.1f} {row['differ']:6d} "
                               f"{row['unexplained']:6d}", flush=True)
     meta = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else
                 (platform.processor() or platform.machine()), threads=torch.get_num_threads(),

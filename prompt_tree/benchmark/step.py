@@ -155,8 +155,9 @@ def write(results: dict, out: str) -> None:
 
     for r in results["rows"]:
         run = f" (run {r['run']})" if r.get("run") else ""  # merged files
-        lines.append(f"| {r['model']} | {r['engine']}{run} | {r['batch']} | {r['prefix']} | {r['mode']} | {r['sampling']}"
-                     f"{' (' + r['sampler'] + ')' if r.get('sampler') else ''} "
+        sampler = f" ({r['sampler']})" if r.get("sampler") else ""
+        lines.append(f"| {r['model']} | {r['engine']}{run} | {r['batch']} | {r['prefix']} | {r['mode']} "
+                     f"| {r['sampling']}{sampler} "
                      f"| {f(r['step_ms'])} ({f(r.get('step_p10_ms'), 2)}-{f(r.get('step_p90_ms'), 2)}) "
                      f"| {f(r.get('rows'), 0)} | {f(r['host_ms'])} | {f(r['physical_ms'])} | "
                      f"{f(r['step_over_physical'], 2)}{' (' + r['skipped'] + ')' if r.get('skipped') else ''} |")
@@ -209,7 +210,8 @@ def run_step_benchmark(models, batches, prefixes, modes, samplings, out: str, de
                             if dev.type == "cuda":
                                 torch.cuda.empty_cache()
                         results["rows"].append(asdict(row))
-                        log(f"{name} B{batch} P{prefix} {mode} {sampling} {row.sampler or ''}: step {row.step_ms} ms (p10 "
+                        log(f"{name} B{batch} P{prefix} {mode} {sampling} {row.sampler or ''}: step {row.step_ms} "
+                            f"ms (p10 "
                             f"{row.step_p10_ms}, p90 {row.step_p90_ms}, rows {row.rows}) host {row.host_ms} ms "
                             f"physical {row.physical_ms:.3f} ms")
                         write(results, out)
