@@ -114,6 +114,23 @@ def radix_select(keys: torch.Tensor, weights: torch.Tensor | None, target: torch
 # the sampler
 
 
+def resolve_backend(backend: str, device) -> str:
+    """The backend a Sampler on `device` runs for the name given ("auto": the split Triton kernels on CUDA, the torch
+    path elsewhere); raises ValueError for a name it does not know or cannot run there."""
+    if backend not in BACKENDS:
+        raise ValueError(f"Sampler: backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    device = torch.device(device)
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and sampler_triton is not None else "torch"
+    if backend.startswith("triton"):
+        if sampler_triton is None:
+            raise ValueError("Sampler: backend 'triton' needs the triton package (pip install triton)")
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(f"Sampler: backend {backend!r} on {device} runs only under Triton's "
+                             "interpreter (TRITON_INTERPRET=1, for tests); use backend 'torch' or a CUDA device")
+    return backend
+
+
 class Sampler:
     """Token choice for one SamplingParams on one device, with its constants built once.
 
@@ -130,21 +147,11 @@ class Sampler:
 
     def __init__(self, params, device=None, *, backend: str = "auto", candidates: int = CANDIDATES,
                  block: int | None = None, chunk: int | None = None):
-        if backend not in BACKENDS:
-            raise ValueError(f"Sampler: backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
         if not isinstance(candidates, int) or candidates < 2 or candidates & (candidates - 1):
             raise ValueError(f"Sampler: candidates must be a power of two >= 2, got {candidates!r}")
         self.params = params
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        if backend == "auto":
-            backend = "triton" if self.device.type == "cuda" and sampler_triton is not None else "torch"
-        if backend.startswith("triton"):
-            if sampler_triton is None:
-                raise ValueError("Sampler: backend 'triton' needs the triton package (pip install triton)")
-            if self.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-                raise ValueError(f"Sampler: backend {backend!r} on {self.device} runs only under Triton's "
-                                 "interpreter (TRITON_INTERPRET=1, for tests); use backend 'torch' or a CUDA device")
-        self.backend = backend
+        self.backend = backend = resolve_backend(backend, self.device)
         self.candidates = candidates
         self.key = seed_key(params.seed)
         self.greedy = params.temperature == 0
@@ -168,6 +175,12 @@ class Sampler:
         """The effective k: 0 (off) unless 0 < top_k < V, as in the reference."""
         k = self.params.top_k
         return k if 0 < k < vocab else 0
+
+    def filters_for(self, vocab: int) -> tuple[bool, bool, bool]:
+        """Which filters a sampled call applies: (top-k, top-p, min-p); all False when greedy."""
+        if self.greedy:
+            return False, False, False
+        return self.top_k_for(vocab) > 0, self.top_p < 1, self.log_min_p is not None
 
     # ----- checks
 

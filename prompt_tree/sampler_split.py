@@ -38,7 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .sampler_triton import PIVOT_OFFSETS, PIVOTS, _at, _from_key, _key, _uniform
+from .sampler_triton import (PIVOTS, _at, _buffer_thresholds, _from_key, _key, _lower_pivot, _narrow,
+                             _online_stats, _resolve, _top_k_start, _top_p_start, _uniform, pivot_offsets)
 
 CHUNK = 4096  # vocabulary elements per program of a data pass: V = 128256 gives S = 32 programs per row
 BLOCK = 1024  # elements per step inside a chunk (stats, compaction, picks)
@@ -122,22 +123,7 @@ def _stats_kernel(logits_ptr, stride_row, V, pmax_ptr, psum_ptr, parg_ptr, pz_pt
     s = tl.program_id(1)
     row_ptr = logits_ptr + row * stride_row
     NEG: tl.constexpr = float("-inf")
-    ar = tl.arange(0, BLOCK)
-    m_l = tl.full([BLOCK], NEG, tl.float32)
-    s_l = tl.zeros([BLOCK], tl.float32)
-    z_l = tl.zeros([BLOCK], tl.float32)
-    a_l = tl.zeros([BLOCK], tl.int32)
-    c0 = s * CH
-    for i in range(0, CH, BLOCK):
-        offs = c0 + i + ar
-        raw = tl.load(row_ptr + offs, mask=offs < V, other=NEG).to(tl.float32)
-        m_new = tl.maximum(m_l, raw)
-        a_l = tl.where(raw > m_l, offs, a_l)  # strictly greater: a lane keeps its first maximum
-        m_use = tl.where(m_new == NEG, 0.0, m_new)
-        s_l = s_l * tl.exp(m_l - m_use) + tl.exp(raw - m_use)
-        if NEED_Z:
-            z_l = z_l * tl.exp((m_l - m_use) * inv_t) + tl.exp((raw - m_use) * inv_t)
-        m_l = m_new
+    m_l, s_l, z_l, a_l = _online_stats(row_ptr, s * CH, CH, V, inv_t, NEED_Z, BLOCK)
     mc = tl.max(m_l, 0)
     mu = tl.where(mc == NEG, 0.0, mc)
     at = row * S + s
@@ -222,17 +208,10 @@ def _start_kernel(logits_ptr, stride_row, pmax_ptr, psum_ptr, parg_ptr, pz_ptr, 
 def _pass_kernel(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, part_c_ptr, part_m_ptr,
                  bv_ptr, bi_ptr, tok_ptr, lp_ptr,
                  CH: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr, C: tl.constexpr, P: tl.constexpr):
-    """One data pass over chunk program_id(1) of row program_id(0), whatever the row's phase asks (see the module
-    docstring). A full (B, S) grid: a row that is DONE costs each of its programs one load."""
-    _pass_item(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, part_c_ptr, part_m_ptr, bv_ptr,
-               bi_ptr, tok_ptr, lp_ptr, tl.program_id(0).to(tl.int64), tl.program_id(1), CH, BLOCK, PB, C, P)
-
-
-@triton.jit
-def _pass_item(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, part_c_ptr, part_m_ptr,
-               bv_ptr, bi_ptr, tok_ptr, lp_ptr, row, s,
-               CH: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr, C: tl.constexpr, P: tl.constexpr):
-    """Chunk s of row `row`: the data pass its phase asks for."""
+    """One data pass over chunk s of row `row` (grid (B, S)), whatever the row's phase asks (see the module
+    docstring). A row that is DONE costs each of its programs one load."""
+    row = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1)
     st = is_ptr + row * _NI
     fs = fs_ptr + row * _NF
     phase = tl.load(st + _I_PHASE)
@@ -330,21 +309,11 @@ def _enter(fs, st, piv_row, goal, lo, lo_c, lo_m, hi, hi_c, hi_m, C: tl.constexp
 
 @triton.jit
 def _enter_top_p(fs, st, piv_row, fpiv, fcnt, fmass, m, t_k, c_k, z_k, top_p, C: tl.constexpr, P: tl.constexpr):
-    """The top-p bracket from the fixed pivots, once t_k (count c_k, mass z_k) is known."""
-    arp = tl.arange(0, P)
-    hi_top = _from_key(_key(m) + 1)  # just above the max: count and mass 0
+    """The top-p bracket from the fixed pivots, once t_k (count c_k, mass z_k) is known, and its next round."""
     target_p = top_p * z_k
     tl.store(fs + _F_TGT, target_p)
-    j = tl.min(tl.where((fmass >= target_p) & (fpiv >= t_k), arp, P), 0)
-    found = j < P
-    # a pivot reaching the target, else t_k; above it the next larger pivot, else hi_top
-    j_up = tl.where(found, j - 1, tl.max(tl.where(fpiv > t_k, arp, -1), 0))
-    up = j_up >= 0
-    _enter(fs, st, piv_row, _G_P,
-           tl.where(found, _at(fpiv, arp, j), t_k), tl.where(found, _at(fcnt, arp, j), c_k),
-           tl.where(found, _at(fmass, arp, j), z_k),
-           tl.where(up, _at(fpiv, arp, j_up), hi_top), tl.where(up, _at(fcnt, arp, j_up), 0),
-           tl.where(up, _at(fmass, arp, j_up), 0.0), C, P)
+    lo, lo_c, lo_m, hi, hi_c, hi_m = _top_p_start(fpiv, fcnt, fmass, m, t_k, c_k, z_k, target_p, P)
+    _enter(fs, st, piv_row, _G_P, lo, lo_c, lo_m, hi, hi_c, hi_m, C, P)
 
 
 @triton.jit
@@ -364,17 +333,7 @@ def _decide_kernel(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr,
                    S_PAD: tl.constexpr, C: tl.constexpr, P: tl.constexpr):
     """Per row (grid B): read the last data pass's partials and set the next phase (see the module docstring).
     fix: [B, 3, P] fp32, the fixed pivots with their counts and masses (kept for the top-p bracket and min-p)."""
-    _decide_row(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, fix_ptr, part_c_ptr, part_m_ptr,
-                bv_ptr, bi_ptr, u_ptr, tok_ptr, lp_ptr, top_k, top_p, log_min_p, tl.program_id(0).to(tl.int64),
-                HAS_TOPK, HAS_TOPP, HAS_MINP, S_PAD, C, P)
-
-
-@triton.jit
-def _decide_row(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, fix_ptr, part_c_ptr, part_m_ptr,
-                bv_ptr, bi_ptr, u_ptr, tok_ptr, lp_ptr, top_k, top_p, log_min_p, row,
-                HAS_TOPK: tl.constexpr, HAS_TOPP: tl.constexpr, HAS_MINP: tl.constexpr,
-                S_PAD: tl.constexpr, C: tl.constexpr, P: tl.constexpr):
-    """One row's decision."""
+    row = tl.program_id(0).to(tl.int64)
     st = is_ptr + row * _NI
     fs = fs_ptr + row * _NF
     phase = tl.load(st + _I_PHASE)
@@ -400,18 +359,7 @@ def _decide_row(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, fi
             t_min = NEG
             if HAS_MINP:
                 t_min = m + log_min_p
-            # pivots that provably lie at or below T* (see the module docstring of prompt_tree.sampler)
-            if HAS_TOPK:
-                below = cnt >= top_k
-                if HAS_MINP and not HAS_TOPP:
-                    below = below | (piv <= t_min)
-            elif HAS_TOPP:
-                below = mass >= top_p * z
-                if HAS_MINP:
-                    below = below | (piv <= t_min)
-            else:
-                below = piv <= t_min
-            j_l = tl.min(tl.where(below & (cnt <= C), arp, P), 0)
+            j_l = _lower_pivot(piv, cnt, mass, z, t_min, top_k, top_p, HAS_TOPK, HAS_TOPP, HAS_MINP, C, P)
             if j_l < P:
                 tl.store(fs + _F_LO, _at(piv, arp, j_l))
                 tl.store(fs + _F_HI, float("inf"))
@@ -419,13 +367,9 @@ def _decide_row(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, fi
                 tl.store(st + _I_GOAL, _G_ALL)
                 tl.store(st + _I_PHASE, _COMPACT)
             else:
-                hi_top = _from_key(_key(m) + 1)
                 if HAS_TOPK:
-                    j = tl.min(tl.where(cnt >= top_k, arp, P), 0)  # exists: the -inf pivot counts V >= k
-                    up = j > 0
-                    _enter(fs, st, piv_row, _G_K, _at(piv, arp, j), _at(cnt, arp, j), _at(mass, arp, j),
-                           tl.where(up, _at(piv, arp, j - 1), hi_top), tl.where(up, _at(cnt, arp, j - 1), 0),
-                           tl.where(up, _at(mass, arp, j - 1), 0.0), C, P)
+                    lo, lo_c, lo_m, hi, hi_c, hi_m = _top_k_start(piv, cnt, mass, m, top_k, P)
+                    _enter(fs, st, piv_row, _G_K, lo, lo_c, lo_m, hi, hi_c, hi_m, C, P)
                 elif HAS_TOPP:
                     _enter_top_p(fs, st, piv_row, piv, cnt.to(tl.float32), mass, m, NEG, V, z, top_p, C, P)
                 else:
@@ -436,17 +380,10 @@ def _decide_row(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, fi
                 ok = mass >= tl.load(fs + _F_TGT)
             else:
                 ok = cnt >= top_k
-            j_lo = tl.max(tl.where(ok, arp, -1), 0)  # F decreases with the pivot: ok holds on a prefix
-            j_hi = tl.min(tl.where(ok, P, arp), 0)
-            lo_new = j_lo >= 0
-            hi_new = j_hi < P
-            _enter(fs, st, piv_row, goal,
-                   tl.where(lo_new, _at(piv, arp, j_lo), tl.load(fs + _F_LO)),
-                   tl.where(lo_new, _at(cnt, arp, j_lo), tl.load(st + _I_LO_C)),
-                   tl.where(lo_new, _at(mass, arp, j_lo), tl.load(fs + _F_LO_M)),
-                   tl.where(hi_new, _at(piv, arp, j_hi), tl.load(fs + _F_HI)),
-                   tl.where(hi_new, _at(cnt, arp, j_hi), tl.load(st + _I_HI_C)),
-                   tl.where(hi_new, _at(mass, arp, j_hi), tl.load(fs + _F_HI_M)), C, P)
+            lo, lo_c, lo_m, hi, hi_c, hi_m = _narrow(
+                piv, cnt, mass, ok, tl.load(fs + _F_LO), tl.load(st + _I_LO_C), tl.load(fs + _F_LO_M),
+                tl.load(fs + _F_HI), tl.load(st + _I_HI_C), tl.load(fs + _F_HI_M), P)
+            _enter(fs, st, piv_row, goal, lo, lo_c, lo_m, hi, hi_c, hi_m, C, P)
     elif (phase == _COMPACT) | (phase == _RESOLVED):
         goal = tl.load(st + _I_GOAL)
         arc = tl.arange(0, C)
@@ -464,19 +401,8 @@ def _decide_row(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, fi
             # everything >= L is in the buffer: the thresholds and the pick in registers
             cv = tl.load(bv_ptr + row * C + arc, mask=live, other=NEG)
             ci = tl.load(bi_ptr + row * C + arc, mask=live, other=0)
-            sv = tl.sort(cv, descending=True)
-            ws = tl.exp(sv - m)
-            z = tl.load(fs + _F_Z)
-            t_k = tl.full([], NEG, tl.float32)
-            z_k = z
-            if HAS_TOPK:
-                t_k = tl.where(top_k <= n, _at(sv, arc, top_k - 1), NEG)
-                z_k = tl.sum(tl.where(sv >= t_k, ws, 0.0), 0)
-            t_p = tl.full([], NEG, tl.float32)
-            if HAS_TOPP:
-                cum = tl.cumsum(tl.where(sv >= t_k, ws, 0.0), 0)
-                first = tl.min(tl.where(live & (cum >= top_p * z_k), arc, C), 0)
-                t_p = tl.where(first < C, _at(sv, arc, first), NEG)
+            t_k, t_p = _buffer_thresholds(tl.sort(cv, descending=True), live, n, m, tl.load(fs + _F_Z), top_k, top_p,
+                                          HAS_TOPK, HAS_TOPP, C)
             T = tl.maximum(t_k, t_p)
             if HAS_MINP:
                 T = tl.maximum(T, m + log_min_p)
@@ -512,11 +438,7 @@ def _decide_row(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, fi
                     reach = (hi_m + tl.cumsum(g, 0)) >= tl.load(fs + _F_TGT)
                 else:
                     reach = (hi_c + arc + 1) >= top_k
-                first = tl.min(tl.where(live & reach, arc, n - 1), 0)  # n - 1: rounding lost the last bit of mass
-                t = _at(sv, arc, first)
-                above = live & (sv >= t)
-                t_c = hi_c + tl.sum(above.to(tl.int32), 0)
-                t_m = hi_m + tl.sum(tl.where(above, g, 0.0), 0)
+                t, t_c, t_m = _resolve(sv, g, reach, live, n, hi_c, hi_m, C)
             if goal == _G_K:
                 tl.store(fs + _F_TK, t)
                 tl.store(fs + _F_ZK, t_m)
@@ -567,11 +489,7 @@ class SplitSampler:
                 raise ValueError(f"Sampler: {name} must be a power of two >= 16, got {v}")
         if self.chunk % self.block:
             raise ValueError(f"Sampler: chunk ({self.chunk}) must be a multiple of block ({self.block})")
-        offsets = sorted(set(PIVOT_OFFSETS) | ({sampler.log_min_p} if sampler.log_min_p is not None else set()),
-                         reverse=True)
-        assert len(offsets) < PIVOTS
-        offsets += [float("-inf")] * (PIVOTS - len(offsets))
-        self.pivot_offsets = torch.tensor(offsets, dtype=torch.float32, device=sampler.device)
+        self.pivot_offsets = pivot_offsets(sampler.log_min_p, sampler.device)
         self.u_out = None  # [B] fp64 of the last call (tests compare it with seeds.uniforms)
         self.state = None  # (fs [B, NF] fp32, ist [B, NI] int32) of the last call: tests read each row's path
 
@@ -586,9 +504,7 @@ class SplitSampler:
         S_PAD = triton.next_power_of_2(S)
         greedy = s.greedy
         k = s.top_k_for(V)
-        has_topk = not greedy and k > 0
-        has_topp = not greedy and s.top_p < 1
-        has_minp = not greedy and s.log_min_p is not None
+        has_topk, has_topp, has_minp = s.filters_for(V)
         any_filter = has_topk or has_topp or has_minp
         tokens = torch.empty(B, dtype=torch.int64, device=dev)
         logprobs = torch.empty(B, dtype=torch.float32, device=dev)

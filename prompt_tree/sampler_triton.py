@@ -126,6 +126,122 @@ def _compact(row_ptr, V, inv_t, lo, hi, bv_ptr, bi_ptr, BLOCK: tl.constexpr, C: 
 
 
 @triton.jit
+def _online_stats(row_ptr, start, n, V, inv_t, NEED_Z: tl.constexpr, BLOCK: tl.constexpr):
+    """Per lane, over elements [start, start + n) of a row (those < V): the online max of the raw logits, the sum of
+    exp(raw - that max), the same at temperature (NEED_Z: exp((raw - max) * inv_t)) and the first argmax.
+    -> ([BLOCK] fp32 max, sum, sum at temperature, [BLOCK] int32 argmax)."""
+    NEG: tl.constexpr = float("-inf")
+    ar = tl.arange(0, BLOCK)
+    m_l = tl.full([BLOCK], NEG, tl.float32)
+    s_l = tl.zeros([BLOCK], tl.float32)
+    z_l = tl.zeros([BLOCK], tl.float32)
+    a_l = tl.zeros([BLOCK], tl.int32)
+    for i in range(0, n, BLOCK):
+        offs = start + i + ar
+        raw = tl.load(row_ptr + offs, mask=offs < V, other=NEG).to(tl.float32)
+        m_new = tl.maximum(m_l, raw)
+        a_l = tl.where(raw > m_l, offs, a_l)  # strictly greater: a lane keeps its first maximum
+        m_use = tl.where(m_new == NEG, 0.0, m_new)
+        s_l = s_l * tl.exp(m_l - m_use) + tl.exp(raw - m_use)
+        if NEED_Z:
+            z_l = z_l * tl.exp((m_l - m_use) * inv_t) + tl.exp((raw - m_use) * inv_t)
+        m_l = m_new
+    return m_l, s_l, z_l, a_l
+
+
+@triton.jit
+def _narrow(piv, cnt, mass, ok, lo, lo_c, lo_m, hi, hi_c, hi_m, P: tl.constexpr):
+    """The tightest bracket after counting at pivots piv ([P], ascending, inside [lo, hi)), where ok[j] says
+    F(piv[j]) >= target; F decreases with the pivot, so ok holds on a prefix. Returns the new
+    (lo, lo_c, lo_m, hi, hi_c, hi_m)."""
+    ar = tl.arange(0, P)
+    j_lo = tl.max(tl.where(ok, ar, -1), 0)
+    j_hi = tl.min(tl.where(ok, P, ar), 0)
+    lo_new = j_lo >= 0
+    hi_new = j_hi < P
+    return (tl.where(lo_new, _at(piv, ar, j_lo), lo), tl.where(lo_new, _at(cnt, ar, j_lo), lo_c),
+            tl.where(lo_new, _at(mass, ar, j_lo), lo_m), tl.where(hi_new, _at(piv, ar, j_hi), hi),
+            tl.where(hi_new, _at(cnt, ar, j_hi), hi_c), tl.where(hi_new, _at(mass, ar, j_hi), hi_m))
+
+
+@triton.jit
+def _resolve(sv, g, reach, live, n, hi_c, hi_m, C: tl.constexpr):
+    """The largest element value t with F(t) >= target, from a bracket's compacted values sorted descending (sv,
+    [C]), their masses g and reach[i] = F(sv[i]) >= target. Returns (t, count at t, mass at t)."""
+    arc = tl.arange(0, C)
+    first = tl.min(tl.where(live & reach, arc, n - 1), 0)  # n - 1: rounding lost the last bit of mass
+    t = _at(sv, arc, first)
+    above = live & (sv >= t)
+    return t, hi_c + tl.sum(above.to(tl.int32), 0), hi_m + tl.sum(tl.where(above, g, 0.0), 0)
+
+
+@triton.jit
+def _lower_pivot(piv, cnt, mass, z, t_min, top_k, top_p, HAS_TOPK: tl.constexpr, HAS_TOPP: tl.constexpr,
+                 HAS_MINP: tl.constexpr, C: tl.constexpr, P: tl.constexpr):
+    """The index of the largest fixed pivot L that provably lies at or below T* (see the module docstring of
+    prompt_tree.sampler) and has at most C elements at or above it; P when none does. piv, cnt, mass: [P]."""
+    arp = tl.arange(0, P)
+    if HAS_TOPK:
+        below = cnt >= top_k
+        if HAS_MINP and not HAS_TOPP:
+            below = below | (piv <= t_min)
+    elif HAS_TOPP:
+        below = mass >= top_p * z
+        if HAS_MINP:
+            below = below | (piv <= t_min)
+    else:
+        below = piv <= t_min
+    return tl.min(tl.where(below & (cnt <= C), arp, P), 0)
+
+
+@triton.jit
+def _buffer_thresholds(sv, live, n, m, z, top_k, top_p, HAS_TOPK: tl.constexpr, HAS_TOPP: tl.constexpr,
+                       C: tl.constexpr):
+    """t_k and t_p (-inf when off) from the values sorted descending (sv, [C], n live) of everything at or above a
+    pivot L <= T*; z: the row's mass (top-p's normaliser without top-k)."""
+    arc = tl.arange(0, C)
+    ws = tl.exp(sv - m)
+    t_k = tl.full([], float("-inf"), tl.float32)
+    z_k = z
+    if HAS_TOPK:
+        t_k = tl.where(top_k <= n, _at(sv, arc, top_k - 1), float("-inf"))
+        z_k = tl.sum(tl.where(sv >= t_k, ws, 0.0), 0)
+    t_p = tl.full([], float("-inf"), tl.float32)
+    if HAS_TOPP:
+        cum = tl.cumsum(tl.where(sv >= t_k, ws, 0.0), 0)
+        first = tl.min(tl.where(live & (cum >= top_p * z_k), arc, C), 0)
+        t_p = tl.where(first < C, _at(sv, arc, first), float("-inf"))
+    return t_k, t_p
+
+
+@triton.jit
+def _top_k_start(piv, cnt, mass, m, top_k, P: tl.constexpr):
+    """Top-k's bracket from the fixed pivots (piv descending, the last -inf): (lo, lo_c, lo_m, hi, hi_c, hi_m)."""
+    arp = tl.arange(0, P)
+    hi_top = _from_key(_key(m) + 1)  # just above the max: count and mass 0
+    j = tl.min(tl.where(cnt >= top_k, arp, P), 0)  # exists: the -inf pivot counts V >= k
+    up = j > 0
+    return (_at(piv, arp, j), _at(cnt, arp, j), _at(mass, arp, j), tl.where(up, _at(piv, arp, j - 1), hi_top),
+            tl.where(up, _at(cnt, arp, j - 1), 0), tl.where(up, _at(mass, arp, j - 1), 0.0))
+
+
+@triton.jit
+def _top_p_start(piv, cnt, mass, m, t_k, c_k, z_k, target_p, P: tl.constexpr):
+    """Top-p's bracket from the fixed pivots once t_k (count c_k, mass z_k) is known, for the target mass
+    target_p = top_p * z_k: (lo, lo_c, lo_m, hi, hi_c, hi_m)."""
+    arp = tl.arange(0, P)
+    hi_top = _from_key(_key(m) + 1)
+    j = tl.min(tl.where((mass >= target_p) & (piv >= t_k), arp, P), 0)
+    found = j < P
+    # a pivot reaching the target, else t_k; above it the next larger pivot, else hi_top
+    j_up = tl.where(found, j - 1, tl.max(tl.where(piv > t_k, arp, -1), 0))
+    up = j_up >= 0
+    return (tl.where(found, _at(piv, arp, j), t_k), tl.where(found, _at(cnt, arp, j), c_k),
+            tl.where(found, _at(mass, arp, j), z_k), tl.where(up, _at(piv, arp, j_up), hi_top),
+            tl.where(up, _at(cnt, arp, j_up), 0), tl.where(up, _at(mass, arp, j_up), 0.0))
+
+
+@triton.jit
 def _select(row_ptr, V, inv_t, m, target_c, target_m, lo, lo_c, lo_m, hi, hi_c, hi_m, bv_ptr, bi_ptr,
             BY_MASS: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr, C: tl.constexpr, P: tl.constexpr):
     """The largest element value t with F(t) >= target, given F(lo) >= target > F(hi); F is the count (target_c)
@@ -141,16 +257,7 @@ def _select(row_ptr, V, inv_t, m, target_c, target_m, lo, lo_c, lo_m, hi, hi_c, 
             ok = mass >= target_m
         else:
             ok = cnt >= target_c
-        j_lo = tl.max(tl.where(ok, ar, -1), 0)  # F decreases with the pivot: ok holds on a prefix
-        j_hi = tl.min(tl.where(ok, P, ar), 0)
-        lo_new = j_lo >= 0
-        lo = tl.where(lo_new, _at(piv, ar, j_lo), lo)
-        lo_c = tl.where(lo_new, _at(cnt, ar, j_lo), lo_c)
-        lo_m = tl.where(lo_new, _at(mass, ar, j_lo), lo_m)
-        hi_new = j_hi < P
-        hi = tl.where(hi_new, _at(piv, ar, j_hi), hi)
-        hi_c = tl.where(hi_new, _at(cnt, ar, j_hi), hi_c)
-        hi_m = tl.where(hi_new, _at(mass, ar, j_hi), hi_m)
+        lo, lo_c, lo_m, hi, hi_c, hi_m = _narrow(piv, cnt, mass, ok, lo, lo_c, lo_m, hi, hi_c, hi_m, P)
     t = lo
     t_c = lo_c
     t_m = lo_m
@@ -164,11 +271,7 @@ def _select(row_ptr, V, inv_t, m, target_c, target_m, lo, lo_c, lo_m, hi, hi_c, 
             reach = (hi_m + tl.cumsum(g, 0)) >= target_m
         else:
             reach = (hi_c + arc + 1) >= target_c
-        first = tl.min(tl.where(live & reach, arc, n - 1), 0)  # n - 1: rounding lost the last bit of mass
-        t = _at(s, arc, first)
-        above = live & (s >= t)
-        t_c = hi_c + tl.sum(above.to(tl.int32), 0)
-        t_m = hi_m + tl.sum(tl.where(above, g, 0.0), 0)
+        t, t_c, t_m = _resolve(s, g, reach, live, n, hi_c, hi_m, C)
     # else: one distinct value is left in [lo, hi), and it is lo
     return t, t_c, t_m
 
@@ -215,22 +318,7 @@ def _sample_kernel(
     NEG: tl.constexpr = float("-inf")
 
     # ---- pass 1: per-lane online max / sum of exp of the raw logits (and of x when NEED_Z), first argmax
-    ar = tl.arange(0, BLOCK)
-    m_l = tl.full([BLOCK], NEG, tl.float32)
-    s_l = tl.zeros([BLOCK], tl.float32)
-    z_l = tl.zeros([BLOCK], tl.float32)
-    a_l = tl.zeros([BLOCK], tl.int32)
-    for start in range(0, V, BLOCK):
-        offs = start + ar
-        inb = offs < V
-        raw = tl.load(row_ptr + offs, mask=inb, other=NEG).to(tl.float32)
-        m_new = tl.maximum(m_l, raw)
-        a_l = tl.where(raw > m_l, offs, a_l)  # strictly greater: a lane keeps its first maximum
-        m_use = tl.where(m_new == NEG, 0.0, m_new)
-        s_l = s_l * tl.exp(m_l - m_use) + tl.exp(raw - m_use)
-        if NEED_Z:
-            z_l = z_l * tl.exp((m_l - m_use) * inv_t) + tl.exp((raw - m_use) * inv_t)
-        m_l = m_new
+    m_l, s_l, z_l, a_l = _online_stats(row_ptr, 0, V, V, inv_t, NEED_Z, BLOCK)
     m_raw = tl.max(m_l, 0)
     m_use = tl.where(m_raw == NEG, 0.0, m_raw)
     lse = m_use + tl.log(tl.sum(s_l * tl.exp(m_l - m_use), 0))
@@ -254,18 +342,7 @@ def _sample_kernel(
             piv = m + tl.load(piv_off_ptr + arp)
             cnt, mass = _count_pass(row_ptr, V, inv_t, m, piv, PB, P)
             z = _at(mass, arp, P - 1)  # the last pivot is -inf: the whole row
-            # pivots that provably lie at or below T* (see the module docstring of prompt_tree.sampler)
-            if HAS_TOPK:
-                below = cnt >= top_k
-                if HAS_MINP and not HAS_TOPP:
-                    below = below | (piv <= t_min)
-            elif HAS_TOPP:
-                below = mass >= top_p * z
-                if HAS_MINP:
-                    below = below | (piv <= t_min)
-            else:
-                below = piv <= t_min
-            j_l = tl.min(tl.where(below & (cnt <= C), arp, P), 0)
+            j_l = _lower_pivot(piv, cnt, mass, z, t_min, top_k, top_p, HAS_TOPK, HAS_TOPP, HAS_MINP, C, P)
             if j_l < P:
                 # ---- pass 3: everything at or above L, then thresholds and the pick in registers
                 L = _at(piv, arp, j_l)
@@ -274,18 +351,8 @@ def _sample_kernel(
                 live = arc < n
                 cv = tl.load(bv_ptr + arc, mask=live, other=NEG)
                 ci = tl.load(bi_ptr + arc, mask=live, other=0)
-                s = tl.sort(cv, descending=True)
-                ws = tl.exp(s - m)
-                t_k = tl.full([], NEG, tl.float32)
-                z_k = z
-                if HAS_TOPK:
-                    t_k = tl.where(top_k <= n, _at(s, arc, top_k - 1), NEG)
-                    z_k = tl.sum(tl.where(s >= t_k, ws, 0.0), 0)
-                t_p = tl.full([], NEG, tl.float32)
-                if HAS_TOPP:
-                    cum = tl.cumsum(tl.where(s >= t_k, ws, 0.0), 0)
-                    first = tl.min(tl.where(live & (cum >= top_p * z_k), arc, C), 0)
-                    t_p = tl.where(first < C, _at(s, arc, first), NEG)
+                t_k, t_p = _buffer_thresholds(tl.sort(cv, descending=True), live, n, m, z, top_k, top_p, HAS_TOPK,
+                                              HAS_TOPP, C)
                 # T* >= L holds exactly; max with L only repairs a rounding miss
                 T = tl.maximum(tl.maximum(tl.maximum(t_k, t_p), t_min), L)
                 kept = live & (cv >= T)
@@ -296,34 +363,22 @@ def _sample_kernel(
                 tok = _at(ci, arc, j)
             else:
                 # ---- fallback: refine each threshold's bracket, then a pick scan
-                hi_top = _from_key(_key(m) + 1)  # just above the max: count and mass 0
                 zero_c = tl.zeros([], tl.int32)
                 zero_m = tl.zeros([], tl.float32)
                 t_k = tl.full([], NEG, tl.float32)
                 c_k = V + zero_c
                 z_k = z
                 if HAS_TOPK:
-                    j = tl.min(tl.where(cnt >= top_k, arp, P), 0)  # exists: the -inf pivot counts V >= k
-                    up = j > 0
-                    t_k, c_k, z_k = _select(
-                        row_ptr, V, inv_t, m, top_k, zero_m, _at(piv, arp, j), _at(cnt, arp, j), _at(mass, arp, j),
-                        tl.where(up, _at(piv, arp, j - 1), hi_top), tl.where(up, _at(cnt, arp, j - 1), zero_c),
-                        tl.where(up, _at(mass, arp, j - 1), zero_m), bv_ptr, bi_ptr, False, BLOCK, PB, C, P)
+                    lo, lo_c, lo_m, hi, hi_c, hi_m = _top_k_start(piv, cnt, mass, m, top_k, P)
+                    t_k, c_k, z_k = _select(row_ptr, V, inv_t, m, top_k, zero_m, lo, lo_c, lo_m, hi, hi_c, hi_m,
+                                            bv_ptr, bi_ptr, False, BLOCK, PB, C, P)
                 t_p = tl.full([], NEG, tl.float32)
                 m_p = z
                 if HAS_TOPP:
                     target_p = top_p * z_k
-                    j = tl.min(tl.where((mass >= target_p) & (piv >= t_k), arp, P), 0)
-                    found = j < P
-                    # a pivot reaching the target, else t_k; above it the next larger pivot, else hi_top
-                    j_up = tl.where(found, j - 1, tl.max(tl.where(piv > t_k, arp, -1), 0))
-                    up = j_up >= 0
-                    t_p, c_p, m_p = _select(
-                        row_ptr, V, inv_t, m, zero_c, target_p,
-                        tl.where(found, _at(piv, arp, j), t_k), tl.where(found, _at(cnt, arp, j), c_k),
-                        tl.where(found, _at(mass, arp, j), z_k),
-                        tl.where(up, _at(piv, arp, j_up), hi_top), tl.where(up, _at(cnt, arp, j_up), zero_c),
-                        tl.where(up, _at(mass, arp, j_up), zero_m), bv_ptr, bi_ptr, True, BLOCK, PB, C, P)
+                    lo, lo_c, lo_m, hi, hi_c, hi_m = _top_p_start(piv, cnt, mass, m, t_k, c_k, z_k, target_p, P)
+                    t_p, c_p, m_p = _select(row_ptr, V, inv_t, m, zero_c, target_p, lo, lo_c, lo_m, hi, hi_c, hi_m,
+                                            bv_ptr, bi_ptr, True, BLOCK, PB, C, P)
                 T = tl.maximum(tl.maximum(t_k, t_p), t_min)
                 total = z
                 if HAS_TOPK:
@@ -342,8 +397,18 @@ def _sample_kernel(
     tl.store(lp_ptr + row, lp)
 
 
+def pivot_offsets(log_min_p: float | None, device) -> torch.Tensor:
+    """The fixed pivots' offsets c (pivot m + c), descending: PIVOT_OFFSETS, min-p's own offset among them (its
+    pivot is t_min exactly, and its mass the row kernel's fallback pick total), padded with -inf to PIVOTS (the
+    last one counts the whole row). -> [P] fp32."""
+    offsets = sorted(set(PIVOT_OFFSETS) | ({log_min_p} if log_min_p is not None else set()), reverse=True)
+    assert len(offsets) < PIVOTS
+    offsets += [float("-inf")] * (PIVOTS - len(offsets))
+    return torch.tensor(offsets, dtype=torch.float32, device=device)
+
+
 class TritonSampler:
-    """The launcher behind `Sampler(backend="triton")`: constants on the device built once, one launch per call.
+    """The launcher behind `Sampler(backend="triton-row")`: constants on the device built once, one launch per call.
 
     sampler: the `prompt_tree.sampler.Sampler` whose settings (inv_t, top_p, log_min_p, key, candidates) it uses.
     """
@@ -352,12 +417,7 @@ class TritonSampler:
         self.s = sampler
         self.block = block or BLOCK
         self.pivot_block = min(PIVOT_BLOCK, self.block)
-        # descending, min-p's own offset among them (its mass is the fallback pick's total), the last -inf
-        offsets = sorted(set(PIVOT_OFFSETS) | ({sampler.log_min_p} if sampler.log_min_p is not None else set()),
-                         reverse=True)
-        assert len(offsets) < PIVOTS
-        offsets += [float("-inf")] * (PIVOTS - len(offsets))
-        self.pivot_offsets = torch.tensor(offsets, dtype=torch.float32, device=sampler.device)
+        self.pivot_offsets = pivot_offsets(sampler.log_min_p, sampler.device)
         self.u_out = None  # [B] fp64 of the last call (tests compare it with seeds.uniforms)
 
     def __call__(self, logits: torch.Tensor, seq_ids: torch.Tensor, step):
@@ -372,9 +432,7 @@ class TritonSampler:
         u_out = torch.empty(B, dtype=torch.float64, device=dev)
         greedy = s.greedy
         k = s.top_k_for(V)
-        has_topp = not greedy and s.top_p < 1
-        has_minp = not greedy and s.log_min_p is not None
-        has_topk = not greedy and k > 0
+        has_topk, has_topp, has_minp = s.filters_for(V)
         any_filter = has_topk or has_topp or has_minp
         bv = torch.empty(B if any_filter else 1, C, dtype=torch.float32, device=dev)
         bi = torch.empty(B if any_filter else 1, C, dtype=torch.int32, device=dev)

@@ -30,6 +30,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))  # sampler_oracle: the fp64 ambiguity check
 
+from prompt_tree.benchmark.limit import measure_ceilings  # noqa: E402
 from prompt_tree.sampler import Sampler  # noqa: E402
 from prompt_tree.sampling import SamplingParams, sample_reference  # noqa: E402
 
@@ -86,13 +87,6 @@ def graph_timed(fn, repeats: int) -> float:
     return timed(graph.replay, torch.device("cuda"), repeats)
 
 
-def copy_bandwidth(device) -> float:
-    """Bytes per second of a 1 GiB device copy (read + write), median of 5."""
-    a = torch.empty(2**28, dtype=torch.float32, device=device)
-    b = torch.empty_like(a)
-    return 2 * a.numel() * 4 / timed(lambda: b.copy_(a), device, 5)
-
-
 def unexplained(logits, params, ids, step, ours, ref) -> int:
     """Differing rows that the fp64 oracle does not find decided within rounding."""
     from sampler_oracle import ambiguous_rows
@@ -122,7 +116,7 @@ def main(argv=None) -> int:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     repeats = args.repeats or (20 if device.type == "cuda" else 3)
     backends = (args.backends or ("triton,triton-row" if device.type == "cuda" else "torch")).split(",")
-    bw = copy_bandwidth(device) if device.type == "cuda" else None
+    bw = measure_ceilings(device).copy_bytes_per_s if device.type == "cuda" else None
     rows = []
     print(f"{'setting':16} {'dist':6} {'B':>5} {'V':>7} {'backend':>10} {'sort ms':>9} {'ours ms':>9} "
           f"{'graph ms':>9} {'floor ms':>9} {'speedup':>8} {'differ':>6} {'unexpl':>6}")

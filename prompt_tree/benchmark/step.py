@@ -26,7 +26,7 @@ import torch
 from ..config import get_preset
 from ..engine import Engine
 from ..engine.run import GenerationRun
-from ..sampler import Sampler
+from ..sampler import Sampler, resolve_backend
 from ..sampling import SamplingParams
 from ..stops import StopMatcher
 from ..tree import PromptTree
@@ -193,8 +193,7 @@ def run_step_benchmark(models, batches, prefixes, modes, samplings, out: str, de
                     for sampling, backend in [(sm, b) for sm in samplings
                                               for b in (sampler_backends if sm == "sampled" else ("auto",))]:
                         row = StepRow(name, batch, prefix, mode, sampling, suffix=suffix,
-                                      sampler=Sampler(sampling_params(True, 1), dev, backend=backend).backend
-                                      if sampling == "sampled" else None)
+                                      sampler=resolve_backend(backend, dev) if sampling == "sampled" else None)
                         if time_budget_s is not None and time.monotonic() - start > time_budget_s:
                             results["not_run"].append(asdict(row))
                             continue
