@@ -31,9 +31,9 @@ WORKLOADS = [  # hq, hkv, B, levels, suffix
 
 def variants():
     yield "base", {}
-    for cfg in [(32, 4, 3), (32, 4, 2), (64, 4, 2), (32, 2, 2)]:
+    for cfg in [(32, 4, 3), (32, 4, 2), (64, 4, 2), (32, 2, 2), (64, 4, 4), (128, 4, 2), (128, 8, 2)]:
         yield f"own16={cfg}", {"own": (16, cfg)}
-    for cfg in [(64, 8, 4), (64, 8, 5)]:
+    for cfg in [(64, 8, 4), (64, 8, 5), (64, 8, 2), (32, 8, 3), (32, 4, 3)]:
         yield f"sh128={cfg}", {"shared": (128, cfg)}
     yield "overlap_sharedfirst", {"overlap": True}
     yield "overlap_sf+own(32,4,2)", {"overlap": True, "own": (16, (32, 4, 2))}

@@ -103,3 +103,49 @@ def test_step_benchmark_measures_each_sampler_backend(tmp_path):
     got = [(r["sampling"], r["sampler"]) for r in res["rows"]]
     assert got == [("greedy", None), ("sampled", "torch"), ("sampled", "torch")]
     assert all(r["skipped"] is None and r["step_ms"] > 0 for r in res["rows"])
+
+
+def test_step_row_in_the_jobs_composition():
+    """measure_row with problem nodes and per-sequence suffixes decodes every row it names; bad shapes are refused."""
+    import torch
+
+    from prompt_tree.engine import Engine
+
+    eng = Engine.random(get_preset("tiny"), device=torch.device("cpu"), dtype="fp32")
+    eng.eos_ids = ()
+    r = step.measure_row(eng, 6, 16, "tree", False, steps=2, problems=3, problem_len=5, suffixes=[1, 2, 3, 4, 5, 9])
+    assert r["step_ms"] > 0 and r["padded_rows"] == 6
+    with pytest.raises(ValueError, match="multiple of problems"):
+        step.measure_row(eng, 5, 16, "tree", False, steps=2, problems=3)
+    with pytest.raises(ValueError, match="suffixes must be 6 lengths"):
+        step.measure_row(eng, 6, 16, "tree", False, steps=2, suffixes=[3] * 5)
+
+
+def test_profile_step_positions_are_length_biased():
+    """tools/profile_step.py's steady-state positions: within the cap, and longer on average than the lengths
+    themselves would give (a live sample is a long one more often)."""
+    import random
+    import statistics
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import profile_step
+
+    pos = profile_step.job_positions(4000, random.Random(0))
+    lengths = [job.draw_length("lognormal", random.Random(i)) for i in range(4000)]
+    assert len(pos) == 4000 and 1 <= min(pos) and max(pos) <= 512
+    # E[position] = E[L^2] / (2 E[L]) for the length-biased draw; plain lengths give E[L] / 2
+    want = statistics.fmean(x * x for x in lengths) / (2 * statistics.fmean(lengths))
+    assert abs(statistics.fmean(pos) - want) < 0.05 * want
+    assert statistics.fmean(pos) > 1.2 * statistics.fmean(lengths) / 2
+    assert profile_step.group_of("_own_kernel") == "attention"
+    assert profile_step.group_of("nvjet_tst_128x256_64x4_2x1_v_bz_TNT") == "gemm"
+    assert profile_step.group_of("_pass_kernel") == "sampler"
+    assert profile_step.group_of("triton_poi_fused_add_rms") == "other"
+
+
+def test_job_step_profile_bins_by_live_rows():
+    log = [(5, 1.0), (100, 3.0), (127, 2.0), (128, 9.0), (300, 4.0)]
+    assert job.step_profile(log) == [[0, 127, 3, 2.0], [128, 255, 1, 9.0], [256, 383, 1, 4.0]]
+    assert job.step_profile([]) == []

@@ -5,11 +5,11 @@
 # step against its physical floor, sampled and greedy, with host_ms), before (the previous engine's step, from
 # .before: `git archive 9ee8ecd prompt_tree kernels | tar -x -C .before`, carried), job (the APPS job with
 # lognormal lengths per engine), sampler (tools/bench_sampler.py), tune (kernels/tune.py on the WORKLOADS indices
-# TUNE_ONLY)), e.g.
+# TUNE_ONLY), profile (tools/profile_step.py PROFILE_ARGS: one step's kernels in the job's composition)), e.g.
 #   STAGES=cuda,step,before,job,sampler bash tools/gpu_check.sh
 # Knobs of the continuous engine's stages: STEP_ARGS, STEP_MODES, JOB_ARGS, SAMPLER_ARGS (the benchmarks' arguments),
 # CUDA_WORKERS (pytest -n), TEST_TIMEOUT (seconds per test), T_CUDA, T_STEP, T_JOB, T_SAMPLER, T_BEFORE (seconds
-# per stage), T_TUNE. The session of 2026-12-02 ran, for instance:
+# per stage), T_TUNE, T_PROFILE. The session of 2026-12-02 ran, for instance:
 #   STAGES=cuda,job,step CUDA_WORKERS=8 T_CUDA=180 T_JOB=240 T_STEP=100 JOB_ARGS="--models llama3-8b \
 #     --job-shapes apps --lengths lognormal --problems 40 --samples 128 --engines continuous-tree,static-tree" \
 #     STEP_ARGS="--models llama3-8b --batches 128,1024 --prefixes 4096" bash tools/gpu_check.sh
@@ -67,7 +67,11 @@ if [[ $stages == *sampler* ]]; then
         | tail -14
 fi
 if [[ $stages == *tune* ]]; then
-    timeout "${T_TUNE:-120}" python3 -m kernels.tune --only "${TUNE_ONLY:-8,9}" --out "$OUT" 2>&1 | tee "$OUT/tune.log" | tail -16
+    timeout "${T_TUNE:-120}" python3 -m kernels.tune --only "${TUNE_ONLY:-8,9}" --out "$OUT" 2>&1 | tee "$OUT/tune.log" | tail -${TUNE_TAIL:-30}
+fi
+if [[ $stages == *profile* ]]; then
+    timeout "${T_PROFILE:-150}" python3 tools/profile_step.py ${PROFILE_ARGS:-} --out "$OUT" 2>&1 \
+        | tee "$OUT/profile_step.log" | grep -v Warning | tail -${PROFILE_TAIL:-60}
 fi
 if [[ $stages == *before* ]] && [ -d .before ]; then
     PYTHONPATH=.before:$PYTHONPATH timeout "${T_BEFORE:-90}" python3 tools/step_before.py \

@@ -107,6 +107,8 @@ class JobRow:
     decode_steps: int | None = None
     prefill_s: float | None = None
     host_s: float | None = None
+    decode_device_s: float | None = None  # the decode steps' device time (CUDA events), summed
+    step_bins: list | None = None  # [rows from, rows to, steps, median step ms] per 128 live rows (step_profile)
     skipped: str | None = None
 
 
@@ -129,6 +131,14 @@ def _ideal(row: JobRow, pairs: list, shape: JobShape, config, dtype, kv_bytes: i
     row.seconds = tokens / b * step / 1e3
     row.tokens_per_s = tokens / row.seconds if row.seconds else None
     return row
+
+
+def step_profile(log: list, width: int = 128) -> list:
+    """(live rows, device ms) per step -> [rows from, rows to, steps, median ms] per `width` rows of batch."""
+    bins: dict = {}
+    for rows, ms in log:
+        bins.setdefault(rows // width, []).append(ms)
+    return [[k * width, (k + 1) * width - 1, len(v), statistics.median(v)] for k, v in sorted(bins.items())]
 
 
 def write(results: dict, out: str) -> None:
@@ -239,6 +249,9 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
                     row.mean_batch, row.kv_occupancy = sm.mean_batch, sm.kv_occupancy
                     row.preemptions, row.captures = sm.preemptions, sm.captures
                     row.decode_steps, row.prefill_s, row.host_s = sm.decode_steps, sm.prefill_seconds, sm.host_seconds
+                    if res.step_log:
+                        row.decode_device_s = sum(ms for _, ms in res.step_log) / 1e3
+                        row.step_bins = step_profile(res.step_log)
                     if name == "continuous-tree":
                         tree_run = (res.step_log, sm.kv_bytes, sm.max_rows, eng.dtype)
                     del res

@@ -14,6 +14,7 @@ and step.md after each one.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -80,14 +81,29 @@ def physical_ms(config, dtype_bytes: int, batch: int, prefix: int, suffix: int, 
 
 
 def measure_row(engine: Engine, batch: int, prefix: int, mode: str, sampled: bool, suffix: int = SUFFIX,
-                steps: int = STEPS, seed: int = 0, sampler_backend: str = "auto") -> dict:
-    """One row through the engine's own decode loop -> the StepRow fields it measures (step_ms, host_ms, ...)."""
+                steps: int = STEPS, seed: int = 0, sampler_backend: str = "auto", problems: int = 0,
+                problem_len: int = 500, suffixes: list[int] | None = None, around_steps=None) -> dict:
+    """One row through the engine's own decode loop -> the StepRow fields it measures (step_ms, host_ms, ...).
+
+    problems: 0 -- `batch` samples directly under the prefix; n > 0 -- the prefix, then n problem nodes of
+    `problem_len` tokens with batch / n samples each (the job's two shared levels). suffixes: each sequence's
+    tokens generated so far (default: all `suffix`). around_steps: a context manager entered around the timed
+    steps only (tools/profile_step.py's profiler)."""
     rng = random.Random(seed)
     vocab = engine.config.vocab_size
     tree = PromptTree()
     shared = tree.root.add([rng.randrange(vocab) for _ in range(prefix)], key="prefix")
-    shared.add([], samples=batch, key="samples")
-    params = sampling_params(sampled, suffix + WARMUP_STEPS + steps + 4)
+    if problems:
+        if batch % problems:
+            raise ValueError(f"batch {batch} is not a multiple of problems {problems}")
+        for p in range(problems):
+            shared.add([rng.randrange(vocab) for _ in range(problem_len)], samples=batch // problems, key=f"p{p}")
+    else:
+        shared.add([], samples=batch, key="samples")
+    suffixes = [suffix] * batch if suffixes is None else list(suffixes)
+    if len(suffixes) != batch or min(suffixes) < 1:
+        raise ValueError(f"suffixes must be {batch} lengths >= 1, got {len(suffixes)} (min {min(suffixes)})")
+    params = sampling_params(sampled, max(suffixes) + WARMUP_STEPS + steps + 4)
     stops = StopMatcher(params.stop, engine.tokenizer) if params.stop else None
     run = GenerationRun(engine, engine.plan(tree, params), params, mode, batch, lambda c: None,
                         Sampler(params, engine.device, backend=sampler_backend), stops)
@@ -99,8 +115,8 @@ def measure_row(engine: Engine, batch: int, prefix: int, mode: str, sampled: boo
         if run.scheduler.waiting:  # a row that decodes fewer rows than it names would be a false number
             raise ValueError(f"only {len(run.scheduler.active)} of {batch} sequences were admitted at once "
                              f"(memory budget?)")
-        for s in run.ready:  # as if each had generated `suffix` tokens (their KV: the random pool)
-            for _ in range(suffix - 1):
+        for s, n in zip(run.ready, suffixes):  # as if each had generated n tokens (their KV: the random pool)
+            for _ in range(n - 1):
                 t = rng.randrange(vocab)
                 s.tokens.append(t)
                 s.logprobs.append(0.0)
@@ -108,10 +124,8 @@ def measure_row(engine: Engine, batch: int, prefix: int, mode: str, sampled: boo
                     stops.push(s, t)
         run._rebuild()
         walls = []
-        for k in range(WARMUP_STEPS + steps):
-            if k == WARMUP_STEPS:
-                run.runner.sync()
-                run.runner.times.clear()
+
+        def one_step():
             t0 = time.perf_counter()
             run._ensure_pages()
             step = run._enqueue()
@@ -119,8 +133,16 @@ def measure_row(engine: Engine, batch: int, prefix: int, mode: str, sampled: boo
                 run._process(*run.pending)
             run.pending = step
             walls.append(time.perf_counter() - t0)
-        run._drain()
+
+        for _ in range(WARMUP_STEPS):
+            one_step()
         run.runner.sync()
+        run.runner.times.clear()
+        with around_steps() if around_steps is not None else contextlib.nullcontext():
+            for _ in range(steps):
+                one_step()
+            run._drain()
+            run.runner.sync()
     r = run.runner
     padded = engine.options.bucket(batch) if r.use_graphs else batch
     r.release()
