@@ -31,13 +31,16 @@ WORKLOADS = [  # hq, hkv, B, levels, suffix
 
 def variants():
     yield "base", {}
-    for cfg in [(32, 4, 3), (32, 4, 2), (64, 4, 2), (32, 2, 2), (64, 4, 4), (128, 4, 2), (128, 8, 2)]:
+    for cfg in [(32, 4, 3), (32, 4, 2), (64, 4, 2), (32, 2, 2), (32, 2, 3), (16, 2, 2), (32, 1, 2), (16, 1, 2),
+                (16, 1, 3), (64, 2, 2)]:
         yield f"own16={cfg}", {"own": (16, cfg)}
     for cfg in [(64, 8, 4), (64, 8, 5), (64, 8, 2), (32, 8, 3), (32, 4, 3)]:
         yield f"sh128={cfg}", {"shared": (128, cfg)}
     yield "overlap_sharedfirst", {"overlap": True}
     yield "overlap_sf+own(32,4,2)", {"overlap": True, "own": (16, (32, 4, 2))}
     yield "overlap_sf+own(64,4,2)+sh(64,8,4)", {"overlap": True, "own": (16, (64, 4, 2)), "shared": (128, (64, 8, 4))}
+    yield "overlap_sf+own(32,2,2)", {"overlap": True, "own": (16, (32, 2, 2))}
+    yield "overlap_sf+own(16,1,2)", {"overlap": True, "own": (16, (16, 1, 2))}
     yield "waves=1", {"waves": 1}
 
 

@@ -2,6 +2,7 @@
 or is handed out twice, against a plain set-of-pages reference."""
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -142,3 +143,54 @@ def test_length_model_learns_from_finished_samples():
     assert m.expected(100) == 512  # nobody finished after 100 tokens: the prior
     assert m.expected(511) == 512 and m.expected(300) >= 301
     assert pages_for(0, 16) == 0 and pages_for(16, 16) == 1 and pages_for(17, 16) == 2
+
+
+def _peak(model, page_size, gens, held):
+    """Scheduler.peak_pages on its own: the admission rule without an engine."""
+    from types import SimpleNamespace
+
+    from prompt_tree.engine.scheduler import Scheduler
+
+    me = SimpleNamespace(run=SimpleNamespace(page_size=page_size), lengths=model)
+    counts = np.bincount(gens, minlength=model.max_new + 1)
+    return Scheduler.peak_pages(me, counts, held)
+
+
+def test_usage_table_is_the_expected_pages_held():
+    """Monte Carlo against the model's own distribution: a sequence at g draws its final length from the
+    finished lengths above g plus the prior at max_new, and holds pages_for(g + t + 1) while it runs."""
+    rng = np.random.default_rng(0)
+    max_new, ps = 64, 4
+    m = LengthModel(max_new, static=False)
+    finished = rng.integers(1, max_new + 1, 300)
+    for x in finished:
+        m.add(int(x))
+    table = m.usage_table(ps)
+    assert table.shape == (max_new + 1, max_new // ps + 1)
+    pool = np.concatenate([finished, np.full(PRIOR_SAMPLES, max_new)])
+    for g in (0, 5, 17, 40, 63):
+        above = pool[pool > g]
+        lengths = rng.choice(above, 20000)
+        for h in range(table.shape[1]):
+            t = h * ps
+            held = np.where(lengths > g + t, -(-(g + t + 1) // ps), 0)
+            se = held.std() / np.sqrt(len(held)) + 1e-12
+            assert abs(held.mean() - table[g, h]) < 5 * se + 1e-9, (g, h, held.mean(), table[g, h])
+
+
+def test_peak_admission_starts_as_cautious_as_a_reservation_and_learns():
+    m = LengthModel(512, static=False)
+    # nothing finished: fresh sequences are expected to reach max_new_tokens together
+    assert _peak(m, 16, [0] * 10, 0) == 10 * pages_for(512, 16)
+    rng = np.random.default_rng(1)
+    lengths = np.clip(np.round(np.exp(np.log(180) + 0.6 * rng.standard_normal(2000))), 1, 512).astype(int)
+    for x in lengths:
+        m.add(int(x))
+    # a batch at staggered points of its completions (a continuous batch's steady state)
+    gens = [int(rng.integers(0, x)) for x in rng.choice(lengths, 1000)]
+    held = sum(pages_for(g + 1, 16) for g in gens)
+    peak = _peak(m, 16, gens, held)
+    summed = sum(max(0, pages_for(max(1, m.expected(g) - 1), 16) - pages_for(g + 1, 16)) for g in gens)
+    # never below what the batch holds at the next step (the peak includes h = 0), and well below the earlier
+    # rule's, which kept every final length at once
+    assert 0 <= peak < 0.6 * summed

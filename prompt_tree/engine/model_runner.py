@@ -109,6 +109,7 @@ class ModelRunner:
         self.batches: dict[int, DecodeBatch] = {}
         self.captures = 0
         self.capture_seconds = 0.0
+        self.capture_log: list[tuple[int, float, float]] = []  # (padded rows, warm-up s, capture s) per capture
         self._plan = None  # kernels.TreeAttentionPlan of the current plain-call metadata
         self.times: list[StepTimes] = []
         self.record_times = self.device.type == "cuda"
@@ -211,6 +212,8 @@ class ModelRunner:
         torch.cuda.current_stream(self.device).wait_stream(stream)
         for x, s in zip(b.state(), saved):
             x.copy_(s)
+        self.sync()
+        t_warm = time.perf_counter()
         graph = torch.cuda.CUDAGraph()
         # A graph destroyed while another is being captured invalidates that capture ("operation not permitted
         # when stream is capturing"). An earlier run's graphs can sit in unreachable reference cycles until the
@@ -227,7 +230,9 @@ class ModelRunner:
         b.graph = graph
         self.sync()
         self.captures += 1
-        self.capture_seconds += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self.capture_seconds += t1 - t0
+        self.capture_log.append((b.rows, t_warm - t0, t1 - t_warm))
 
     def release(self) -> None:
         """Drop this call's graphs and decode buffers now (not whenever a reference cycle is collected)."""

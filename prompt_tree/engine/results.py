@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 
@@ -26,8 +26,8 @@ class Completion:
 class GenerationSummary:
     """What a generate call cost. Times in seconds; memory in bytes.
 
-    seconds: wall time from the first prefill to the last token. decode_seconds: decode steps (CUDA-graph
-    captures excluded, see capture_seconds). prefill_seconds: prefill calls. kv_bytes: the KV pool (pages);
+    seconds: wall time from the first prefill to the last token, CUDA-graph captures included (tokens_per_second
+    is over it). decode_seconds: decode steps (captures excluded, see capture_seconds). prefill_seconds: prefill calls. kv_bytes: the KV pool (pages);
     kv_occupancy: time-averaged fraction of the pool holding live KV (resident nodes + live suffix tokens).
     mean_batch: sequences per decode step, averaged over steps. preemptions: subtrees sent back to wait (their
     unfinished samples recomputed). captures: CUDA graphs captured. sub_batches: admissions (continuous: subtrees
@@ -59,6 +59,7 @@ class GenerationSummary:
     host_seconds: float = 0.0  # host time per run spent NOT overlapped with device work (waiting excluded)
     bos_rule: str = ""
     max_rows: int = 0  # the most rows a decode step could have (memory and graph buckets)
+    capture_log: list = field(default_factory=list)  # (padded rows, warm-up s, capture s) per CUDA-graph capture
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -447,7 +447,7 @@ class GenerationRun:
         st, r = self.stats, self.runner
         gaps, _ = r.idle_gaps() if r.record_times else (0.0, 0)
         decode_s = max(0.0, wall - st.prefill_seconds - r.capture_seconds)
-        total = wall - r.capture_seconds
+        total = wall  # what the user waits for: one-off graph captures included (capture_seconds says how much)
         return GenerationSummary(
             attention=self.attention, batching=self.opts.batching, num_sequences=self.plan.num_sequences,
             sub_batches=st.admissions, generated_tokens=st.generated_tokens, prefill_tokens=st.prefill_tokens,
@@ -459,5 +459,5 @@ class GenerationRun:
             capture_seconds=r.capture_seconds, captures=r.captures, preemptions=st.preemptions,
             mean_batch=st.decode_rows / st.decode_steps if st.decode_steps else 0.0,
             kv_occupancy=st.occupancy_time / st.occupancy_weight if st.occupancy_weight else 0.0,
-            host_seconds=gaps, max_rows=self.max_rows)
+            host_seconds=gaps, max_rows=self.max_rows, capture_log=list(r.capture_log))
 

@@ -1,12 +1,16 @@
 """Admission of subtrees as memory frees, expected lengths with a watermark, preemption of the newest subtree.
 
-Memory is counted in KV pages (blocks.py). A sequence commits the pages its expected final length needs; a
-unit (a subtree of the plan, sequence.make_units) is admitted when the free pages, minus what the admitted
-sequences are still expected to take, minus the unit's new nodes and its own expected suffixes, stay above the
-watermark. Expected lengths come from the samples finished so far: for a sequence that has generated g tokens,
-E[L | L > g] over the finished lengths, shrunk towards max_new_tokens by a prior of PRIOR_SAMPLES samples (so
-a run starts as cautiously as a static reservation and learns; the survivors' bias early in a run is covered by
-the prior and, when the guess is still wrong, by preemption).
+Memory is counted in KV pages (blocks.py). A unit (a subtree of the plan, sequence.make_units) is admitted
+when the peak of the pages the admitted sequences and the unit's are expected to hold, over the steps to come,
+fits in the free pages less the watermark. The peak, not the sum of final lengths: the running sequences are
+at different points of their completions, and the ones that finish give their pages back while the others
+grow, so at no future step do all of them hold their final length at once. Summing final lengths (the earlier
+rule) kept about twice the KV that was ever live in reserve. Expected usage comes from the samples finished
+so far: a sequence that has generated g tokens is still running t steps later with probability S(g+t)/S(g),
+where S is the survival function of the finished lengths, shrunk towards max_new_tokens by a prior of
+PRIOR_SAMPLES samples (so a run starts as cautiously as a static reservation and learns; the survivors' bias
+early in a run is covered by the prior and, when the guess is still wrong, by preemption). Many independent
+sequences make the sum concentrate near its expectation; the watermark is the headroom for the rest.
 
 When the pages run out anyway, the newest admitted unit is preempted: its unfinished samples drop their pages
 and wait again at the head of the queue, to be recomputed (the seeded sampler redraws the same tokens); its
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+
+import numpy as np
 
 from .blocks import pages_for
 from .memory import SchedulingError
@@ -35,6 +41,7 @@ class LengthModel:
         self.max_new, self.static = max_new, static
         self._sorted: list[int] = []
         self._suffix_sums: list[int] | None = None
+        self._table: tuple | None = None  # ((page_size, finished count), usage_table)
 
     def add(self, generated: int) -> None:
         bisect.insort(self._sorted, generated)
@@ -54,6 +61,28 @@ class LengthModel:
         k = len(self._sorted) - i
         mean = (self._suffix_sums[i] + PRIOR_SAMPLES * self.max_new) / (k + PRIOR_SAMPLES)
         return max(generated + 1, min(self.max_new, -(-int(mean * 1000) // 1000)))
+
+    def survival(self, x: np.ndarray) -> np.ndarray:
+        """P(final length > x) for each x: the finished lengths plus PRIOR_SAMPLES at max_new_tokens."""
+        n = len(self._sorted)
+        above = n - np.searchsorted(np.asarray(self._sorted, dtype=np.int64), x, side="right")
+        return (above + PRIOR_SAMPLES * (x < self.max_new)) / (n + PRIOR_SAMPLES)
+
+    def usage_table(self, page_size: int) -> np.ndarray:
+        """[max_new + 1, H] float64: the pages a sequence that has generated g tokens is expected to hold
+        h * page_size steps later (0 once it has finished), for h = 0 .. H - 1 covering max_new_tokens. Cached
+        until the next finished sample."""
+        key = (page_size, len(self._sorted))
+        if self._table is not None and self._table[0] == key:
+            return self._table[1]
+        g = np.arange(self.max_new + 1, dtype=np.int64)[:, None]
+        t = np.arange(0, self.max_new + page_size, page_size, dtype=np.int64)[None, :]
+        s_now = self.survival(g)
+        alive = np.divide(self.survival(g + t), s_now, out=np.zeros((g.shape[0], t.shape[1])), where=s_now > 0)
+        # a sequence still running after generating g + t tokens has fed at most g + t + 1 positions
+        table = alive * (-(-(g + t + 1) // page_size))
+        self._table = (key, table)
+        return table
 
 
 class Scheduler:
@@ -89,6 +118,12 @@ class Scheduler:
         """Pages s would still add at max_new_tokens (the worst case the static policy reserves)."""
         return max(0, self.run.capacity_pages - len(s.pages))
 
+    def peak_pages(self, counts: np.ndarray, held: int) -> int:
+        """Pages beyond the `held` ones that sequences (counts[g]: how many have generated g tokens) are expected
+        to hold at once at the worst step to come (see the module docstring)."""
+        usage = counts @ self.lengths.usage_table(self.run.page_size)  # [H] expected pages, h pages of steps on
+        return int(np.ceil(usage.max() - 1e-9)) - held
+
     def prefilling(self) -> list:
         return sorted((s for s in self.active if s.state is SeqState.PREFILLING), key=lambda s: s.index)
 
@@ -102,8 +137,11 @@ class Scheduler:
         if self.static and self.active:
             return False
         run, blocks = self.run, self.run.blocks
-        committed = sum(self._suffix_pages(s) for s in self.active)
+        committed = sum(self._suffix_pages(s) for s in self.active)  # static: what the reservations still take
         worst = sum(self._worst_pages(s) for s in self.active)
+        # continuous: the admitted sequences per generated count, and the pages they hold now (peak_pages)
+        counts = np.bincount([s.generated for s in self.active], minlength=self.lengths.max_new + 1)
+        held = sum(len(s.pages) for s in self.active)
         watermark = int(run.opts.watermark * blocks.pool.usable_pages)
         admitted = False
         while self.waiting:
@@ -127,7 +165,13 @@ class Scheduler:
                 # admitted sequence at max_new_tokens needs none (else a pool sized to the whole plan would
                 # keep its last units waiting for headroom it can never use).
                 fits_worst = spare - worst - node_pages - unit_worst >= 0
-                if spare - committed - node_pages - suffix < watermark and not fits_worst:
+                if self.static:
+                    need = committed + suffix
+                else:
+                    with_unit = counts.copy()
+                    with_unit[0] += len(seqs)
+                    need = self.peak_pages(with_unit, held)
+                if spare - need - node_pages < watermark and not fits_worst:
                     break
             else:  # nothing admitted: take what can start (static: what its reservation allows)
                 per = run.capacity_pages if self.static else 1
@@ -151,6 +195,7 @@ class Scheduler:
                 self.waiting.appendleft(rest)
             self._admit(u, seqs, nodes)
             committed += suffix
+            counts[0] += len(seqs)
             worst += unit_worst
             admitted = True
         return admitted
