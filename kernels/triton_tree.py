@@ -28,7 +28,11 @@ SPLIT_ALIGN = 64  # own-segment split chunks are multiples of this (must match k
 # 128 x 128 fp32 score tile spills), 4 warps for it (19x), and TMA descriptor loads of whole KV blocks (2.6-3x
 # slower: Triton 3.6 does not pipeline host-descriptor loads in this loop).
 SHARED_CFG = {16: (64, 4, 3), 64: (64, 4, 3), 128: (64, 8, 3)}
-OWN_CFG = {16: (64, 4, 2), 64: (64, 4, 3)}
+# The decode own (suffix) kernel: one warp, 16 keys a block, on the H200 (tune.json of 2026-12-02, run 3: the
+# job's shape and the step benchmark's, 3% less attention time than (64, 4, 2) in the graph path). Suffixes of a
+# few hundred tokens are a handful of blocks per program, so many small programs per SM hide the page gathers'
+# latency better than a few wide ones.
+OWN_CFG = {16: (16, 1, 2), 64: (64, 4, 3)}
 
 _PDL_CAPABLE: dict[int, bool] = {}
 
