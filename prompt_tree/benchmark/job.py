@@ -135,6 +135,21 @@ def _ideal(row: JobRow, pairs: list, shape: JobShape, config, dtype, kv_bytes: i
     return row
 
 
+WARM_STEPS = 24
+
+
+def warm_up(eng: Engine, shape: JobShape, attention: str, seed: int) -> None:
+    """An untimed miniature of the job before each engine's run: two problems of the shape's lengths with all
+    their samples, whose budgets of 1..WARM_STEPS tokens drain the batch through the small graph buckets. It
+    compiles the Triton kernels the run will specialize (prefill of the shape's nodes, first tokens, decode at
+    large and small batches), so no engine pays another's compile time: the JIT cache is per process, and
+    without this the engine measured first paid it for both (job.json run 4: 4.5 s of its captures)."""
+    small = job_tree(JobShape("w", shape.few_shot, shape.problem, 2, shape.samples, WARM_STEPS), eng.config.vocab_size,
+                     seed + 1)
+    eng.generate(small, SamplingParams(max_new_tokens=WARM_STEPS, temperature=0.8, top_p=0.95, stop=APPS_STOPS),
+                 attention=attention, progress=False, length_budget=lambda k, s: 1 + s % WARM_STEPS)
+
+
 def step_profile(log: list, width: int = 128) -> list:
     """(live rows, device ms) per step -> [rows from, rows to, steps, median ms] per `width` rows of batch."""
     bins: dict = {}
@@ -235,10 +250,7 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
                     eng.eos_ids = ()
                     params = SamplingParams(max_new_tokens=shape.max_new, temperature=0.8, top_p=0.95,
                                             stop=APPS_STOPS, seed=seed)
-                    # warm-up: compiles this composition's kernels (not timed)
-                    small = job_tree(JobShape("w", 64, 16, 2, 4, 8), config.vocab_size, seed + 1)
-                    eng.generate(small, SamplingParams(max_new_tokens=8, temperature=0.8, top_p=0.95,
-                                                       stop=APPS_STOPS), attention=attention, progress=False)
+                    warm_up(eng, shape, attention, seed)
                     try:
                         res = eng.generate(tree, params, attention=attention, progress=False,
                                            length_budget=lambda k, s: budget[(k, s)], step_log=True)
