@@ -60,7 +60,8 @@ def main(argv=None):
         for vname, var in variants():
             triton_tree.SHARED_CFG.clear(); triton_tree.SHARED_CFG.update(base_shared)
             triton_tree.OWN_CFG.clear(); triton_tree.OWN_CFG.update(base_own)
-            worklist.TARGET_WAVES, worklist.MIN_SPLIT_TOKENS = var.get("waves", base_waves), var.get("minsplit", base_min)
+            worklist.TARGET_WAVES = var.get("waves", base_waves)
+            worklist.MIN_SPLIT_TOKENS = var.get("minsplit", base_min)
             if "own" in var:
                 triton_tree.OWN_CFG[var["own"][0]] = var["own"][1]
             if "shared" in var:

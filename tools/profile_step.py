@@ -3,14 +3,14 @@
     PYTHONPATH=$PWD python3 tools/profile_step.py --model llama3-8b --rows 2400/8/job/1024 4096/0/128/1024
 
 Builds a step benchmark row (prompt_tree.benchmark.step.measure_row: the engine's own loop, graph replays) and
-runs torch.profiler around its timed steps. The composition is the APPS job's steady state by default: a
-2400-token few-shot block, `problems` problem nodes of 500 tokens with batch / problems samples each, and each
-sequence part-way through its completion. A row is PREFIX/PROBLEMS/SUFFIX/BATCH; SUFFIX `job` draws those positions as a continuous batch holds them
--- a sample is live in proportion to its length, so a live sample's length is drawn length-biased from the job's
-lognormal (median 180, sigma 0.6, cap 512) and its position uniformly within it; a number N puts every
-sequence at N tokens (4096/0/128/B is the step benchmark's tree row). Prints the step's median device time (CUDA events), then each
-kernel's device time per step and its launches per step, grouped (GEMM, attention, sampler, other), and writes
-the table as JSON to --out.
+runs torch.profiler around its timed steps. A row is PREFIX/PROBLEMS/SUFFIX/BATCH: a PREFIX-token few-shot
+block, PROBLEMS problem nodes of --problem-len tokens with BATCH / PROBLEMS samples each (0: the samples sit
+under the prefix), and each sequence part-way through its completion. SUFFIX `job` draws those positions as a
+continuous batch holds them in steady state: a sample is live in proportion to its length, so a live sample's
+length is drawn length-biased from the job's lognormal (median 180, sigma 0.6, cap 512) and its position
+uniformly within it. A number N puts every sequence at N tokens (4096/0/128/B is the step benchmark's tree
+row). Prints the step's median device time (CUDA events), then each kernel's device time per step and its
+launches per step, grouped (GEMM, attention, sampler, other), and writes the table as JSON to --out.
 """
 from __future__ import annotations
 

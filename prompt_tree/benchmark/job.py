@@ -167,8 +167,8 @@ def write(results: dict, out: str) -> None:
              "the named distribution. seconds: wall time from the first prefill to the last token, CUDA-graph "
              "captures included (their count and seconds listed; `no captures` is seconds less them). tokens/s is "
              "over seconds.",
-             "", "| model | shape | lengths | engine | problems x samples | seconds | no captures | tokens/s | mean batch "
-             "| kv occupancy | preemptions | captures (s) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "", "| model | shape | lengths | engine | problems x samples | seconds | no captures | tokens/s "
+             "| mean batch | kv occupancy | preemptions | captures (s) |", "|---" * 12 + "|"]
     if results.get("note"):
         lines[4:4] = [results["note"], ""]
 
