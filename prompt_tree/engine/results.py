@@ -27,7 +27,8 @@ class GenerationSummary:
     """What a generate call cost. Times in seconds; memory in bytes.
 
     seconds: wall time from the first prefill to the last token, CUDA-graph captures included (tokens_per_second
-    is over it). decode_seconds: decode steps (captures excluded, see capture_seconds). prefill_seconds: prefill calls. kv_bytes: the KV pool (pages);
+    is over it). decode_seconds: decode steps (captures excluded, see capture_seconds). prefill_seconds: prefill
+    calls. kv_bytes: the KV pool (pages);
     kv_occupancy: time-averaged fraction of the pool holding live KV (resident nodes + live suffix tokens).
     mean_batch: sequences per decode step, averaged over steps. preemptions: subtrees sent back to wait (their
     unfinished samples recomputed). captures: CUDA graphs captured. sub_batches: admissions (continuous: subtrees

@@ -26,7 +26,6 @@ from collections import deque
 
 import numpy as np
 
-from .blocks import pages_for
 from .memory import SchedulingError
 from .sequence import SeqState, Unit
 
@@ -109,11 +108,6 @@ class Scheduler:
 
     # ----- what sequences are expected to take
 
-    def _suffix_pages(self, s) -> int:
-        """Pages s is still expected to add (its expected final length, the last token never fed back)."""
-        fed = max(1, self.lengths.expected(s.generated) - 1)
-        return max(0, pages_for(fed, self.run.page_size) - len(s.pages))
-
     def _worst_pages(self, s) -> int:
         """Pages s would still add at max_new_tokens (the worst case the static policy reserves)."""
         return max(0, self.run.capacity_pages - len(s.pages))
@@ -137,8 +131,7 @@ class Scheduler:
         if self.static and self.active:
             return False
         run, blocks = self.run, self.run.blocks
-        committed = sum(self._suffix_pages(s) for s in self.active)  # static: what the reservations still take
-        worst = sum(self._worst_pages(s) for s in self.active)
+        worst = sum(self._worst_pages(s) for s in self.active)  # every admitted one at max_new (static reserves it)
         # continuous: the admitted sequences per generated count, and the pages they hold now (peak_pages)
         counts = np.bincount([s.generated for s in self.active], minlength=self.lengths.max_new + 1)
         held = sum(len(s.pages) for s in self.active)
@@ -157,7 +150,6 @@ class Scheduler:
             seqs = seqs[:room]
             nodes = self._nodes_of(seqs)
             node_pages = sum(blocks.node_pages_needed(k, len(run.plan.node_tokens[k])) for k in nodes)
-            suffix = sum(self._suffix_pages(s) for s in seqs)
             unit_worst = sum(self._worst_pages(s) for s in seqs)
             spare = blocks.free_pages + self._evictable_pages(nodes)
             if rows:
@@ -165,8 +157,8 @@ class Scheduler:
                 # admitted sequence at max_new_tokens needs none (else a pool sized to the whole plan would
                 # keep its last units waiting for headroom it can never use).
                 fits_worst = spare - worst - node_pages - unit_worst >= 0
-                if self.static:
-                    need = committed + suffix
+                if self.static:  # every sequence reserves max_new_tokens
+                    need = worst + unit_worst
                 else:
                     with_unit = counts.copy()
                     with_unit[0] += len(seqs)
@@ -182,7 +174,6 @@ class Scheduler:
                         f"with nothing running: raise memory_budget_bytes or shorten the prompts")
                 if fit < len(seqs):
                     seqs = seqs[:fit]
-                    suffix = sum(self._suffix_pages(s) for s in seqs)
                     unit_worst = sum(self._worst_pages(s) for s in seqs)
             self.waiting.popleft()
             if seqs[-1].index + 1 < u.stop and any(s.state is SeqState.WAITING
@@ -194,7 +185,6 @@ class Scheduler:
                     s.unit = rest.uid
                 self.waiting.appendleft(rest)
             self._admit(u, seqs, nodes)
-            committed += suffix
             counts[0] += len(seqs)
             worst += unit_worst
             admitted = True
