@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 # Tile classes for shared work, by query-block height (rows x heads); see kernels.worklist for the choice.
@@ -53,6 +54,15 @@ def _count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"MetaCapacity.{name} must be a non-negative int, not {value!r}")
     return value
+
+
+class CapacityOverflow(ValueError):
+    """A composition does not fit the capacity it was built for; `needed` is what it needs (unsplit shared
+    segments, the smallest it can be)."""
+
+    def __init__(self, message: str, needed: MetaCapacity):
+        super().__init__(message)
+        self.needed = needed
 
 
 @dataclass(frozen=True)
@@ -148,7 +158,7 @@ class TreeAttentionMeta:
     splits: list[SegmentSplit]
     q_lens: list[int]
     own_starts_host: list[int]
-    own_pages_host: list[list[int]] | None
+    own_pages_host: np.ndarray | None  # [NB, width] int64 page ids, rows padded with a valid id (paged)
     # device tensors (int32 views into `buffer`)
     shared_classes: list[TileClass]
     own_tiles: torch.Tensor  # [n_own_tiles, 3] int32: seq, row_lo, row_hi (padding: all 0, reads nothing)

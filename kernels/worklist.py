@@ -1,4 +1,4 @@
-"""build_tree_meta: from segments and query-sequences (CPU, pure Python) to the kernels' device work lists.
+"""build_tree_meta: from segments and query-sequences (CPU, numpy) to the kernels' device work lists.
 
 The attention of a batch over a prompt tree is cut into work items that the kernels run in a constant number of
 launches, whatever the depth or width of the tree:
@@ -28,9 +28,10 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 
-from .meta import SHARED_BLOCK_MS, MetaCapacity, Segment, SegmentSplit, TileClass, TreeAttentionMeta
+from .meta import SHARED_BLOCK_MS, CapacityOverflow, MetaCapacity, Segment, SegmentSplit, TileClass, TreeAttentionMeta
 
 OWN_BLOCK_M_DECODE = 16  # decode: g query heads of one token (g <= 16 in every supported model)
 OWN_BLOCK_M_PREFILL = 64
@@ -49,40 +50,73 @@ TARGET_WAVES = 1
 ALIGN = 4  # int32 entries: every device view starts 16-byte aligned (Triton specializes pointers on it)
 
 
-def _check_ints(name: str, values: Sequence[int], n: int | None = None, minimum: int = 0) -> list[int]:
-    vals = [int(v) for v in values]
-    if n is not None and len(vals) != n:
-        raise ValueError(f"{name} has {len(vals)} entries but there are {n} query-sequences")
-    bad = [i for i, v in enumerate(vals) if v < minimum]
-    if bad:
-        raise ValueError(f"{name}[{bad[0]}] = {vals[bad[0]]} is below {minimum}")
-    return vals
+def _check_ints(name: str, values, n: int | None = None, minimum: int = 0) -> np.ndarray:
+    """values as an int64 array (a list, tuple or integer array; other numbers truncate, as int() does)."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iub":
+        arr = np.array([int(v) for v in values], dtype=np.int64)
+    arr = arr.astype(np.int64, copy=False).reshape(-1)
+    if n is not None and arr.size != n:
+        raise ValueError(f"{name} has {arr.size} entries but there are {n} query-sequences")
+    bad = np.flatnonzero(arr < minimum)
+    if bad.size:
+        raise ValueError(f"{name}[{bad[0]}] = {arr[bad[0]]} is below {minimum}")
+    return arr
 
 
-def _check_pages(own_pages, page_size, own_starts, cap: list[int]) -> tuple[list[list[int]], int]:
-    """Validated page lists and page size; own_starts must be None or all 0 (positions map through the pages)."""
+def _page_table(own_pages, nb: int) -> tuple[np.ndarray, np.ndarray]:
+    """(table [nb, width >= 1] int64, pages per row [nb]) from per-row page lists (rows padded with their last
+    page, empty rows with 0) or from one [nb, width] integer array or tensor (every row holding width pages: the
+    engine's page table, already padded with a page it owns)."""
+    if isinstance(own_pages, torch.Tensor):
+        own_pages = own_pages.detach().cpu().numpy()
+    if isinstance(own_pages, np.ndarray):
+        if own_pages.ndim != 2 or own_pages.dtype.kind not in "iu":
+            raise ValueError(f"own_pages as an array must be a 2-D integer [query-sequences, pages] table, not "
+                             f"{own_pages.dtype} of shape {own_pages.shape}")
+        if own_pages.shape[0] != nb:
+            raise ValueError(f"own_pages has {own_pages.shape[0]} rows but there are {nb} query-sequences")
+        table = own_pages.astype(np.int64)
+        lens = np.full(nb, table.shape[1], dtype=np.int64)
+        if table.shape[1] == 0:
+            table = np.zeros((nb, 1), dtype=np.int64)
+        return table, lens
+    if len(own_pages) != nb:
+        raise ValueError(f"own_pages has {len(own_pages)} rows but there are {nb} query-sequences")
+    rows = [[int(p) for p in row] for row in own_pages]
+    lens = np.array([len(r) for r in rows], dtype=np.int64)
+    table = np.zeros((nb, max(int(lens.max(initial=0)), 1)), dtype=np.int64)
+    for b, row in enumerate(rows):
+        if row:
+            table[b, :len(row)] = row
+            table[b, len(row):] = row[-1]
+    return table, lens
+
+
+def _check_pages(own_pages, page_size, own_starts, cap: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Validated page table, pages per row and page size; own_starts must be None or all 0 (positions map
+    through the pages)."""
     if own_pages is None or page_size is None:
         raise ValueError("own_pages and page_size go together: give both for paged own segments, or neither")
     if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1 \
             or page_size & (page_size - 1):
         raise ValueError(f"page_size must be a positive power of two (16 or 32 in the engine), not {page_size!r}")
-    nb = len(cap)
-    if len(own_pages) != nb:
-        raise ValueError(f"own_pages has {len(own_pages)} rows but there are {nb} query-sequences")
-    if own_starts is not None and any(int(s) for s in own_starts):
+    nb = cap.size
+    table, lens = _page_table(own_pages, nb)
+    if own_starts is not None and np.any(np.asarray(own_starts) != 0):
         raise ValueError("own_starts must be None or all 0 with own_pages: a paged own segment's position p lives "
                          "at own_pages[b][p // page_size] * page_size + p % page_size")
-    pages = []
-    for b, row in enumerate(own_pages):
-        row = [int(p) for p in row]
-        if row and min(row) < 0:
-            raise ValueError(f"own_pages[{b}] holds a negative page id {min(row)}")
-        need = -(-cap[b] // page_size)
-        if len(row) < need:
-            raise ValueError(f"own_pages[{b}] has {len(row)} pages ({len(row) * page_size} slots) but query-sequence "
-                             f"{b} may hold {cap[b]} tokens (own_len / own_capacity): give it at least {need} pages")
-        pages.append(row)
-    return pages, page_size
+    neg = np.flatnonzero(table.min(axis=1) < 0)
+    if neg.size:
+        b = int(neg[0])
+        raise ValueError(f"own_pages[{b}] holds a negative page id {int(table[b].min())}")
+    need = -(-cap // page_size)
+    short = np.flatnonzero(lens < need)
+    if short.size:
+        b = int(short[0])
+        raise ValueError(f"own_pages[{b}] has {lens[b]} pages ({lens[b] * page_size} slots) but query-sequence {b} "
+                         f"may hold {cap[b]} tokens (own_len / own_capacity): give it at least {need[b]} pages")
+    return table, lens, page_size
 
 
 def _order_laminar(segments: list[Segment]) -> list[tuple[int, Segment, int]]:
@@ -133,14 +167,13 @@ def _shared_work(ordered, q_start: list[int], nb: int, g: int, num_kv_heads: int
     chunk = max(MIN_SPLIT_TOKENS, math.ceil(work / target / BLOCK_N) * BLOCK_N) if work else MIN_SPLIT_TOKENS
     slot_base: dict[int, int] = {}
     nsplit: dict[int, int] = {}
-    seq_slots = [0] * nb
+    seq_slots = np.zeros(nb, dtype=np.int64)
     splits: list[SegmentSplit] = []
     for i, s, parent in ordered:
         n = max(1, min(MAX_SPLITS, math.ceil(s.kv_len / chunk))) if split and base_tiles < target else 1
         base = 0 if parent < 0 else slot_base[parent] + nsplit[parent]
         slot_base[i], nsplit[i] = base, n
-        for b in range(s.seq_lo, s.seq_hi):
-            seq_slots[b] = max(seq_slots[b], base + n)
+        np.maximum(seq_slots[s.seq_lo:s.seq_hi], base + n, out=seq_slots[s.seq_lo:s.seq_hi])
         row_lo, row_hi = q_start[s.seq_lo], q_start[s.seq_hi]
         if row_lo == row_hi:
             continue
@@ -159,23 +192,24 @@ def _shared_work(ordered, q_start: list[int], nb: int, g: int, num_kv_heads: int
     return splits, seq_slots, classes
 
 
-def _pack(sections: list[tuple[str, list, int, tuple]], device: torch.device):
-    """One int32 buffer holding every section (name, rows or flat values, padded row count, shape), each
-    starting ALIGN-aligned and padded with zero rows to its shape; returns (buffer, layout, views by name)."""
-    flat: list[int] = []
-    layout = []
-    for name, values, width, shape in sections:
-        off = len(flat)
-        if width:  # a list of rows of `width` ints
-            for row in values:
-                flat.extend(row)
-        else:
-            flat.extend(values)
-        flat.extend([0] * (off + math.prod(shape) - len(flat)))
-        flat.extend([0] * (-len(flat) % ALIGN))
+def _pack(sections: list[tuple[str, object, tuple]], device: torch.device):
+    """One int32 buffer holding every section (name, values: rows or flat ints, as a list or an array, shape),
+    each starting ALIGN-aligned and zero-padded to its shape; returns (buffer, layout, views by name)."""
+    layout, off = [], 0
+    for name, _, shape in sections:
         layout.append((name, off, tuple(shape)))
-    buf = torch.tensor(flat or [0], dtype=torch.int32, device=device)  # one host-to-device copy
-    views = {name: buf[off:off + math.prod(shape)].view(shape) for name, off, shape in layout}
+        off += math.prod(shape)
+        off += -off % ALIGN
+    flat = np.zeros(max(off, 1), dtype=np.int64)
+    for (name, values, shape), (_, start, _) in zip(sections, layout):
+        arr = np.asarray(values, dtype=np.int64).reshape(-1)
+        if arr.size > math.prod(shape):  # pragma: no cover - shapes come from the same counts
+            raise AssertionError(f"section {name} holds {arr.size} values for shape {shape}")
+        flat[start:start + arr.size] = arr
+    if flat.size and (flat.max() > np.iinfo(np.int32).max or flat.min() < np.iinfo(np.int32).min):
+        raise ValueError("a KV slot, page id or count of this metadata does not fit int32 (the kernels' index type)")
+    buf = torch.from_numpy(flat.astype(np.int32)).to(device)  # one host-to-device copy
+    views = {name: buf[o:o + math.prod(shape)].view(shape) for name, o, shape in layout}
     return buf, tuple(layout), views
 
 
@@ -183,7 +217,7 @@ def build_tree_meta(q_lens: Sequence[int], own_starts: Sequence[int] | None, own
                     segments: Sequence[Segment | tuple], num_q_heads: int, num_kv_heads: int, head_dim: int,
                     device: torch.device | str | None = None, *, share: bool = True,
                     own_capacity: Sequence[int] | None = None, num_sms: int | None = None,
-                    own_pages: Sequence[Sequence[int]] | None = None, page_size: int | None = None,
+                    own_pages: Sequence[Sequence[int]] | np.ndarray | None = None, page_size: int | None = None,
                     own_splits: int | None = None, capacity: MetaCapacity | None = None) -> TreeAttentionMeta:
     """Build the work lists for one batch composition.
 
@@ -191,7 +225,9 @@ def build_tree_meta(q_lens: Sequence[int], own_starts: Sequence[int] | None, own
     segment, read causally, whose last q_lens[b] positions are the queries' own keys (or none at all: own_len 0
     means the queries see shared KV only). Own position p lives at slot own_starts[b] + p, or, when paged
     (own_pages and page_size given, own_starts None or all 0), at own_pages[b][p // page_size] * page_size +
-    p % page_size. segments: shared KV read non-causally, laminar ranges of query-sequences. share=False gives the
+    p % page_size; own_pages is a list of page lists (padded with their last page), or one [nb, width] integer
+    array or tensor whose every row holds width valid page ids (the engine's page table: no per-row Python work
+    at thousands of rows). segments: shared KV read non-causally, laminar ranges of query-sequences. share=False gives the
     no-sharing baseline: each sequence reads each segment on its path itself. own_capacity[b]: the largest
     own_len while this meta is reused (own_len grown in place in decode): decides own splits, bounds the slots
     read, and must be covered by the sequence's pages. num_sms: multiprocessor count for split decisions (read off
@@ -213,33 +249,35 @@ def build_tree_meta(q_lens: Sequence[int], own_starts: Sequence[int] | None, own
     if capacity is not None and not isinstance(capacity, MetaCapacity):
         raise ValueError(f"capacity must be a kernels.MetaCapacity, not {type(capacity).__name__}")
     q_lens = _check_ints("q_lens", q_lens)
-    nb = len(q_lens)
+    nb = q_lens.size
     own_lens = _check_ints("own_lens", own_lens, nb)
-    cap = _check_ints("own_capacity", own_capacity, nb) if own_capacity is not None else list(own_lens)
-    for b in range(nb):
-        if 0 < own_lens[b] < q_lens[b]:
-            raise ValueError(f"query-sequence {b} has {q_lens[b]} query rows but an own segment of only "
-                             f"{own_lens[b]} slots: the queries' own keys must be the last slots of the segment "
-                             f"(or the segment empty, when the queries see only shared KV)")
-        cap[b] = max(cap[b], own_lens[b])
-    pages, size = None, 0
+    cap = _check_ints("own_capacity", own_capacity, nb) if own_capacity is not None else own_lens.copy()
+    bad = np.flatnonzero((own_lens > 0) & (own_lens < q_lens))
+    if bad.size:
+        b = int(bad[0])
+        raise ValueError(f"query-sequence {b} has {q_lens[b]} query rows but an own segment of only "
+                         f"{own_lens[b]} slots: the queries' own keys must be the last slots of the segment "
+                         f"(or the segment empty, when the queries see only shared KV)")
+    cap = np.maximum(cap, own_lens)
+    pages, page_lens, size = None, None, 0
     if own_pages is not None or page_size is not None:
-        pages, size = _check_pages(own_pages, page_size, own_starts, cap)
-        own_starts = [0] * nb
+        pages, page_lens, size = _check_pages(own_pages, page_size, own_starts, cap)
+        own_starts = np.zeros(nb, dtype=np.int64)
     elif own_starts is None:
         raise ValueError("own_starts is needed for contiguous own segments (or give own_pages and page_size)")
     else:
         own_starts = _check_ints("own_starts", own_starts, nb)
     # extent: one past the highest slot read, and what reads it (checked against the cache by the op)
     extent, owner = 0, ("", -1)
-    for b in range(nb):
+    if nb:
         if pages is not None:
-            top = (max(pages[b]) + 1) * size if pages[b] else 0
+            tops = np.where(page_lens > 0, (pages.max(axis=1) + 1) * size, 0)
         else:
-            top = own_starts[b] + cap[b] if cap[b] > 0 else 0
-        if top > extent:
-            extent, owner = top, ("own pages of query-sequence" if pages is not None else
-                                  "own segment of query-sequence", b)
+            tops = np.where(cap > 0, own_starts + cap, 0)
+        b = int(np.argmax(tops))  # the first row reaching the maximum
+        if tops[b] > 0:
+            extent, owner = int(tops[b]), ("own pages of query-sequence" if pages is not None else
+                                           "own segment of query-sequence", b)
     segs = []
     for i, s in enumerate(segments):
         s = Segment(*(int(x) for x in s))
@@ -257,57 +295,64 @@ def build_tree_meta(q_lens: Sequence[int], own_starts: Sequence[int] | None, own
         num_sms = (torch.cuda.get_device_properties(device).multi_processor_count
                    if device.type == "cuda" else 132)
     target = TARGET_WAVES * num_sms
-    q_start = [0] * (nb + 1)
-    for b in range(nb):
-        q_start[b + 1] = q_start[b] + q_lens[b]
-    t = q_start[nb]
+    q_start = np.zeros(nb + 1, dtype=np.int64)
+    np.cumsum(q_lens, out=q_start[1:])
+    t = int(q_start[nb])
     ordered = _order_laminar(segs)
 
     # Own work: split the KV only when sequences x kv heads cannot fill the GPU and the segments are long.
-    causal_own = any(q > 1 for q in q_lens)
+    causal_own = bool(np.any(q_lens > 1))
     own_block_m = OWN_BLOCK_M_PREFILL if causal_own else OWN_BLOCK_M_DECODE
     rows_per_own_tile = max(1, own_block_m // g)
-    own_tiles = [(b, r, min(r + rows_per_own_tile, q_start[b + 1]))
-                 for b in range(nb) for r in range(q_start[b], q_start[b + 1], rows_per_own_tile)]
-    max_cap = max(cap) if cap else 0
+    # one tile per (sequence, block of rows_per_own_tile of its query rows): [seq, row_lo, row_hi]
+    per_seq = -(-q_lens // rows_per_own_tile)
+    tile_seq = np.repeat(np.arange(nb, dtype=np.int64), per_seq)
+    first_tile = np.repeat(np.cumsum(per_seq) - per_seq, per_seq)
+    row_lo = q_start[tile_seq] + (np.arange(tile_seq.size, dtype=np.int64) - first_tile) * rows_per_own_tile
+    own_tiles = np.stack([tile_seq, row_lo, np.minimum(row_lo + rows_per_own_tile, q_start[tile_seq + 1])], axis=1)
+    n_own_tiles = own_tiles.shape[0]
+    max_cap = int(cap.max(initial=0))
     n_own = 1
     if own_splits is not None:
         n_own = own_splits
-    elif own_tiles and len(own_tiles) * num_kv_heads < target and max_cap >= 2 * MIN_OWN_SPLIT_TOKENS:
-        n_own = min(MAX_SPLITS, max_cap // MIN_OWN_SPLIT_TOKENS, math.ceil(target / (len(own_tiles) * num_kv_heads)))
-    table_width = max([len(p) for p in pages] + [1]) if pages is not None else 0
+    elif n_own_tiles and n_own_tiles * num_kv_heads < target and max_cap >= 2 * MIN_OWN_SPLIT_TOKENS:
+        n_own = min(MAX_SPLITS, max_cap // MIN_OWN_SPLIT_TOKENS, math.ceil(target / (n_own_tiles * num_kv_heads)))
+    table_width = pages.shape[1] if pages is not None else 0
 
+    q_start_list = q_start.tolist()
     for split in (True, False):  # with a capacity, fall back to unsplit shared segments if the splits overflow it
-        splits, seq_slots, classes = _shared_work(ordered, q_start, nb, g, num_kv_heads, target, split)
-        slots = max([seq_slots[b] + n_own for b in range(nb) if q_lens[b]] or [0])
-        needed = MetaCapacity(nb, t, tuple(len(classes[bm]) for bm in SHARED_BLOCK_MS), len(own_tiles), slots,
+        splits, seq_slots, classes = _shared_work(ordered, q_start_list, nb, g, num_kv_heads, target, split)
+        slots = int((seq_slots[q_lens > 0] + n_own).max(initial=0))
+        needed = MetaCapacity(nb, t, tuple(len(classes[bm]) for bm in SHARED_BLOCK_MS), n_own_tiles, slots,
                               table_width)
         if capacity is None or not capacity.overflow(needed):
             break
     else:
-        raise ValueError("the batch composition does not fit the metadata capacity: "
-                         + "; ".join(capacity.overflow(needed)) + " (grow it, e.g. capacity.union("
-                         "kernels.required_capacity(meta)).grow(), and capture again)")
+        raise CapacityOverflow("the batch composition does not fit the metadata capacity: "
+                               + "; ".join(capacity.overflow(needed)) + " (grow it, e.g. capacity.union("
+                               "kernels.required_capacity(meta)).grow(), and capture again)", needed)
     shape = capacity or needed
 
-    sections = [(f"tiles{bm}", classes[bm], 5, (shape.shared_tiles[i], 5)) for i, bm in enumerate(SHARED_BLOCK_MS)]
-    sections += [("own_tiles", own_tiles, 3, (shape.own_tiles, 3)),
-                 ("seq_q_start", q_start[:nb], 0, (nb,)), ("seq_q_len", q_lens, 0, (nb,)),
-                 ("own_start", own_starts, 0, (nb,)), ("own_len", own_lens, 0, (nb,)),
-                 ("seq_shared_slots", seq_slots, 0, (nb,)),
-                 ("row_seq", [b for b in range(nb) for _ in range(q_lens[b])], 0, (t,))]
+    sections = [(f"tiles{bm}", classes[bm], (shape.shared_tiles[i], 5)) for i, bm in enumerate(SHARED_BLOCK_MS)]
+    sections += [("own_tiles", own_tiles, (shape.own_tiles, 3)),
+                 ("seq_q_start", q_start[:nb], (nb,)), ("seq_q_len", q_lens, (nb,)),
+                 ("own_start", own_starts, (nb,)), ("own_len", own_lens, (nb,)),
+                 ("seq_shared_slots", seq_slots, (nb,)),
+                 ("row_seq", np.repeat(np.arange(nb, dtype=np.int64), q_lens), (t,))]
     if pages is not None:  # rows padded with their last page (a valid id the row owns), empty rows with 0
         width = shape.max_pages
-        sections.append(("own_page_table", [p + [p[-1] if p else 0] * (width - len(p)) for p in pages], width,
-                         (nb, width)))
+        table = pages if width == pages.shape[1] else \
+            np.concatenate([pages, np.repeat(pages[:, -1:], width - pages.shape[1], axis=1)], axis=1)
+        sections.append(("own_page_table", table, (nb, width)))
     buf, layout, v = _pack(sections, device)
     return TreeAttentionMeta(
         num_q_heads=num_q_heads, num_kv_heads=num_kv_heads, head_dim=head_dim, num_rows=t, num_seqs=nb,
         max_slots=shape.max_slots, own_splits=n_own, own_block_m=own_block_m, causal_own=causal_own,
-        page_size=size, splits=splits, q_lens=q_lens, own_starts_host=own_starts, own_pages_host=pages,
+        page_size=size, splits=splits, q_lens=q_lens.tolist(), own_starts_host=own_starts.tolist(),
+        own_pages_host=pages,
         shared_classes=[TileClass(bm, v[f"tiles{bm}"]) for bm in SHARED_BLOCK_MS], own_tiles=v["own_tiles"],
         seq_q_start=v["seq_q_start"], seq_q_len=v["seq_q_len"], own_start=v["own_start"], own_len=v["own_len"],
         seq_shared_slots=v["seq_shared_slots"], row_seq=v["row_seq"], own_page_table=v.get("own_page_table"),
         buffer=buf, layout=layout, needed=needed, capacity=capacity, device=device,
         kv_extent=extent, kv_extent_owner=owner,
-        kv_tokens_read=sum(sp.kv_hi - sp.kv_lo for sp in splits) + sum(own_lens))
+        kv_tokens_read=sum(sp.kv_hi - sp.kv_lo for sp in splits) + int(own_lens.sum()))

@@ -117,7 +117,10 @@ for pid in os.listdir("/proc"):
                 pass
 print(found or f"nothing in {files} files")
 """
-    res, _ = judge(stdin_problem(["x\n"], [secret]), code, sealed, timeout=4.0)
+    # The walk reads the first 64 KB of every file the sandbox shows (site-packages included): ~2 s alone, over
+    # 4 s when the suite's other worker runs interpreted kernels on the second core. Its budget is generous so
+    # that a verdict of "timeout" never hides what the search found.
+    res, _ = judge(stdin_problem(["x\n"], [secret]), code, sealed, timeout=20.0)
     got = [d.split(", expected")[0] for d in res.details]
     assert res.results == [False] and all(secret not in g and "nothing in" in g for g in got), got
 

@@ -109,7 +109,7 @@ class JobRow:
     prefill_s: float | None = None
     host_s: float | None = None
     decode_device_s: float | None = None  # the decode steps' device time (CUDA events), summed
-    capture_log: list | None = None  # [padded rows, warm-up s, capture s] per CUDA-graph capture
+    capture_log: list | None = None  # [padded rows, eager-step s, capture s, Triton compiles] per graph capture
     step_bins: list | None = None  # [rows from, rows to, steps, median step ms] per 128 live rows (step_profile)
     skipped: str | None = None
 
@@ -143,10 +143,14 @@ def warm_up(eng: Engine, shape: JobShape, attention: str, seed: int) -> None:
     their samples, whose budgets of 1..WARM_STEPS tokens drain the batch through the small graph buckets. It
     compiles the Triton kernels the run will specialize (prefill of the shape's nodes, first tokens, decode at
     large and small batches), so no engine pays another's compile time: the JIT cache is per process, and
-    without this the engine measured first paid it for both (job.json run 4: 4.5 s of its captures)."""
-    small = job_tree(JobShape("w", shape.few_shot, shape.problem, 2, shape.samples, WARM_STEPS), eng.config.vocab_size,
-                     seed + 1)
-    eng.generate(small, SamplingParams(max_new_tokens=WARM_STEPS, temperature=0.8, top_p=0.95, stop=APPS_STOPS),
+    without this the engine measured first paid it for both (job.json run 4: 4.5 s of its captures).
+    max_new_tokens is the job's: it sets the page table's width and the suffix capacity, which decide the own
+    segments' KV splits at small batches. With the miniature's own cap (24) no row could split, and the job's
+    small buckets compiled the split kernels inside their captures (job.json run 5: 1.0 s at 16 rows on
+    llama3-8b, 0.9 s at 4 rows on codellama-7b)."""
+    small = job_tree(JobShape("w", shape.few_shot, shape.problem, 2, shape.samples, shape.max_new),
+                     eng.config.vocab_size, seed + 1)
+    eng.generate(small, SamplingParams(max_new_tokens=shape.max_new, temperature=0.8, top_p=0.95, stop=APPS_STOPS),
                  attention=attention, progress=False, length_budget=lambda k, s: 1 + s % WARM_STEPS)
 
 

@@ -60,7 +60,8 @@ class GenerationSummary:
     host_seconds: float = 0.0  # host time per run spent NOT overlapped with device work (waiting excluded)
     bos_rule: str = ""
     max_rows: int = 0  # the most rows a decode step could have (memory and graph buckets)
-    capture_log: list = field(default_factory=list)  # (padded rows, warm-up s, capture s) per CUDA-graph capture
+    # (padded rows, eager-step s, capture s, Triton kernels compiled) per CUDA-graph capture
+    capture_log: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -28,7 +28,7 @@ from .memory import SchedulingError, plan_memory, prefill_rows
 from .results import Completion, GenerationSummary
 from .model_runner import EOS, IDLE, LENGTH, RUNNING, STOP_ID, ModelRunner
 from .scheduler import Scheduler
-from kernels import required_capacity
+from kernels import CapacityOverflow, required_capacity
 
 from .segments import Heads, PrefillPiece, decode_meta, prefill_meta
 from .sequence import Sequence, SeqState, Unit, make_units
@@ -303,18 +303,20 @@ class GenerationRun:
         self.covered = np.array([len(s.pages) * self.page_size for s in rows], dtype=np.int64)
         self.live = np.ones(n, dtype=bool)
         self.row_of = {s.index: r for r, s in enumerate(rows)}
-        # Built on the host and copied into the bucket's metadata in one transfer; a composition that outgrows
-        # the bucket's capacity gets a larger one (and the bucket a new capture).
-        meta_args = ([s.path for s in rows], [s.pages for s in rows], gens, self.capacity_pages, bucket,
-                     self.blocks.node_runs, self.heads, self.page_size, torch.device("cpu"),
-                     self.attention == "tree", self.runner.num_sms)
+        self.table = np.zeros((bucket, self.capacity_pages), dtype=np.int32)  # unused columns: the scratch page
+        for r, s in enumerate(rows):
+            self.table[r, :len(s.pages)] = s.pages
+        # Built once on the host and copied into the bucket's metadata in one transfer. A composition that
+        # outgrows the bucket's capacity (even with unsplit shared segments) gets a larger one, and the bucket a
+        # new capture.
+        meta_args = ([s.path for s in rows], self.table, gens, self.capacity_pages, bucket, self.blocks.node_runs,
+                     self.heads, self.page_size, torch.device("cpu"), self.attention == "tree", self.runner.num_sms)
         meta = None
         if b.capacity is not None:
-            needed = required_capacity(decode_meta(*meta_args))
-            if not b.capacity.overflow(needed):
+            try:
                 meta = decode_meta(*meta_args, capacity=b.capacity)
-            else:
-                b.capacity = self._grown(b.capacity.union(needed))
+            except CapacityOverflow:
+                b.capacity = self._grown(b.capacity.union(required_capacity(decode_meta(*meta_args))))
         else:
             b.capacity = self._grown(required_capacity(decode_meta(*meta_args)))
         if meta is not None and b.meta is not None:
@@ -333,9 +335,6 @@ class GenerationRun:
         fill(b.seq_ids, [s.seq_id for s in rows], torch.int64)
         fill(b.limit, [s.limit for s in rows], torch.int64)
         fill(b.live, [True] * n, torch.bool)
-        self.table = np.zeros((bucket, self.capacity_pages), dtype=np.int32)
-        for r, s in enumerate(rows):
-            self.table[r, :len(s.pages)] = s.pages
         self.kill = np.zeros(bucket, dtype=bool)
         self.table_dirty = True
         self.batch = b

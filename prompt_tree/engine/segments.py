@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from kernels import Segment, build_tree_meta
@@ -22,16 +23,15 @@ def shared_segments(paths: Sequence[Sequence], node_runs: Callable) -> list[Segm
     depth = max((len(p) for p in paths), default=0)
     n = len(paths)
     for a in range(depth):
-        lo = 0
-        while lo < n:
-            key = paths[lo][a] if a < len(paths[lo]) else None
-            hi = lo + 1
-            while hi < n and a < len(paths[hi]) and paths[hi][a] == key:
-                hi += 1
-            if key is not None:
-                for start, length in node_runs(key):
+        # the node each row reads at depth a (-1: none), as small ints, so the runs come from one numpy diff
+        ids: dict = {}
+        col = np.fromiter((ids.setdefault(p[a], len(ids)) if a < len(p) else -1 for p in paths), np.int64, n)
+        bounds = np.flatnonzero(np.diff(col)) + 1
+        keys = list(ids)
+        for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), n]):
+            if col[lo] >= 0:
+                for start, length in node_runs(keys[col[lo]]):
                     segs.append(Segment(start, length, lo, hi))
-            lo = hi
     return segs
 
 
@@ -65,17 +65,24 @@ def prefill_meta(pieces: Sequence[PrefillPiece], node_runs: Callable, heads: Hea
         own_pages=[list(p.pages) for p in pieces], page_size=page_size)
 
 
-def decode_meta(paths: Sequence[Sequence], pages: Sequence[Sequence[int]], own_lens: Sequence[int],
-                capacity_pages: int, padded_rows: int, node_runs: Callable, heads: Heads, page_size: int,
-                device: torch.device, share: bool, num_sms: int | None = None, capacity=None):
+def decode_meta(paths: Sequence[Sequence], pages, own_lens: Sequence[int], capacity_pages: int, padded_rows: int,
+                node_runs: Callable, heads: Heads, page_size: int, device: torch.device, share: bool,
+                num_sms: int | None = None, capacity=None):
     """Metadata of one decode step: rows 0..len(paths)-1 are sequences in plan order, then padding rows up to
-    padded_rows (q_len 1, own_len 0, no segment: output 0, never a NaN). Each row's page list is padded with the
-    scratch page to capacity_pages so the table keeps its shape while the suffixes grow."""
+    padded_rows (q_len 1, own_len 0, no segment: output 0, never a NaN). pages: the rows' page lists, each padded
+    with the scratch page to capacity_pages so the table keeps its shape while the suffixes grow; or that table
+    already, a numpy [padded_rows, capacity_pages] int array (the engine's host mirror: no per-row work)."""
     n = len(paths)
     pad = padded_rows - n
-    own_pages = [list(p) + [0] * (capacity_pages - len(p)) for p in pages] + [[0] * capacity_pages] * pad
+    if isinstance(pages, np.ndarray):
+        if pages.shape != (padded_rows, capacity_pages):
+            raise ValueError(f"the page table is {pages.shape}, not (padded rows, capacity pages) = "
+                             f"{(padded_rows, capacity_pages)}")
+        own_pages = pages
+    else:
+        own_pages = [list(p) + [0] * (capacity_pages - len(p)) for p in pages] + [[0] * capacity_pages] * pad
     return build_tree_meta(
-        [1] * padded_rows, [0] * padded_rows, list(own_lens) + [0] * pad,
+        [1] * padded_rows, None, list(own_lens) + [0] * pad,
         shared_segments(paths, node_runs), heads.num_q_heads, heads.num_kv_heads, heads.head_dim, device,
         share=share, own_capacity=[capacity_pages * page_size] * padded_rows, own_pages=own_pages,
         page_size=page_size, num_sms=num_sms, capacity=capacity)
