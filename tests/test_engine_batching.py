@@ -120,6 +120,22 @@ def test_memory_freed_by_short_samples_admits_new_problems_at_once():
     assert 0 < static.summary.kv_occupancy < cont.summary.kv_occupancy <= 1
 
 
+def test_units_admitted_while_decoding_join_together():
+    """Memory frees a little at a time, so units are admitted one by one while the batch decodes; they are
+    prefilled and join at the batch's next compaction, several per prefill call and rebuild (each admission
+    once took its own call: 25 calls for these 16 admissions), and the samples are the unconstrained run's."""
+    tree = problems_tree(4, problems=16, samples=4)
+    params = SamplingParams(max_new_tokens=48, temperature=0.8, seed=2)
+    budget = lengths(6, 48)
+    ref = engine().generate(tree, params, progress=False, length_budget=budget)
+    got = engine(memory_budget_bytes=tight_budget(90, tree), prefill_chunk_tokens=64,
+                 max_batch_sequences=64).generate(tree, params, progress=False, length_budget=budget)
+    same(ref, got, logprobs=False)
+    sm = got.summary
+    assert sm.sub_batches >= 16 and sm.prefill_calls < sm.sub_batches, (sm.sub_batches, sm.prefill_calls)
+    assert sm.rebuilds > 1 and sm.rebuild_seconds > 0
+
+
 def test_a_pool_that_holds_the_whole_plan_admits_it_whole():
     """When the pages hold every sequence at max_new_tokens (the pool is capped at what the plan can use), the
     watermark must not keep the last units waiting: one admission takes all of them. (It once held back half of

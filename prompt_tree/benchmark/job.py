@@ -107,6 +107,9 @@ class JobRow:
     captures: int | None = None
     decode_steps: int | None = None
     prefill_s: float | None = None
+    prefill_calls: int | None = None
+    rebuilds: int | None = None  # decode batches built (joins and compactions; each drains the pipeline)
+    rebuild_s: float | None = None  # their host time
     host_s: float | None = None
     decode_device_s: float | None = None  # the decode steps' device time (CUDA events), summed
     capture_log: list | None = None  # [padded rows, eager-step s, capture s, Triton compiles] per graph capture
@@ -272,6 +275,7 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
                     row.mean_batch, row.kv_occupancy = sm.mean_batch, sm.kv_occupancy
                     row.preemptions, row.captures = sm.preemptions, sm.captures
                     row.decode_steps, row.prefill_s, row.host_s = sm.decode_steps, sm.prefill_seconds, sm.host_seconds
+                    row.prefill_calls, row.rebuilds, row.rebuild_s = sm.prefill_calls, sm.rebuilds, sm.rebuild_seconds
                     if res.step_log:
                         row.decode_device_s = sum(ms for _, ms in res.step_log) / 1e3
                         row.step_bins = step_profile(res.step_log)

@@ -39,8 +39,9 @@ class EngineOptions:
     page_size: tokens per KV page of generated suffixes (16 or 32).
     max_batch_sequences: the most sequences decoded in one step (None: as many as memory and graph_buckets allow).
     watermark: fraction of the KV pages kept free when admitting new subtrees (headroom for mispredicted lengths).
-    compact_fraction: rebuild the decode batch without its finished rows once this fraction of it has finished
-      (also done whenever new sequences are ready to join).
+    compact_fraction: rebuild the decode batch without its finished rows once this fraction of it has finished;
+      units admitted meanwhile are prefilled and join at that rebuild (or sooner when they fill a prefill chunk,
+      or when no unit is left waiting).
     overlap: match stop strings on the host for step t while the device runs step t+1 (results are identical
       with overlap=False, which is the synchronous reference).
     add_bos: force (True) or forbid (False) a BOS token at the start of every prompt; None = the tokenizer's rule.

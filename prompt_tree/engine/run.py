@@ -53,6 +53,8 @@ class _Stats:
     generated_tokens: int = 0
     admissions: int = 0
     preemptions: int = 0
+    rebuilds: int = 0
+    rebuild_seconds: float = 0.0
     occupancy_time: float = 0.0
     occupancy_weight: float = 0.0
 
@@ -154,7 +156,7 @@ class GenerationRun:
             progressed = sched.admit()
             if progressed:
                 self._first_tokens()  # samples whose nodes are all resident already need no prefill
-            if self.prefill_queue:
+            if self.prefill_queue and self._prefill_due():
                 self._prefill_once()
                 progressed = True
             if self._want_rebuild():
@@ -266,18 +268,43 @@ class GenerationRun:
 
     # ================================================================================================ decode batch
 
+    def _batch_fraction(self) -> float:
+        """Rows of the running batch that must have finished (or be waiting to join) before it is rebuilt."""
+        return max(1, self.opts.compact_fraction * len(self.rows))
+
+    def _prefill_due(self) -> bool:
+        """Whether to prefill queued nodes now. While a batch decodes, newly admitted units wait for its next
+        compaction (or a full prefill chunk, or the last admissions of the run): one prefill call and one rebuild
+        then serve every unit admitted since the last, where each admission used to cost its own call, a
+        drained pipeline and a rebuild (job.json run 5: 2.0 s of prefill calls against static's 0.7 s)."""
+        if self.batch is None or not self._live_rows() or not self.scheduler.waiting:
+            return True
+        if self.dead_rows >= self._batch_fraction():
+            return True
+        queued = sum(len(self.plan.node_tokens[k]) - self.prefill_done.get(k, 0) for k in self.prefill_queue)
+        return queued >= self.opts.prefill_chunk_tokens
+
     def _want_rebuild(self) -> bool:
         ready = len(self.ready)
         if self.batch is None or not self._live_rows():
             # nothing decoding: finish the queued prefill first (it is cheap next to decoding a partial batch)
             return (ready > 0 and not self.prefill_queue) or ready >= self.max_rows \
                 or (self.batch is not None and not self._live_rows())
-        if ready and not self.prefill_queue:
+        due = self._batch_fraction()
+        if ready and not self.prefill_queue and (ready >= due or not self.scheduler.waiting):
             return True
-        return self.dead_rows >= max(1, self.opts.compact_fraction * len(self.rows))
+        return self.dead_rows >= due
 
     def _rebuild(self) -> None:
         """The decode batch from scratch: running and ready sequences in plan order, padded to a bucket."""
+        t0 = time.perf_counter()
+        try:
+            self._build_batch()
+        finally:
+            self.stats.rebuilds += 1
+            self.stats.rebuild_seconds += time.perf_counter() - t0
+
+    def _build_batch(self) -> None:
         while True:
             rows = [s for s in self.rows if s.state is SeqState.RUNNING] + self.ready
             try:  # pages for each row's first fed position (the metadata copies the page lists)
@@ -458,5 +485,6 @@ class GenerationRun:
             capture_seconds=r.capture_seconds, captures=r.captures, preemptions=st.preemptions,
             mean_batch=st.decode_rows / st.decode_steps if st.decode_steps else 0.0,
             kv_occupancy=st.occupancy_time / st.occupancy_weight if st.occupancy_weight else 0.0,
-            host_seconds=gaps, max_rows=self.max_rows, capture_log=list(r.capture_log))
+            host_seconds=gaps, max_rows=self.max_rows, capture_log=list(r.capture_log), rebuilds=st.rebuilds,
+            rebuild_seconds=st.rebuild_seconds)
 
