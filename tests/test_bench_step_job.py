@@ -149,3 +149,14 @@ def test_job_step_profile_bins_by_live_rows():
     log = [(5, 1.0), (100, 3.0), (127, 2.0), (128, 9.0), (300, 4.0)]
     assert job.step_profile(log) == [[0, 127, 3, 2.0], [128, 255, 1, 9.0], [256, 383, 1, 4.0]]
     assert job.step_profile([]) == []
+
+
+def test_the_warm_up_miniature_drains_through_every_small_bucket():
+    from prompt_tree.benchmark.job import WARM_STEPS, warm_budget
+
+    for samples in (5, 128, 1024):
+        budgets = [warm_budget(k, s, samples) for k in ("p0", "p1") for s in range(samples)]
+        alive = [sum(b > t for b in budgets) for t in range(max(budgets))]
+        assert alive[-1] == 1 and min(budgets) == 1  # down to one row; the first step ends some samples
+        assert {1, 2, 4, 8} <= {1 << (a - 1).bit_length() for a in alive}  # rows hit every power-of-two bucket
+        assert max(budgets) <= WARM_STEPS + 8

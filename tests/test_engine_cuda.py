@@ -82,7 +82,8 @@ def test_cuda_graph_buckets_replay_across_compositions(cuda_engine_factory):
     s = got.summary
     buckets = {graphs.options.bucket(n) for n, _ in got.step_log if n}
     assert s.captures >= 1 and s.captures <= 2 * len(buckets)  # once per bucket, again only on a capacity grow
-    assert len(got.step_log) == s.decode_steps
+    # every replayed step is logged; each capture's step ran eagerly (its time is in capture_seconds)
+    assert len(got.step_log) == s.decode_steps - s.captures
 
 
 def test_cuda_continuous_preemption_equals_unconstrained(cuda_engine_factory):

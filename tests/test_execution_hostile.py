@@ -323,7 +323,12 @@ else:
     time.sleep(0.6)
     mine = os.getpid()
     others = [p for p in os.listdir("/proc") if p.isdigit() and int(p) not in (1, mine, os.getppid())]
-    others = [p for p in others if open(f"/proc/{{p}}/stat").read().split()[2] != "Z"]
+    def state(p):
+        try:
+            return open(f"/proc/{{p}}/stat").read().split()[2]
+        except OSError:  # exited since the listing (fallback mode sees the host's processes come and go)
+            return "Z"
+    others = [p for p in others if state(p) != "Z"]
     print(len(others) if {any_mode != "fallback"} else 0, os.path.exists("{marker}"))
 """
     res, _ = judge(stdin_problem(["spawn", "look"], ["spawned", "0 False"]), code, any_mode)

@@ -154,7 +154,8 @@ class Engine:
         as each sample ends. length_budget(key, sample_index) -> the most tokens that sample may generate
         (<= max_new_tokens; finish reason "length"): the benchmarks' way to give random-weight models realistic
         completion lengths. The scheduler never reads it: it predicts lengths from finished samples only.
-        step_log: keep (live rows, device ms) of every decode step in result.step_log (CUDA graphs only)."""
+        step_log: keep (live rows, device ms) of every replayed decode step in result.step_log (CUDA graphs only;
+          each capture's first step runs eagerly and counts in capture_seconds)."""
         params = SamplingParams() if params is None else params
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be a SamplingParams, not {type(params).__name__}")

@@ -290,7 +290,7 @@ class ModelRunner:
         return out[0], out[1], out[2].view("float32")
 
     def step_log(self) -> list[tuple[int, float]]:
-        """(live rows, device ms) of every replayed step (CUDA graphs only)."""
+        """(live rows, device ms) of every replayed step (CUDA graphs only; a capture's eager step is not one)."""
         self.sync()
         return [(t.rows, t.start.elapsed_time(t.end)) for t in self.times if t is not None]
 

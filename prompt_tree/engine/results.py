@@ -75,7 +75,7 @@ class GenerationResult(Mapping):
     def __init__(self, completions: dict, summary: GenerationSummary, step_log: list | None = None):
         self._completions = completions
         self.summary = summary
-        self.step_log = step_log  # [(live rows, device ms)] per decode step, when generate(step_log=True)
+        self.step_log = step_log  # [(live rows, device ms)] per replayed decode step (generate(step_log=True))
 
     def __getitem__(self, key) -> list[Completion]:
         return self._completions[key]
