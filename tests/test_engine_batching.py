@@ -123,7 +123,7 @@ def test_memory_freed_by_short_samples_admits_new_problems_at_once():
 def test_units_admitted_while_decoding_join_together():
     """Memory frees a little at a time, so units are admitted one by one while the batch decodes; they are
     prefilled and join at the batch's next compaction, several per prefill call and rebuild (each admission
-    once took its own call: 25 calls for these 16 admissions), and the samples are the unconstrained run's."""
+    once took its own call: 21 prefill calls for these admissions), and the samples are the unconstrained run's."""
     tree = problems_tree(4, problems=16, samples=4)
     params = SamplingParams(max_new_tokens=48, temperature=0.8, seed=2)
     budget = lengths(6, 48)
