@@ -227,8 +227,8 @@ def build_tree_meta(q_lens: Sequence[int], own_starts: Sequence[int] | None, own
     (own_pages and page_size given, own_starts None or all 0), at own_pages[b][p // page_size] * page_size +
     p % page_size; own_pages is a list of page lists (padded with their last page), or one [nb, width] integer
     array or tensor whose every row holds width valid page ids (the engine's page table: no per-row Python work
-    at thousands of rows). segments: shared KV read non-causally, laminar ranges of query-sequences. share=False gives the
-    no-sharing baseline: each sequence reads each segment on its path itself. own_capacity[b]: the largest
+    at thousands of rows). segments: shared KV read non-causally, laminar ranges of query-sequences. share=False
+    gives the no-sharing baseline: each sequence reads each segment on its path itself. own_capacity[b]: the largest
     own_len while this meta is reused (own_len grown in place in decode): decides own splits, bounds the slots
     read, and must be covered by the sequence's pages. num_sms: multiprocessor count for split decisions (read off
     the device when None and CUDA is used; 132 otherwise: pass it when building on the CPU for a GPU).

@@ -15,7 +15,8 @@ def jit(row: dict) -> str:
 def main(path: str) -> None:
     rows = json.load(open(path, encoding="utf-8"))["rows"]
     print(f"{'model':13s} {'shape':6s} {'lengths':9s} {'engine':16s} {'P x S':>9s} {'sec':>7s} {'nocap':>7s} "
-          f"{'tok/s':>8s} {'batch':>6s} {'occ':>5s} {'pre':>4s} {'cap':>4s} {'dev_s':>7s} {'fill_s':>6s} {'host_s':>6s} "
+          f"{'tok/s':>8s} {'batch':>6s} {'occ':>5s} {'pre':>4s} {'cap':>4s} {'dev_s':>7s} {'fill_s':>6s} "
+          f"{'host_s':>6s} "
           f"{'jit':>4s} {'calls':>5s} {'rebld':>5s} {'rb_s':>5s}")
     for r in rows:
         def f(k, d=1):

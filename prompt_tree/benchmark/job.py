@@ -155,7 +155,8 @@ def warm_up(eng: Engine, shape: JobShape, attention: str, seed: int) -> None:
     small = job_tree(JobShape("w", shape.few_shot, shape.problem, 2, shape.samples, shape.max_new),
                      eng.config.vocab_size, seed + 1)
     eng.generate(small, SamplingParams(max_new_tokens=shape.max_new, temperature=0.8, top_p=0.95, stop=APPS_STOPS),
-                 attention=attention, progress=False, length_budget=lambda k, s: min(shape.max_new, warm_budget(k, s, shape.samples)))
+                 attention=attention, progress=False,
+                 length_budget=lambda k, s: min(shape.max_new, warm_budget(k, s, shape.samples)))
 
 
 def warm_budget(key: str, sample: int, samples: int) -> int:

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import cuda_graph_path, triton_compiles, in_graph_path, own_slots, plan_tree_attention, query_slots, tree_attention
+from kernels import (cuda_graph_path, in_graph_path, own_slots, plan_tree_attention, query_slots, tree_attention,
+                     triton_compiles)
 
 from .blocks import SCRATCH_PAGE
 
@@ -32,8 +33,8 @@ RUNNING, EOS, STOP_ID, LENGTH, IDLE = 0, 1, 2, 3, 4
 def finish_codes(tokens: torch.Tensor, generated: torch.Tensor, eos: torch.Tensor, stop_ids: torch.Tensor,
                  limit: torch.Tensor) -> torch.Tensor:
     """tokens: [B] the new tokens; generated: [B] tokens generated counting them; eos, stop_ids: [E], [S];
-    limit: [B] the most tokens each row may generate -> [B] int32 code. Priority: a stop token id, then EOS, then the length limit (device-side, graph-safe: no
-    sync, an empty id list matches nothing)."""
+    limit: [B] the most tokens each row may generate -> [B] int32 code. Priority: a stop token id, then EOS, then
+    the length limit (device-side, graph-safe: no sync, an empty id list matches nothing)."""
     is_eos = (tokens[:, None] == eos[None, :]).any(-1)
     is_stop = (tokens[:, None] == stop_ids[None, :]).any(-1)
     code = torch.where(generated >= limit, LENGTH, RUNNING)
