@@ -12,8 +12,8 @@ and benchmarked alone. docs/kernels.md is the guide.
 Paged own segments: build_tree_meta(..., own_starts=None, own_pages=[[page ids] per sequence], page_size=16);
 write new keys at own_slots(meta). Fixed shapes for CUDA graphs: capacity=MetaCapacity(...) and meta.update_().
 """
-from .meta import (CapacityOverflow, MetaCapacity, Segment, TreeAttentionMeta, own_slots, position_slots, query_slots,
-                   required_capacity)
+from .meta import (CapacityOverflow, MetaCapacity, Segment, TreeAttentionMeta, own_slots, position_slots,
+                   query_slots, required_capacity)
 from .options import LaunchOptions, cuda_graph_path, in_graph_path
 from .compiles import triton_compiles
 from .reference import attention_lse, merge_states, naive_tree_attention
@@ -21,7 +21,7 @@ from .worklist import build_tree_meta
 from .attention_plan import TreeAttentionPlan, plan_tree_attention
 from .tree_attention import tree_attention
 
-__all__ = ["CapacityOverflow", "Segment", "TreeAttentionMeta", "MetaCapacity", "build_tree_meta", "required_capacity", "own_slots",
-           "query_slots", "position_slots", "tree_attention", "plan_tree_attention", "TreeAttentionPlan",
-           "LaunchOptions", "cuda_graph_path", "in_graph_path", "attention_lse", "merge_states",
-           "naive_tree_attention", "triton_compiles"]
+__all__ = ["CapacityOverflow", "Segment", "TreeAttentionMeta", "MetaCapacity", "build_tree_meta",
+           "required_capacity", "own_slots", "query_slots", "position_slots", "tree_attention",
+           "plan_tree_attention", "TreeAttentionPlan", "LaunchOptions", "cuda_graph_path", "in_graph_path",
+           "attention_lse", "merge_states", "naive_tree_attention", "triton_compiles"]

@@ -251,7 +251,7 @@ def build_tree_meta(q_lens: Sequence[int], own_starts: Sequence[int] | None, own
     q_lens = _check_ints("q_lens", q_lens)
     nb = q_lens.size
     own_lens = _check_ints("own_lens", own_lens, nb)
-    cap = _check_ints("own_capacity", own_capacity, nb) if own_capacity is not None else own_lens.copy()
+    cap = _check_ints("own_capacity", own_capacity, nb) if own_capacity is not None else own_lens
     bad = np.flatnonzero((own_lens > 0) & (own_lens < q_lens))
     if bad.size:
         b = int(bad[0])

@@ -71,10 +71,6 @@ class DecodeBatch:
         self.graph = None
         self.flip = 0
 
-    def state(self) -> list[torch.Tensor]:
-        """The buffers a step mutates (saved and restored around a capture's warm-up)."""
-        return [self.tokens, self.gen, self.live, self.out] + ([self.meta.own_len] if self.meta is not None else [])
-
 
 @dataclass
 class StepTimes:
@@ -212,7 +208,7 @@ class ModelRunner:
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream), cuda_graph_path(), triton_compiles(compiled):
-            self._step(b)  # the warm-up takes the capture's launch path
+            self._step(b)  # on the launch path the capture takes
         torch.cuda.current_stream(self.device).wait_stream(stream)
         self.sync()
         t_warm = time.perf_counter()
@@ -260,14 +256,10 @@ class ModelRunner:
             b.meta.own_page_table.copy_(b.host_table[i], non_blocking=True)
         b.host_kill[i].numpy()[:] = kill
         b.kill.copy_(b.host_kill[i], non_blocking=True)
-        if self.use_graphs:
-            if b.graph is None:
-                self.capture(b)  # runs this step eagerly, then captures it for the next ones
-                self.mark_break()
-                b.host_out[i].copy_(b.out, non_blocking=True)
-                if b.events[i] is not None:
-                    b.events[i].record()
-                return i
+        if self.use_graphs and b.graph is None:
+            self.capture(b)  # runs this step eagerly, then captures it for the next ones
+            self.mark_break()
+        elif self.use_graphs:
             times = StepTimes(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
                               live_rows) if self.record_times else None
             if times:

@@ -26,9 +26,9 @@ def shared_segments(paths: Sequence[Sequence], node_runs: Callable) -> list[Segm
         # the node each row reads at depth a (-1: none), as small ints, so the runs come from one numpy diff
         ids: dict = {}
         col = np.fromiter((ids.setdefault(p[a], len(ids)) if a < len(p) else -1 for p in paths), np.int64, n)
-        bounds = np.flatnonzero(np.diff(col)) + 1
+        bounds = (np.flatnonzero(np.diff(col)) + 1).tolist()
         keys = list(ids)
-        for lo, hi in zip([0, *bounds.tolist()], [*bounds.tolist(), n]):
+        for lo, hi in zip([0, *bounds], [*bounds, n]):
             if col[lo] >= 0:
                 for start, length in node_runs(keys[col[lo]]):
                     segs.append(Segment(start, length, lo, hi))
