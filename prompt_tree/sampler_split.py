@@ -38,8 +38,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .sampler_triton import (PIVOTS, _at, _buffer_thresholds, _from_key, _key, _lower_pivot, _narrow,
-                             _online_stats, _resolve, _top_k_start, _top_p_start, _uniform, pivot_offsets)
+from .sampler_triton import (PIVOTS, _at, _buffer_thresholds, _count_range, _from_key, _key, _lower_pivot,
+                             _narrow, _online_stats, _resolve, _top_k_start, _top_p_start, _uniform, pivot_offsets)
 
 CHUNK = 4096  # vocabulary elements per program of a data pass: V = 128256 gives S = 32 programs per row
 BLOCK = 1024  # elements per step inside a chunk (stats, compaction, picks)
@@ -220,20 +220,11 @@ def _pass_kernel(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, p
     c0 = s * CH
     part = (row * S + s) * P
     if phase == _COUNT:
-        m = tl.load(fs + _F_M)
         arp = tl.arange(0, P)
-        piv = tl.load(piv_ptr + row * P + arp)
-        cnt = tl.zeros([PB, P], tl.int32)
-        mass = tl.zeros([PB, P], tl.float32)
-        for i in range(0, CH, PB):
-            offs = c0 + i + tl.arange(0, PB)
-            inb = offs < V
-            x = tl.load(row_ptr + offs, mask=inb, other=NEG).to(tl.float32) * inv_t
-            ge = (x[:, None] >= piv[None, :]) & inb[:, None]
-            cnt += ge.to(tl.int32)
-            mass += tl.where(ge, tl.exp(x - m)[:, None], 0.0)
-        tl.store(part_c_ptr + part + arp, tl.sum(cnt, 0))
-        tl.store(part_m_ptr + part + arp, tl.sum(mass, 0))
+        cnt, mass = _count_range(row_ptr, c0, c0 + CH, V, inv_t, tl.load(fs + _F_M), tl.load(piv_ptr + row * P + arp),
+                                 PB, P)
+        tl.store(part_c_ptr + part + arp, cnt)
+        tl.store(part_m_ptr + part + arp, mass)
     if phase == _COMPACT:
         lo = tl.load(fs + _F_LO)
         hi = tl.load(fs + _F_HI)

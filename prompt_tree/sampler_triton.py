@@ -94,18 +94,33 @@ def _uniform(sid, step, key_lo, key_hi):
 
 @triton.jit
 def _count_pass(row_ptr, V, inv_t, m, piv, PB: tl.constexpr, P: tl.constexpr):
-    """cnt[j] = #{x >= piv[j]}, mass[j] = sum of exp(x - m) over them. piv: [P] fp32 -> ([P] int32, [P] fp32).
-    Accumulates [PB, P] in registers and reduces once, so the loop has no cross-thread reduction."""
-    cnt = tl.zeros([PB, P], tl.int32)
-    mass = tl.zeros([PB, P], tl.float32)
-    for start in range(0, V, PB):
-        offs = start + tl.arange(0, PB)
+    """cnt[j] = #{x >= piv[j]}, mass[j] = sum of exp(x - m) over them, over the whole row. piv: [P] fp32 ->
+    ([P] int32, [P] fp32)."""
+    return _count_range(row_ptr, 0, V, V, inv_t, m, piv, PB, P)
+
+
+@triton.jit
+def _count_range(row_ptr, begin, end, V, inv_t, m, piv, PB: tl.constexpr, P: tl.constexpr):
+    """_count_pass over the elements [begin, end) of the row (end <= V need not hold: offsets >= V are masked).
+
+    The accumulators are [P, PB], pivots along dim 0, and x is loaded as [1, PB]: Triton's default layout then
+    gives each thread whole elements and all P pivots in its registers, so a loaded x is compared where it lies.
+    The transposed form ([PB, P] with x[:, None]) spread the P pivots of an element over 16 threads and moved x
+    and exp(x - m) through shared memory twice per step (two convert_layouts in the loop), which made a count
+    pass several times slower than a plain streaming pass on an H200. The loop has no cross-thread reduction;
+    the sums over dim 1 run once."""
+    cnt = tl.zeros([P, PB], tl.int32)
+    mass = tl.zeros([P, PB], tl.float32)
+    pv = piv[:, None]
+    for start in range(begin, end, PB):
+        offs = start + tl.arange(0, PB)[None, :]
         inb = offs < V
-        x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32) * inv_t
-        ge = (x[:, None] >= piv[None, :]) & inb[:, None]
+        x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32) * inv_t  # [1, PB]
+        e = tl.exp(x - m)
+        ge = (x >= pv) & inb  # inb: a -inf pivot counts the row, never the padding
         cnt += ge.to(tl.int32)
-        mass += tl.where(ge, tl.exp(x - m)[:, None], 0.0)
-    return tl.sum(cnt, 0), tl.sum(mass, 0)
+        mass += tl.where(ge, e, 0.0)
+    return tl.sum(cnt, 1), tl.sum(mass, 1)
 
 
 @triton.jit

@@ -156,6 +156,31 @@ def test_a_pool_that_holds_the_whole_plan_admits_it_whole():
     assert not run.scheduler.waiting and len(run.scheduler.active) == 300
 
 
+def test_a_slice_of_a_unit_joins_when_the_whole_unit_does_not_fit(monkeypatch):
+    """Pages for about one and a half problems of 32 samples, every sample at max_new_tokens: beside the first
+    problem, the second has no whole-unit room, but a slice of it joins, so fewer, fuller steps decode the same
+    samples. Whole-unit admission (MIN_SLICE above any unit) keeps one problem per wave: 90 steps of 32 rows."""
+    from prompt_tree.engine import scheduler
+
+    tree = PromptTree()
+    shots = tree.root.add([256] + list(range(1, 20)), key="shots")
+    for p in range(3):
+        shots.add([7 + p, 9, 11], key=f"p{p}").add([], samples=32, key=f"p{p}/s")
+    params = SamplingParams(max_new_tokens=30, temperature=0.8, seed=4)
+    ref = engine().generate(tree, params, progress=False)
+    # a sample's own 30 tokens take 2 pages of 16: one problem 64 pages and its nodes, 110 pages about 1.6 problems
+    kw = dict(memory_budget_bytes=tight_budget(110, tree), prefill_chunk_tokens=64, max_batch_sequences=64,
+              watermark=0.0)
+    sliced = engine(**kw).generate(tree, params, progress=False)
+    monkeypatch.setattr(scheduler, "MIN_SLICE", 10 ** 6)
+    whole = engine(**kw).generate(tree, params, progress=False)
+    same(ref, sliced, logprobs=False)
+    same(ref, whole, logprobs=False)
+    assert whole.summary.decode_steps == 90 and sliced.summary.decode_steps < 90
+    assert whole.summary.mean_batch < sliced.summary.mean_batch
+    assert sliced.summary.preemptions == 0  # the slice was sized to fit, not admitted on hope
+
+
 def test_host_stop_strings_overlapped_equal_synchronous():
     tree = PromptTree()
     shots = tree.root.add("Once upon a time", key="s")

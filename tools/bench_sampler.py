@@ -14,6 +14,7 @@ pays, with no host launch cost; `ours_ms` is a plain call), and each backend (`-
 
     PYTHONPATH=$PWD python3 tools/bench_sampler.py --out sampler_cpu.json          # CPU, torch path
     PYTHONPATH=$PWD python3 tools/bench_sampler.py --device cuda --out sampler_h200.json
+    PROMPT_TREE_CODE=/path/to/old/checkout python3 tools/bench_sampler.py ...   # the previous version, same bench
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ import time
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+# PROMPT_TREE_CODE: another checkout's root (a previous version) to time instead of this one's prompt_tree
+sys.path.insert(0, os.environ.get("PROMPT_TREE_CODE", REPO))
 sys.path.insert(0, os.path.join(REPO, "tests"))  # sampler_oracle: the fp64 ambiguity check
 
 from prompt_tree.benchmark.limit import measure_ceilings  # noqa: E402

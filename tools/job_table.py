@@ -17,7 +17,7 @@ def main(path: str) -> None:
     print(f"{'model':13s} {'shape':6s} {'lengths':9s} {'engine':16s} {'P x S':>9s} {'sec':>7s} {'nocap':>7s} "
           f"{'tok/s':>8s} {'batch':>6s} {'occ':>5s} {'pre':>4s} {'cap':>4s} {'dev_s':>7s} {'fill_s':>6s} "
           f"{'host_s':>6s} "
-          f"{'jit':>4s} {'calls':>5s} {'rebld':>5s} {'rb_s':>5s}")
+          f"{'jit':>4s} {'calls':>5s} {'rebld':>5s} {'rb_s':>5s} {'kv_GiB':>6s}")
     for r in rows:
         def f(k, d=1):
             v = r.get(k)
@@ -27,7 +27,8 @@ def main(path: str) -> None:
               f"{f('tokens_per_s', 0):>8s} {f('mean_batch', 0):>6s} {f('kv_occupancy', 2):>5s} "
               f"{str(r.get('preemptions')):>4s} {str(r.get('captures')):>4s} {f('decode_device_s'):>7s} "
               f"{f('prefill_s'):>6s} {f('host_s'):>6s} {jit(r):>4s} {str(r.get('prefill_calls', '-')):>5s} "
-              f"{str(r.get('rebuilds', '-')):>5s} {f('rebuild_s'):>5s}"
+              f"{str(r.get('rebuilds', '-')):>5s} {f('rebuild_s'):>5s} "
+              f"{'-' if r.get('kv_bytes') is None else format(r['kv_bytes'] / 2**30, '.1f'):>6s}"
               f"{'  ' + r['skipped'][:60] if r.get('skipped') else ''}")
 
 

@@ -112,6 +112,8 @@ class JobRow:
     rebuild_s: float | None = None  # their host time
     host_s: float | None = None
     decode_device_s: float | None = None  # the decode steps' device time (CUDA events), summed
+    kv_bytes: int | None = None  # the KV pool this run had (pages; budget minus workspace): what occupancy divides by
+    max_rows: int | None = None  # the most rows a decode step could have (memory and graph buckets)
     capture_log: list | None = None  # [padded rows, eager-step s, capture s, Triton compiles] per graph capture
     step_bins: list | None = None  # [rows from, rows to, steps, median step ms] per 128 live rows (step_profile)
     skipped: str | None = None
@@ -133,6 +135,7 @@ def _ideal(row: JobRow, pairs: list, shape: JobShape, config, dtype, kv_bytes: i
         step = ys[0] if ys else float("nan")
     tokens = row.generated_tokens or 0
     row.mean_batch = float(b)
+    row.kv_bytes, row.max_rows = kv_bytes, max_rows
     row.seconds = tokens / b * step / 1e3
     row.tokens_per_s = tokens / row.seconds if row.seconds else None
     return row
@@ -288,6 +291,7 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
                     row.preemptions, row.captures = sm.preemptions, sm.captures
                     row.decode_steps, row.prefill_s, row.host_s = sm.decode_steps, sm.prefill_seconds, sm.host_seconds
                     row.prefill_calls, row.rebuilds, row.rebuild_s = sm.prefill_calls, sm.rebuilds, sm.rebuild_seconds
+                    row.kv_bytes, row.max_rows = sm.kv_bytes, sm.max_rows
                     if res.step_log:
                         row.decode_device_s = sum(ms for _, ms in res.step_log) / 1e3
                         row.step_bins = step_profile(res.step_log)
