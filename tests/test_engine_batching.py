@@ -181,6 +181,34 @@ def test_a_slice_of_a_unit_joins_when_the_whole_unit_does_not_fit(monkeypatch):
     assert sliced.summary.preemptions == 0  # the slice was sized to fit, not admitted on hope
 
 
+def test_a_finished_run_gives_its_kv_pool_back_at_once(monkeypatch):
+    """The run's objects form reference cycles; its KV pool must not wait in them for the collector (it once did,
+    and the next call's budget, planned from free memory, lost the pool's size). The collector is off here, so
+    only an explicit release frees the pool's storage."""
+    import gc
+    import weakref
+
+    from prompt_tree.engine.model_runner import ModelRunner
+
+    pools = []
+    init = ModelRunner.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        pools.append(weakref.ref(self.kv.untyped_storage()))
+
+    monkeypatch.setattr(ModelRunner, "__init__", spy)
+    tree = problems_tree(2, problems=2, samples=3)
+    gc.collect()
+    gc.disable()
+    try:
+        res = engine().generate(tree, PARAMS["greedy"], progress=False)
+        assert len(pools) == 1 and pools[0]() is None
+    finally:
+        gc.enable()
+    assert res.summary.kv_bytes > 0 and 0 < res.summary.workspace_bytes < res.summary.budget_bytes
+
+
 def test_host_stop_strings_overlapped_equal_synchronous():
     tree = PromptTree()
     shots = tree.root.add("Once upon a time", key="s")

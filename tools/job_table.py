@@ -12,12 +12,16 @@ def jit(row: dict) -> str:
     return str(sum(len(c[3]) for c in log)) if log and all(len(c) > 3 for c in log) else "-"
 
 
+def gib(row: dict, key: str) -> str:
+    return "-" if row.get(key) is None else f"{row[key] / 2**30:.1f}"
+
+
 def main(path: str) -> None:
     rows = json.load(open(path, encoding="utf-8"))["rows"]
     print(f"{'model':13s} {'shape':6s} {'lengths':9s} {'engine':16s} {'P x S':>9s} {'sec':>7s} {'nocap':>7s} "
           f"{'tok/s':>8s} {'batch':>6s} {'occ':>5s} {'pre':>4s} {'cap':>4s} {'dev_s':>7s} {'fill_s':>6s} "
           f"{'host_s':>6s} "
-          f"{'jit':>4s} {'calls':>5s} {'rebld':>5s} {'rb_s':>5s} {'kv_GiB':>6s}")
+          f"{'jit':>4s} {'calls':>5s} {'rebld':>5s} {'rb_s':>5s} {'kv_GiB':>6s} {'bud_GiB':>7s} {'ws_GiB':>6s}")
     for r in rows:
         def f(k, d=1):
             v = r.get(k)
@@ -28,7 +32,7 @@ def main(path: str) -> None:
               f"{str(r.get('preemptions')):>4s} {str(r.get('captures')):>4s} {f('decode_device_s'):>7s} "
               f"{f('prefill_s'):>6s} {f('host_s'):>6s} {jit(r):>4s} {str(r.get('prefill_calls', '-')):>5s} "
               f"{str(r.get('rebuilds', '-')):>5s} {f('rebuild_s'):>5s} "
-              f"{'-' if r.get('kv_bytes') is None else format(r['kv_bytes'] / 2**30, '.1f'):>6s}"
+              f"{gib(r, 'kv_bytes'):>6s} {gib(r, 'budget_bytes'):>7s} {gib(r, 'workspace_bytes'):>6s}"
               f"{'  ' + r['skipped'][:60] if r.get('skipped') else ''}")
 
 

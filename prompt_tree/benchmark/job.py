@@ -114,6 +114,8 @@ class JobRow:
     decode_device_s: float | None = None  # the decode steps' device time (CUDA events), summed
     kv_bytes: int | None = None  # the KV pool this run had (pages; budget minus workspace): what occupancy divides by
     max_rows: int | None = None  # the most rows a decode step could have (memory and graph buckets)
+    budget_bytes: int | None = None  # the engine's memory budget for the run; workspace_bytes: its non-KV share
+    workspace_bytes: int | None = None
     capture_log: list | None = None  # [padded rows, eager-step s, capture s, Triton compiles] per graph capture
     step_bins: list | None = None  # [rows from, rows to, steps, median step ms] per 128 live rows (step_profile)
     skipped: str | None = None
@@ -292,6 +294,7 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
                     row.decode_steps, row.prefill_s, row.host_s = sm.decode_steps, sm.prefill_seconds, sm.host_seconds
                     row.prefill_calls, row.rebuilds, row.rebuild_s = sm.prefill_calls, sm.rebuilds, sm.rebuild_seconds
                     row.kv_bytes, row.max_rows = sm.kv_bytes, sm.max_rows
+                    row.budget_bytes, row.workspace_bytes = sm.budget_bytes, sm.workspace_bytes
                     if res.step_log:
                         row.decode_device_s = sum(ms for _, ms in res.step_log) / 1e3
                         row.step_bins = step_profile(res.step_log)

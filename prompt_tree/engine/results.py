@@ -60,6 +60,8 @@ class GenerationSummary:
     host_seconds: float = 0.0  # host time per run spent NOT overlapped with device work (waiting excluded)
     bos_rule: str = ""
     max_rows: int = 0  # the most rows a decode step could have (memory and graph buckets)
+    budget_bytes: int = 0  # what the run was given (engine.memory: free device memory x 0.85, or the option)
+    workspace_bytes: int = 0  # of it, set aside for a step's activations, logits and a prefill call (the rest: KV)
     rebuilds: int = 0  # decode batches built (each drains the pipeline; joins and compactions)
     rebuild_seconds: float = 0.0  # host time of those builds (metadata, buffers), the pipeline drained
     # (padded rows, eager-step s, capture s, Triton kernels compiled) per CUDA-graph capture

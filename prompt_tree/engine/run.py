@@ -486,5 +486,6 @@ class GenerationRun:
             mean_batch=st.decode_rows / st.decode_steps if st.decode_steps else 0.0,
             kv_occupancy=st.occupancy_time / st.occupancy_weight if st.occupancy_weight else 0.0,
             host_seconds=gaps, max_rows=self.max_rows, capture_log=list(r.capture_log), rebuilds=st.rebuilds,
-            rebuild_seconds=st.rebuild_seconds)
+            rebuild_seconds=st.rebuild_seconds, budget_bytes=self.memory.budget_bytes,
+            workspace_bytes=self.memory.workspace_bytes)
 
