@@ -181,6 +181,61 @@ def test_a_slice_of_a_unit_joins_when_the_whole_unit_does_not_fit(monkeypatch):
     assert sliced.summary.preemptions == 0  # the slice was sized to fit, not admitted on hope
 
 
+def test_worth_padding_keeps_a_small_slice_out_of_a_larger_bucket():
+    from prompt_tree.engine.scheduler import worth_padding
+
+    bucket = EngineOptions().bucket  # ..., 128, 192, 256, 384, 512, ...
+    assert worth_padding(384, 20, bucket) == 0  # 404 rows would be padded to 512: 20 tokens for 128 padded rows
+    assert worth_padding(384, 64, bucket) == 64  # half the added rows used: worth it
+    assert worth_padding(128, 62, bucket) == 62  # 190 in the 192 bucket
+    assert worth_padding(100, 50, bucket) == 50  # 150 -> 192 adds 64 padded rows over 128, 50 >= 32
+    assert worth_padding(100, 40, bucket) == 40  # 140 -> 192 also adds 64, and 40 >= 32
+    assert worth_padding(100, 20, bucket) == 20  # 120 stays in the 128 bucket
+    assert worth_padding(200, 60, bucket) == 56  # 260 -> 384 adds 128; 60 < 64: only the 56 the 256 bucket holds
+    for rows in range(1, 300):
+        for n in range(0, 300):
+            m = worth_padding(rows, n, bucket)
+            assert 0 <= m <= n
+            assert m == n or bucket(rows + m) == bucket(rows)  # what it cuts never leaves the present bucket
+
+
+def test_padded_steps_admit_no_slice_that_would_mostly_pad(monkeypatch):
+    """Three problems of 64 fill the 192 bucket exactly and the pages hold about 20 rows more: with steps padded
+    to buckets (CUDA graphs; forced here), those 20 wait rather than run a 256-row step; unpadded, they join."""
+    from prompt_tree.engine.run import GenerationRun
+    from prompt_tree.sampler import Sampler
+
+    tree = PromptTree()
+    shots = tree.root.add([256] + list(range(1, 20)), key="shots")
+    for p in range(4):
+        shots.add([7 + p, 9, 11], key=f"p{p}").add([], samples=64, key=f"p{p}/s")
+    params = SamplingParams(max_new_tokens=100, temperature=0)
+    # 7 pages of 16 tokens per sample's 100, 6 for the nodes: room for 212 rows (long samples, so that the KV and
+    # not the workspace of 256 rows bounds the budget)
+    eng = engine(memory_budget_bytes=tight_budget(6 + 212 * 7, tree, rows=256), prefill_chunk_tokens=64,
+                 max_batch_sequences=256, watermark=0.0)
+    admitted = {}
+    for padded in (False, True):
+        run = GenerationRun(eng, eng.plan(tree, params), params, "tree", None, lambda c: None,
+                            Sampler(params, eng.device), None)
+        if padded:
+            run.scheduler.padded = eng.options.bucket
+        run.scheduler.admit()
+        admitted[padded] = len(run.scheduler.active)
+    assert admitted[True] == 192 and 192 + 16 <= admitted[False] < 256, admitted
+    # and a whole generate with padded admission returns the unconstrained samples
+    init = GenerationRun.__init__
+
+    def padded_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.scheduler.padded = self.opts.bucket
+
+    budget = lengths(8, 40)  # short samples: the admissions that follow go through the same rule
+    ref = engine().generate(tree, params, progress=False, length_budget=budget)
+    monkeypatch.setattr(GenerationRun, "__init__", padded_init)
+    same(ref, eng.generate(tree, params, progress=False, length_budget=budget), logprobs=False)
+
+
 def test_a_finished_run_gives_its_kv_pool_back_at_once(monkeypatch):
     """The run's objects form reference cycles; its KV pool must not wait in them for the collector (it once did,
     and the next call's budget, planned from free memory, lost the pool's size). The collector is off here, so

@@ -112,6 +112,8 @@ class GenerationRun:
         self.scheduler = Scheduler(self, [Unit(u, a, b) for u, (a, b) in enumerate(make_units(plan, unit_cap))])
         self.runner = ModelRunner(engine.model, cfg, self.memory.num_pages, ps, attention, sampler,
                                   engine.eos_ids, params.stop_token_ids, opts.cuda_graphs)
+        if self.runner.use_graphs and not self.scheduler.static:
+            self.scheduler.padded = opts.bucket
         self.stats = _Stats()
 
         # ---- prefill work and the decode batch
