@@ -185,13 +185,14 @@ def test_worth_padding_keeps_a_small_slice_out_of_a_larger_bucket():
     from prompt_tree.engine.scheduler import worth_padding
 
     bucket = EngineOptions().bucket  # ..., 128, 192, 256, 384, 512, ...
-    assert worth_padding(384, 20, bucket) == 0  # 404 rows would be padded to 512: 20 tokens for 128 padded rows
+    assert worth_padding(384, 20, bucket) == 0  # 404 rows would be padded to 512: 20 rows in 128 added
     assert worth_padding(384, 64, bucket) == 64  # half the added rows used: worth it
+    assert worth_padding(321, 64, bucket) == 63  # 385 would fill 1 of 128 added rows: the 384 bucket takes 63
     assert worth_padding(128, 62, bucket) == 62  # 190 in the 192 bucket
-    assert worth_padding(100, 50, bucket) == 50  # 150 -> 192 adds 64 padded rows over 128, 50 >= 32
-    assert worth_padding(100, 40, bucket) == 40  # 140 -> 192 also adds 64, and 40 >= 32
+    assert worth_padding(100, 70, bucket) == 70  # 170: 42 of the 64 rows that 128 -> 192 adds
+    assert worth_padding(100, 50, bucket) == 28  # 150: only 22 of them; the 128 bucket takes 28
     assert worth_padding(100, 20, bucket) == 20  # 120 stays in the 128 bucket
-    assert worth_padding(200, 60, bucket) == 56  # 260 -> 384 adds 128; 60 < 64: only the 56 the 256 bucket holds
+    assert worth_padding(200, 60, bucket) == 56  # 260 -> 384 adds 128; 4 in it: only the 56 the 256 bucket holds
     for rows in range(1, 300):
         for n in range(0, 300):
             m = worth_padding(rows, n, bucket)
@@ -234,6 +235,15 @@ def test_padded_steps_admit_no_slice_that_would_mostly_pad(monkeypatch):
     ref = engine().generate(tree, params, progress=False, length_budget=budget)
     monkeypatch.setattr(GenerationRun, "__init__", padded_init)
     same(ref, eng.generate(tree, params, progress=False, length_budget=budget), logprobs=False)
+
+
+def test_rows_never_exceed_the_largest_graph_bucket():
+    """max_batch_sequences beyond the largest bucket is clamped to it (a padded step of 9 rows had no bucket)."""
+    tree = problems_tree(5, problems=3, samples=8)
+    got = engine(graph_buckets=(1, 2, 4, 8)).generate(tree, PARAMS["greedy"], progress=False,
+                                                       max_batch_sequences=24)
+    assert got.summary.max_rows == 8
+    same(engine().generate(tree, PARAMS["greedy"], progress=False), got)
 
 
 def test_a_finished_run_gives_its_kv_pool_back_at_once(monkeypatch):

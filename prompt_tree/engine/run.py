@@ -97,7 +97,8 @@ class GenerationRun:
         self.first_nodes = {s.first_node for s in self.seqs}
 
         # ---- memory: decode rows and KV pages
-        rows_wanted = min(max_rows if max_rows is not None else opts.max_rows(), plan.num_sequences)
+        rows_wanted = min(max_rows if max_rows is not None else opts.max_rows(), opts.max_rows(),
+                          plan.num_sequences)  # never past the largest graph bucket
         worst = max(sum(pages_for(len(plan.node_tokens[k]), ps) for k in s.path) for s in self.seqs)
         # never more pages than the whole plan at its longest: every node once, every suffix at max_new_tokens
         most = 1 + sum(pages_for(len(t), ps) for t in plan.node_tokens.values()) \

@@ -168,7 +168,9 @@ class Scheduler:
                     n = worth_padding(rows, n, self.padded)
                 if n < least:
                     break
-                seqs = seqs[:n]
+                if n < len(seqs):  # a slice: only its own nodes are placed (a unit may span several problems)
+                    seqs = seqs[:n]
+                    nodes = self._nodes_of(seqs)
                 unit_worst = sum(self._worst_pages(s) for s in seqs)
             else:  # nothing admitted: take what can start (static: what its reservation allows)
                 unit_worst = sum(self._worst_pages(s) for s in seqs)
@@ -333,9 +335,12 @@ class Scheduler:
 
 def worth_padding(rows: int, n: int, bucket) -> int:
     """How many of n rows that fit may join `rows` running ones when steps are padded to bucket(rows): all of
-    them, unless they move the step into a larger bucket and fill less than MIN_PADDED_USE of the rows it adds;
+    them, unless they move the step into a larger bucket and those beyond the present one fill less than
+    MIN_PADDED_USE of the rows it adds;
     then only those the present bucket holds. bucket: EngineOptions.bucket."""
     now, after = bucket(rows), bucket(rows + n)
-    if after == now or n >= MIN_PADDED_USE * (after - now):
+    # the rows beyond the present bucket are what the larger one's added rows carry (not all n: those that fit
+    # the present bucket would be padded anyway)
+    if after == now or rows + n - now >= MIN_PADDED_USE * (after - now):
         return n
     return now - rows
