@@ -94,6 +94,7 @@ class ModelRunner:
         self.skip_attention = attention == "none"
         shape = (2, config.num_layers, num_pages * page_size, config.num_kv_heads, config.head_dim)
         self.kv = torch.empty(shape, device=self.device, dtype=self.dtype)
+        self.nbytes = self.kv.numel() * self.kv.element_size()  # kept after release() drops the pool
         self.sampler = sampler
         i64 = dict(dtype=torch.int64, device=self.device)
         self.eos = torch.tensor(sorted(set(eos_ids)), **i64)
@@ -111,10 +112,6 @@ class ModelRunner:
         self._plan = None  # kernels.TreeAttentionPlan of the current plain-call metadata
         self.times: list[StepTimes] = []
         self.record_times = self.device.type == "cuda"
-
-    @property
-    def nbytes(self) -> int:
-        return self._nbytes if self.kv is None else self.kv.numel() * self.kv.element_size()
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -240,15 +237,13 @@ class ModelRunner:
         """Drop this call's graphs, decode buffers and KV pool now, not whenever the collector finds the run's
         reference cycles (the scheduler points back at its run). The pool once waited there, and the next
         generate call planned its budget without it: a warm-up run of codellama-7b at 512 new tokens held 64 GiB,
-        so the job after it got 47 GiB of KV instead of about 96 (H200). nbytes and the step times stay."""
+        so the job after it got 47 GiB of KV instead of about 100 (H200). nbytes and the step times stay."""
         self.sync()
         for b in self.batches.values():
             b.graph = None
         self.batches.clear()
         self._plan = None
-        if self.kv is not None:
-            self._nbytes = self.nbytes
-            self.kv = None
+        self.kv = None
 
     def enqueue(self, b: DecodeBatch, table, kill, table_dirty: bool, live_rows: int = 0) -> int:
         """Start one step of b: stage the host's page table and kill mask (numpy [B, P] int32 / [B] bool), run

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
+from itertools import accumulate
 
 import numpy as np
 
@@ -162,27 +163,26 @@ class Scheduler:
             nodes = self._nodes_of(seqs)
             node_pages = sum(blocks.node_pages_needed(k, len(run.plan.node_tokens[k])) for k in nodes)
             spare = blocks.free_pages + self._evictable_pages(nodes)
+            # worst_upto[n]: pages the first n would still add at max_new_tokens
+            worst_upto = list(accumulate((self._worst_pages(s) for s in seqs), initial=0))
             if rows:
-                n = self._largest_fit(seqs, counts, held, worst, spare - node_pages, watermark)
+                n = self._largest_fit(worst_upto, counts, held, worst, spare - node_pages, watermark)
                 if self.padded is not None:
                     n = worth_padding(rows, n, self.padded)
                 if n < least:
                     break
-                if n < len(seqs):  # a slice: only its own nodes are placed (a unit may span several problems)
-                    seqs = seqs[:n]
-                    nodes = self._nodes_of(seqs)
-                unit_worst = sum(self._worst_pages(s) for s in seqs)
             else:  # nothing admitted: take what can start (static: what its reservation allows)
-                unit_worst = sum(self._worst_pages(s) for s in seqs)
                 per = run.capacity_pages if self.static else 1
                 fit = (spare - node_pages) // max(1, per)
                 if fit < 1:
                     raise SchedulingError(
                         f"one sequence of unit {u.uid} needs {node_pages + per} KV pages and only {spare} are free "
                         f"with nothing running: raise memory_budget_bytes or shorten the prompts")
-                if fit < len(seqs):
-                    seqs = seqs[:fit]
-                    unit_worst = sum(self._worst_pages(s) for s in seqs)
+                n = min(fit, len(seqs))
+            if n < len(seqs):  # a slice: only its own nodes are placed (a unit may span several problems)
+                seqs = seqs[:n]
+                nodes = self._nodes_of(seqs)
+            unit_worst = worst_upto[n]
             self.waiting.popleft()
             if seqs[-1].index + 1 < u.stop and any(s.state is SeqState.WAITING
                                                    for s in run.seqs[seqs[-1].index + 1:u.stop]):
@@ -198,13 +198,14 @@ class Scheduler:
             admitted = True
         return admitted
 
-    def _fits(self, seqs, n: int, counts: np.ndarray, held: int, worst: int, spare: int, watermark: int) -> bool:
-        """Whether the first n of `seqs` may join the running sequences: their expected peak (static: their
-        reservations) leaves the watermark free. The watermark is headroom for lengths longer than expected; a
-        slice that fits even with every admitted sequence at max_new_tokens needs none (else a pool sized to the
-        whole plan would keep its last units waiting for headroom it can never use). spare: free and evictable
-        pages less the unit's new nodes."""
-        unit_worst = sum(self._worst_pages(s) for s in seqs[:n])
+    def _fits(self, worst_upto: list, n: int, counts: np.ndarray, held: int, worst: int, spare: int,
+              watermark: int) -> bool:
+        """Whether the first n of a unit's waiting sequences may join the running ones: their expected peak
+        (static: their reservations) leaves the watermark free. The watermark is headroom for lengths longer than
+        expected; a slice that fits even with every admitted sequence at max_new_tokens needs none (else a pool
+        sized to the whole plan would keep its last units waiting for headroom it can never use). worst_upto[n]:
+        the first n's pages at max_new_tokens; spare: free and evictable pages less the unit's new nodes."""
+        unit_worst = worst_upto[n]
         if spare - worst - unit_worst >= 0:
             return True
         if self.static:  # every sequence reserves max_new_tokens
@@ -215,17 +216,18 @@ class Scheduler:
             need = self.peak_pages(with_unit, held)
         return spare - need >= watermark
 
-    def _largest_fit(self, seqs, counts, held, worst, spare, watermark) -> int:
-        """The most of `seqs` (a prefix) that fit (`_fits` is monotone in n): all of them, else a slice found by
+    def _largest_fit(self, worst_upto, counts, held, worst, spare, watermark) -> int:
+        """The most of a unit's sequences (a prefix) that fit (`_fits` is monotone in n): all, else a slice found by
         bisection. Admitting a slice, not waiting for room for the whole unit, is what keeps memory full when a
         unit is a large share of the pool: with problems of 128 samples of 512 tokens and room for about 1.5 of
         them, whole-unit admission ran 128 rows where 190 fit (codellama-7b, fixed lengths, H200)."""
-        if self._fits(seqs, len(seqs), counts, held, worst, spare, watermark):
-            return len(seqs)
-        lo, hi = 0, len(seqs)  # fits(lo), not fits(hi)
+        total = len(worst_upto) - 1
+        if self._fits(worst_upto, total, counts, held, worst, spare, watermark):
+            return total
+        lo, hi = 0, total  # fits(lo), not fits(hi)
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if self._fits(seqs, mid, counts, held, worst, spare, watermark):
+            if self._fits(worst_upto, mid, counts, held, worst, spare, watermark):
                 lo = mid
             else:
                 hi = mid
@@ -336,8 +338,7 @@ class Scheduler:
 def worth_padding(rows: int, n: int, bucket) -> int:
     """How many of n rows that fit may join `rows` running ones when steps are padded to bucket(rows): all of
     them, unless they move the step into a larger bucket and those beyond the present one fill less than
-    MIN_PADDED_USE of the rows it adds;
-    then only those the present bucket holds. bucket: EngineOptions.bucket."""
+    MIN_PADDED_USE of the rows it adds; then only those the present bucket holds. bucket: EngineOptions.bucket."""
     now, after = bucket(rows), bucket(rows + n)
     # the rows beyond the present bucket are what the larger one's added rows carry (not all n: those that fit
     # the present bucket would be padded anyway)
