@@ -182,22 +182,32 @@ def test_a_slice_of_a_unit_joins_when_the_whole_unit_does_not_fit(monkeypatch):
 
 
 def test_worth_padding_keeps_a_small_slice_out_of_a_larger_bucket():
-    from prompt_tree.engine.scheduler import worth_padding
+    from prompt_tree.engine.scheduler import STEP_FIXED_ROWS, worth_padding
 
-    bucket = EngineOptions().bucket  # ..., 128, 192, 256, 384, 512, ...
-    assert worth_padding(384, 20, bucket) == 0  # 404 rows would be padded to 512: 20 rows in 128 added
-    assert worth_padding(384, 64, bucket) == 64  # half the added rows used: worth it
-    assert worth_padding(321, 64, bucket) == 63  # 385 would fill 1 of 128 added rows: the 384 bucket takes 63
+    bucket = EngineOptions().bucket  # ..., 8, 16, 32, 48, 64, 96, 128, 192, 256, 384, 512, 640, ...
+    assert STEP_FIXED_ROWS == 160  # the cases below are worked for it
+    assert worth_padding(384, 20, bucket) == 0  # 404 / (512 + 160) < 384 / (384 + 160): the measured H200 case
+    assert worth_padding(384, 64, bucket) == 0  # 448 rows at 512 still do less per cost than 384 at 384
+    assert worth_padding(384, 128, bucket) == 128  # 512 full
+    assert worth_padding(321, 64, bucket) == 63  # the 384 bucket filled; 385 would pad 127 rows
     assert worth_padding(128, 62, bucket) == 62  # 190 in the 192 bucket
-    assert worth_padding(100, 70, bucket) == 70  # 170: 42 of the 64 rows that 128 -> 192 adds
-    assert worth_padding(100, 50, bucket) == 28  # 150: only 22 of them; the 128 bucket takes 28
+    assert worth_padding(100, 70, bucket) == 70  # 170 / 352 > 128 / 288
+    assert worth_padding(100, 50, bucket) == 28  # 150 / 352 < 128 / 288: fill the 128 bucket
     assert worth_padding(100, 20, bucket) == 20  # 120 stays in the 128 bucket
-    assert worth_padding(200, 60, bucket) == 56  # 260 -> 384 adds 128; 4 in it: only the 56 the 256 bucket holds
-    for rows in range(1, 300):
-        for n in range(0, 300):
+    assert worth_padding(200, 60, bucket) == 56  # 260 -> 384: only the 56 the 256 bucket holds
+    assert worth_padding(8, 10, bucket) == 10  # small steps cost the weight read whatever their rows: join
+    assert worth_padding(500, 300, bucket) == 268  # 640 -> 768 filled beats 800 in the 1024 bucket
+
+    def ratio(rows, k):  # tokens per unit of step cost, the quantity it maximizes (brute force below)
+        return (rows + k) / (bucket(rows + k) + STEP_FIXED_ROWS)
+
+    for rows in range(1, 700, 7):
+        for n in range(0, 700, 5):
             m = worth_padding(rows, n, bucket)
             assert 0 <= m <= n
-            assert m == n or bucket(rows + m) == bucket(rows)  # what it cuts never leaves the present bucket
+            best = max(ratio(rows, k) for k in range(n + 1))
+            assert ratio(rows, m) >= best * (1 - 1e-12)  # as good as any count
+            assert all(ratio(rows, k) < ratio(rows, m) * (1 - 1e-12) for k in range(m + 1, n + 1))  # the largest
 
 
 def test_padded_steps_admit_no_slice_that_would_mostly_pad(monkeypatch):
@@ -235,6 +245,34 @@ def test_padded_steps_admit_no_slice_that_would_mostly_pad(monkeypatch):
     ref = engine().generate(tree, params, progress=False, length_budget=budget)
     monkeypatch.setattr(GenerationRun, "__init__", padded_init)
     same(ref, eng.generate(tree, params, progress=False, length_budget=budget), logprobs=False)
+
+
+def test_padded_admission_still_preempts_at_small_batches(monkeypatch):
+    """The CUDA preemption test's scenario with steps padded to graph buckets (forced here): small steps cost the
+    weight read whatever their rows, so padding must not hold rows back there, and the long samples admitted on
+    the short ones' lengths are preempted and recomputed as without padding (an earlier rule, which only let
+    rows into a larger bucket when they filled half of it, kept this run from ever preempting on the GPU)."""
+    from prompt_tree.engine.run import GenerationRun
+
+    init = GenerationRun.__init__
+
+    def padded_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.scheduler.padded = self.opts.bucket
+
+    tree = problems_tree(7, problems=6, samples=6)
+    params = SamplingParams(max_new_tokens=40, temperature=0.8, seed=9, logprobs=True)
+
+    def budget(key, s):
+        return 2 if key.split("/")[0] in ("p0", "p1", "p2") else 40
+
+    ref = engine().generate(tree, params, progress=False, length_budget=budget)
+    monkeypatch.setattr(GenerationRun, "__init__", padded_init)
+    small = engine(memory_budget_bytes=tight_budget(30, tree, rows=39), prefill_chunk_tokens=64,
+                   max_batch_sequences=64, watermark=0.0)
+    got = small.generate(tree, params, progress=False, length_budget=budget)
+    same(ref, got)
+    assert got.summary.preemptions > 0
 
 
 def test_rows_never_exceed_the_largest_graph_bucket():

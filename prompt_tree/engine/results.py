@@ -66,6 +66,8 @@ class GenerationSummary:
     rebuild_seconds: float = 0.0  # host time of those builds (metadata, buffers), the pipeline drained
     # (padded rows, eager-step s, capture s, Triton kernels compiled) per CUDA-graph capture
     capture_log: list = field(default_factory=list)
+    # Triton kernels compiled inside prefill calls and first-token sampling (their time is in prefill_seconds)
+    prefill_compiles: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)

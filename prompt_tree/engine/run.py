@@ -28,7 +28,7 @@ from .memory import SchedulingError, plan_memory, prefill_rows
 from .results import Completion, GenerationSummary
 from .model_runner import EOS, IDLE, LENGTH, RUNNING, STOP_ID, ModelRunner
 from .scheduler import Scheduler
-from kernels import CapacityOverflow, required_capacity
+from kernels import CapacityOverflow, required_capacity, triton_compiles
 
 from .segments import Heads, PrefillPiece, decode_meta, prefill_meta
 from .sequence import Sequence, SeqState, Unit, make_units
@@ -57,6 +57,8 @@ class _Stats:
     rebuild_seconds: float = 0.0
     occupancy_time: float = 0.0
     occupancy_weight: float = 0.0
+    # Triton kernels compiled inside prefill calls and first-token sampling (a specialization no warm-up reached)
+    prefill_compiles: list = dataclasses.field(default_factory=list)
 
 
 class GenerationRun:
@@ -236,7 +238,8 @@ class GenerationRun:
                 logit_keys.append(p.key)
         meta = prefill_meta(pieces, blocks.node_runs, self.heads, self.page_size, self.runner.device,
                             share=self.attention == "tree")
-        hidden = self.runner.prefill(ids, positions, meta, logit_rows)
+        with triton_compiles(self.stats.prefill_compiles):
+            hidden = self.runner.prefill(ids, positions, meta, logit_rows)
         for key, h in zip(logit_keys, hidden):
             self.first_hidden[key] = h
         for p in pieces:
@@ -262,7 +265,9 @@ class GenerationRun:
         for lo in range(0, len(ready), per):
             part = ready[lo:lo + per]
             hidden = torch.stack([self.first_hidden[s.first_node] for s in part])
-            toks, lps, codes = self.runner.first_tokens(hidden, [s.seq_id for s in part], [s.limit for s in part])
+            with triton_compiles(self.stats.prefill_compiles):
+                toks, lps, codes = self.runner.first_tokens(hidden, [s.seq_id for s in part],
+                                                            [s.limit for s in part])
             for s, t, lp, c in zip(part, toks, lps, codes):
                 s.state = SeqState.READY
                 self._accept(s, t, lp, c, row=None)
@@ -488,7 +493,7 @@ class GenerationRun:
             capture_seconds=r.capture_seconds, captures=r.captures, preemptions=st.preemptions,
             mean_batch=st.decode_rows / st.decode_steps if st.decode_steps else 0.0,
             kv_occupancy=st.occupancy_time / st.occupancy_weight if st.occupancy_weight else 0.0,
-            host_seconds=gaps, max_rows=self.max_rows, capture_log=list(r.capture_log), rebuilds=st.rebuilds,
-            rebuild_seconds=st.rebuild_seconds, budget_bytes=self.memory.budget_bytes,
+            host_seconds=gaps, max_rows=self.max_rows, capture_log=list(r.capture_log),
+            prefill_compiles=list(st.prefill_compiles), rebuilds=st.rebuilds, rebuild_seconds=st.rebuild_seconds, budget_bytes=self.memory.budget_bytes,
             workspace_bytes=self.memory.workspace_bytes)
 

@@ -34,10 +34,12 @@ PRIOR_SAMPLES = 16
 # The smallest slice of a unit admitted beside running sequences (or the whole unit when it is smaller): a slice
 # costs a prefill call and a rebuild, so a trickle of tiny ones would cost more than the rows they add.
 MIN_SLICE = 16
-# Rows that push a padded step into a larger graph bucket must fill at least this share of the rows it adds:
-# every padded row costs a whole row of the dense GEMMs. On the H200 (codellama-7b, fixed lengths) a slice of
-# about 20 rows beside 384 moved the step to the 512 bucket, 22.8 -> 27.9 ms, for 5% more tokens.
-MIN_PADDED_USE = 0.5
+# A padded decode step costs about (its padded rows + STEP_FIXED_ROWS) rows of work: a fixed part, reading the
+# weights once, worth this many rows of the per-row part (each row's GEMM flops and KV). From the roofline: on an
+# H200, bf16 at 4.27 TB/s and 679 TFLOP/s (docs/benchmarks/step.json) a 2-byte weight costs as much to read as
+# ~160 rows' 2 flops on it (H100: ~240). Measured (job.json run 11, codellama-7b step_bins): 256-1536 rows fit
+# t = a + c * rows with a / c between 110 and 190 rows, and llama3-8b's none step (step.json) gives ~106.
+STEP_FIXED_ROWS = 160
 ACTIVE = (SeqState.PREFILLING, SeqState.READY, SeqState.RUNNING)
 
 
@@ -336,12 +338,22 @@ class Scheduler:
 
 
 def worth_padding(rows: int, n: int, bucket) -> int:
-    """How many of n rows that fit may join `rows` running ones when steps are padded to bucket(rows): all of
-    them, unless they move the step into a larger bucket and those beyond the present one fill less than
-    MIN_PADDED_USE of the rows it adds; then only those the present bucket holds. bucket: EngineOptions.bucket."""
-    now, after = bucket(rows), bucket(rows + n)
-    # the rows beyond the present bucket are what the larger one's added rows carry (not all n: those that fit
-    # the present bucket would be padded anyway)
-    if after == now or rows + n - now >= MIN_PADDED_USE * (after - now):
-        return n
-    return now - rows
+    """How many of n rows that fit may join `rows` running ones when steps are padded to bucket(rows): the count
+    k <= n with the most tokens per unit of step cost, (rows + k) / (bucket(rows + k) + STEP_FIXED_ROWS), the
+    largest on ties. A step that stays small costs about the same whatever its rows (the weight read dominates),
+    so rows join freely there; at large batches a slice that mostly pads a larger bucket waits (on the H200,
+    codellama-7b at fixed lengths: 404 rows in the 512 bucket ran 27.9 ms a step against 22.8 ms for 384 rows in
+    the 384 bucket, job.json run 10). Only n, and the counts that fill a bucket exactly, can be best: within one
+    bucket more rows cost nothing. bucket: EngineOptions.bucket (rows + n within its largest bucket)."""
+    best_k, best_cost = 0, bucket(rows) + STEP_FIXED_ROWS
+    b = bucket(rows)
+    candidates = []
+    while b < rows + n:
+        candidates.append(b - rows)
+        b = bucket(b + 1)
+    candidates.append(n)
+    for k in candidates:
+        cost = bucket(rows + k) + STEP_FIXED_ROWS
+        if (rows + k) * best_cost >= (rows + best_k) * cost:  # exact: integers, larger k wins ties
+            best_k, best_cost = k, cost
+    return best_k
