@@ -9,7 +9,8 @@ The function is the same as that kernel's (definitions of x, m, t_k, t_p, t_min 
 `prompt_tree.sampler`), and so are its thresholds: counts and masses at P fixed pivots m + c, then either a
 compaction of the <= C elements above the chosen pivot L (the common case: thresholds and the pick in registers),
 or, when no pivot qualifies, a refinement of each threshold's bracket by P pivots evenly spaced in key space
-(`_key`) until it holds <= C elements, a compaction of the bracket, and a pick over the whole row.
+(`_key`) until it holds <= BRACKET_FACTOR * C elements, a compaction of the bracket, and a pick over the whole
+row.
 
 In front of that, for top-p and min-p, the bound path (`_start_kernel`): a lower bound L <= T* that needs no count
 (from the row's max and normaliser), and a compaction above it; a row whose compaction holds <= C elements is
@@ -25,7 +26,7 @@ Every step is a per-row state machine whose state lives in small device tensors 
           one load.
 The number of rounds launched is the worst case for the settings (`rounds_for`), fixed on the host, so a call
 has no data-dependent launch and no host sync, and can be captured in a CUDA graph. The common case needs one
-round (the bound COMPACT) or two (COUNT, COMPACT); a flat top-p row about six (COUNT, two refinements, COMPACT,
+round (the bound COMPACT) or two (COUNT, COMPACT); a flat top-p row about five (COUNT, one refinement, COMPACT,
 PICK_MASS, PICK_SCAN).
 
 Compaction takes its positions in the row's buffer with one atomic add per block that has selected elements, so
