@@ -32,6 +32,9 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", nargs="+", default=["triton", "triton-row"])
     ap.add_argument("--chunk", type=int, default=None, help="the split kernels' chunk size")
     ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--rounds", action="store_true",
+                    help="also list the last call's kernels in launch order with their device times (which round "
+                         "of the split kernels costs what)")
     args = ap.parse_args(argv)
     params = SamplingParams(seed=1, **SETTINGS[args.setting])
     for B in args.batch:
@@ -58,7 +61,19 @@ def main(argv=None) -> int:
                     total += t
                     print(f"  {e.key[:60]:60s} {t / 1e3:8.3f} ms  x{e.count / args.calls:.0f}")
                 print(f"  {'total':60s} {total / 1e3:8.3f} ms", flush=True)
+                if args.rounds:
+                    print("  in launch order, the last call (us): " + launch_order(prof, args.calls))
     return 0
+
+
+def launch_order(prof, calls: int) -> str:
+    """The device kernels of the last of `calls` identical calls, in start order: "name us, ..."."""
+    kernels = sorted((e for e in prof.events() if "cuda" in str(getattr(e, "device_type", "")).lower()),
+                     key=lambda e: e.time_range.start)
+    per = len(kernels) // calls if calls else 0
+    last = kernels[len(kernels) - per:] if per else []
+    return ", ".join(f"{e.name.split('[')[0].strip('_').replace('_kernel', '')} {e.time_range.elapsed_us():.0f}"
+                     for e in last)
 
 
 if __name__ == "__main__":
