@@ -50,6 +50,13 @@ CHUNK = 4096  # vocabulary elements per program of a data pass: V = 128256 gives
 # the buffer at C it took two count passes and one at 4C. The paths that finish in registers (everything above a
 # pivot or the bound) keep C.
 BRACKET_FACTOR = 4
+# Rounds after the first FULL_ROUNDS run LATE_CHUNKS_PER_PROGRAM chunks per program. A round launches its programs
+# whatever the rows' phases (a fixed launch count is what makes a call capturable), and a round with nothing to do
+# cost ~0.04 ms at B = 1024 (its B x S = 32k programs, each loading a phase and leaving: sampling.md). Rows need 1
+# round (peaked, the bound path), 3 (a fixed pivot qualifies) or about 5 (flat top-p: count, one refinement,
+# compaction, pick); only rows of clustered ties refine further, and they still finish, more slowly.
+FULL_ROUNDS = 6
+LATE_CHUNKS_PER_PROGRAM = 8
 BLOCK = 1024  # elements per step inside a chunk (stats, compaction, picks)
 PIVOT_BLOCK = 256  # elements per step of a counting pass: [PIVOT_BLOCK, P] accumulators in registers
 _INT_MAX = tl.constexpr(2147483647)
@@ -215,14 +222,29 @@ def _start_kernel(logits_ptr, stride_row, pmax_ptr, psum_ptr, parg_ptr, pz_ptr, 
 @triton.jit
 def _pass_kernel(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, part_c_ptr, part_m_ptr,
                  bv_ptr, bi_ptr, tok_ptr, lp_ptr,
-                 CH: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr, CB: tl.constexpr, P: tl.constexpr):
-    """One data pass over chunk s of row `row` (grid (B, S)), whatever the row's phase asks (see the module
-    docstring). A row that is DONE costs each of its programs one load."""
+                 CH: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr, CB: tl.constexpr, P: tl.constexpr,
+                 CPP: tl.constexpr):
+    """One data pass over chunks s = CPP * program_id(1) + 0 .. CPP - 1 of row `row` (grid (B, ceil(S / CPP))),
+    whatever the row's phase asks (see the module docstring). A row that is DONE costs each of its programs one
+    load. CPP > 1 serves the late rounds (LATE_CHUNKS_PER_PROGRAM): few rows are still active there, and an
+    idle round's cost is its programs'."""
     row = tl.program_id(0).to(tl.int64)
-    s = tl.program_id(1)
     st = is_ptr + row * _NI
     fs = fs_ptr + row * _NF
     phase = tl.load(st + _I_PHASE)
+    if phase != _DONE:
+        for c in tl.static_range(CPP):
+            s = tl.program_id(1) * CPP + c
+            if s < S:
+                _pass_chunk(logits_ptr, stride_row, V, S, inv_t, fs, st, piv_ptr, part_c_ptr, part_m_ptr, bv_ptr,
+                            bi_ptr, tok_ptr, lp_ptr, row, s, phase, CH, BLOCK, PB, CB, P)
+
+
+@triton.jit
+def _pass_chunk(logits_ptr, stride_row, V, S, inv_t, fs, st, piv_ptr, part_c_ptr, part_m_ptr, bv_ptr, bi_ptr,
+                tok_ptr, lp_ptr, row, s, phase, CH: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr,
+                CB: tl.constexpr, P: tl.constexpr):
+    """The data pass's work on chunk s of row `row` (fs, st: the row's float and int state)."""
     row_ptr = logits_ptr + row * stride_row
     NEG: tl.constexpr = float("-inf")
     c0 = s * CH
@@ -539,10 +561,11 @@ class SplitSampler:
             bv = torch.empty(B if any_filter else 1, CB, dtype=torch.float32, device=dev)
             bi = torch.empty(B if any_filter else 1, CB, dtype=torch.int32, device=dev)
             log_min_p = s.log_min_p if has_minp else 0.0
-            for _ in range(rounds):
-                _pass_kernel[(B, S)](logits, logits.stride(0), V, S, s.inv_t, fs, ist, piv, part_c, part_m,
-                                     bv, bi, tokens, logprobs, CH=CH, BLOCK=self.block, PB=self.pivot_block,
-                                     CB=CB, P=P, num_warps=4)
+            for r in range(rounds):
+                cpp = 1 if r < FULL_ROUNDS else min(LATE_CHUNKS_PER_PROGRAM, S)
+                _pass_kernel[(B, triton.cdiv(S, cpp))](
+                    logits, logits.stride(0), V, S, s.inv_t, fs, ist, piv, part_c, part_m, bv, bi, tokens,
+                    logprobs, CH=CH, BLOCK=self.block, PB=self.pivot_block, CB=CB, P=P, CPP=cpp, num_warps=4)
                 _decide_kernel[(B,)](logits, logits.stride(0), V, S, s.inv_t, fs, ist, piv, fix, part_c, part_m,
                                      bv, bi, u_out, tokens, logprobs, k, s.top_p, log_min_p,
                                      HAS_TOPK=has_topk, HAS_TOPP=has_topp, HAS_MINP=has_minp, S_PAD=S_PAD, C=C,

@@ -122,6 +122,15 @@ def _cluster_rows(V=300, n=100):
     return rows
 
 
+def fewer_rounds(kw) -> int:
+    """One round fewer than the cluster rows need (measured: 10 with one threshold, 11 with both)."""
+    return 9 if len(kw) == 2 else 10
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 @pytest.mark.parametrize("kw", [dict(top_k=20, temperature=1.0), dict(top_p=0.87, temperature=1.0),
                                 dict(top_k=20, top_p=0.87, temperature=1.0)], ids=str)
 def test_split_kernel_deep_refinement_ends_within_its_rounds(kw, monkeypatch):
@@ -132,8 +141,11 @@ def test_split_kernel_deep_refinement_ends_within_its_rounds(kw, monkeypatch):
     logits = _cluster_rows().to(DEVICE)
     ids = torch.arange(3, device=DEVICE) + 11
     _compare(params, logits, ids, 2, "triton", max_ambiguous=0.7)
+    # 10 chunks of 32: the late rounds' programs take 8 chunks each, the second one 2 real and 6 past the row
+    assert ss.FULL_ROUNDS < fewer_rounds(kw) and triton_cdiv(10, ss.LATE_CHUNKS_PER_PROGRAM) == 2
+    _compare(params, logits, ids, 2, "triton", block=16, chunk=32, max_ambiguous=0.7)
     real = ss.rounds_for
-    fewer = 9 if len(kw) == 2 else 10
+    fewer = fewer_rounds(kw)
     assert fewer < real(False, "top_k" in kw, "top_p" in kw, False)
     monkeypatch.setattr(ss, "rounds_for", lambda *a: fewer)
     short = Sampler(params, DEVICE, backend="triton", candidates=16, block=64, chunk=128)
