@@ -9,8 +9,7 @@ The function is the same as that kernel's (definitions of x, m, t_k, t_p, t_min 
 `prompt_tree.sampler`), and so are its thresholds: counts and masses at P fixed pivots m + c, then either a
 compaction of the <= C elements above the chosen pivot L (the common case: thresholds and the pick in registers),
 or, when no pivot qualifies, a refinement of each threshold's bracket by P pivots evenly spaced in key space
-(`_key`) until it holds <= BRACKET_FACTOR * C elements, a compaction of the bracket, and a pick over the whole
-row.
+(`_key`) until it holds <= C elements, a compaction of the bracket, and a pick over the whole row.
 
 In front of that, for top-p and min-p, the bound path (`_start_kernel`): a lower bound L <= T* that needs no count
 (from the row's max and normaliser), and a compaction above it; a row whose compaction holds <= C elements is
@@ -26,7 +25,7 @@ Every step is a per-row state machine whose state lives in small device tensors 
           one load.
 The number of rounds launched is the worst case for the settings (`rounds_for`), fixed on the host, so a call
 has no data-dependent launch and no host sync, and can be captured in a CUDA graph. The common case needs one
-round (the bound COMPACT) or two (COUNT, COMPACT); a flat top-p row about five (COUNT, one refinement, COMPACT,
+round (the bound COMPACT) or two (COUNT, COMPACT); a flat top-p row about six (COUNT, two refinements, COMPACT,
 PICK_MASS, PICK_SCAN).
 
 Compaction takes its positions in the row's buffer with one atomic add per block that has selected elements, so
@@ -43,18 +42,13 @@ from .sampler_triton import (PIVOTS, _at, _buffer_thresholds, _count_range, _fro
                              _narrow, _online_stats, _resolve, _top_k_start, _top_p_start, _uniform, pivot_offsets)
 
 CHUNK = 4096  # vocabulary elements per program of a data pass: V = 128256 gives S = 32 programs per row
-# A refined threshold's bracket is compacted once it holds at most BRACKET_FACTOR * C elements (C: the
-# candidates): its resolution is one sort in the decision, and each count pass it saves reads the whole row with
-# 16 pivots. A flat 128k row (a random-weight model's) brackets top-p between two fixed pivots with ~30-40k
-# elements; one refinement leaves ~2-3k (measured offline on bf16 N(0, 1) rows), more than C = 1024, so with
-# the buffer at C it took two count passes and one at 4C. The paths that finish in registers (everything above a
-# pivot or the bound) keep C.
-BRACKET_FACTOR = 4
 # Rounds after the first FULL_ROUNDS run LATE_CHUNKS_PER_PROGRAM chunks per program. A round launches its programs
 # whatever the rows' phases (a fixed launch count is what makes a call capturable), and a round with nothing to do
 # cost ~0.04 ms at B = 1024 (its B x S = 32k programs, each loading a phase and leaving: sampling.md). Rows need 1
-# round (peaked, the bound path), 3 (a fixed pivot qualifies) or about 5 (flat top-p: count, one refinement,
+# round (peaked, the bound path), 3 (a fixed pivot qualifies) or about 6 (flat top-p: count, two refinements,
 # compaction, pick); only rows of clustered ties refine further, and they still finish, more slowly.
+# Measured on the H200 (sampler.json run F, beside a variant since dropped): 1.08 -> 1.00 ms at B1024 on peaked
+# logits, 4.21 -> 4.11 on flat ones.
 FULL_ROUNDS = 6
 LATE_CHUNKS_PER_PROGRAM = 8
 BLOCK = 1024  # elements per step inside a chunk (stats, compaction, picks)
@@ -222,7 +216,7 @@ def _start_kernel(logits_ptr, stride_row, pmax_ptr, psum_ptr, parg_ptr, pz_ptr, 
 @triton.jit
 def _pass_kernel(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, part_c_ptr, part_m_ptr,
                  bv_ptr, bi_ptr, tok_ptr, lp_ptr,
-                 CH: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr, CB: tl.constexpr, P: tl.constexpr,
+                 CH: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr, C: tl.constexpr, P: tl.constexpr,
                  CPP: tl.constexpr):
     """One data pass over chunks s = CPP * program_id(1) + 0 .. CPP - 1 of row `row` (grid (B, ceil(S / CPP))),
     whatever the row's phase asks (see the module docstring). A row that is DONE costs each of its programs one
@@ -237,13 +231,13 @@ def _pass_kernel(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, p
             s = tl.program_id(1) * CPP + c
             if s < S:
                 _pass_chunk(logits_ptr, stride_row, V, S, inv_t, fs, st, piv_ptr, part_c_ptr, part_m_ptr, bv_ptr,
-                            bi_ptr, tok_ptr, lp_ptr, row, s, phase, CH, BLOCK, PB, CB, P)
+                            bi_ptr, tok_ptr, lp_ptr, row, s, phase, CH, BLOCK, PB, C, P)
 
 
 @triton.jit
 def _pass_chunk(logits_ptr, stride_row, V, S, inv_t, fs, st, piv_ptr, part_c_ptr, part_m_ptr, bv_ptr, bi_ptr,
                 tok_ptr, lp_ptr, row, s, phase, CH: tl.constexpr, BLOCK: tl.constexpr, PB: tl.constexpr,
-                CB: tl.constexpr, P: tl.constexpr):
+                C: tl.constexpr, P: tl.constexpr):
     """The data pass's work on chunk s of row `row` (fs, st: the row's float and int state)."""
     row_ptr = logits_ptr + row * stride_row
     NEG: tl.constexpr = float("-inf")
@@ -267,9 +261,9 @@ def _pass_chunk(logits_ptr, stride_row, V, S, inv_t, fs, st, piv_ptr, part_c_ptr
             if k > 0:
                 base = tl.atomic_add(st + _I_N, k)  # positions in the row's buffer: order-free (module docstring)
                 pos = base + tl.cumsum(sel.to(tl.int32), 0) - 1
-                keep = sel & (pos < CB)  # the buffer's CB slots (a row's [CB] of bv / bi)
-                tl.store(bv_ptr + row * CB + pos, x, mask=keep)
-                tl.store(bi_ptr + row * CB + pos, offs, mask=keep)
+                keep = sel & (pos < C)
+                tl.store(bv_ptr + row * C + pos, x, mask=keep)
+                tl.store(bi_ptr + row * C + pos, offs, mask=keep)
     if phase == _PICK_MASS:
         m = tl.load(fs + _F_M)
         T = tl.load(fs + _F_T)
@@ -304,10 +298,10 @@ def _pass_chunk(logits_ptr, stride_row, V, S, inv_t, fs, st, piv_ptr, part_c_ptr
 
 
 @triton.jit
-def _enter(fs, st, piv_row, goal, lo, lo_c, lo_m, hi, hi_c, hi_m, CB: tl.constexpr, P: tl.constexpr):
+def _enter(fs, st, piv_row, goal, lo, lo_c, lo_m, hi, hi_c, hi_m, C: tl.constexpr, P: tl.constexpr):
     """Store a threshold's bracket [lo, hi) (count and mass of {x >= .} at both ends) and choose its next
-    round: compact it when it holds <= CB elements (the bracket buffer); resolve it to lo when one value is left;
-    else count at P pivots evenly spaced inside it in key space."""
+    round: compact it when it holds <= C elements; resolve it to lo when one value is left; else count at P
+    pivots evenly spaced inside it in key space."""
     tl.store(fs + _F_LO, lo)
     tl.store(fs + _F_HI, hi)
     tl.store(fs + _F_LO_M, lo_m)
@@ -317,7 +311,7 @@ def _enter(fs, st, piv_row, goal, lo, lo_c, lo_m, hi, hi_c, hi_m, CB: tl.constex
     tl.store(st + _I_GOAL, goal)
     klo = _key(lo).to(tl.int64)
     khi = _key(hi).to(tl.int64)
-    if (lo_c - hi_c) <= CB:
+    if (lo_c - hi_c) <= C:
         tl.store(st + _I_N, 0)
         tl.store(st + _I_PHASE, _COMPACT)
     elif (khi - klo) <= 1:
@@ -329,12 +323,12 @@ def _enter(fs, st, piv_row, goal, lo, lo_c, lo_m, hi, hi_c, hi_m, CB: tl.constex
 
 
 @triton.jit
-def _enter_top_p(fs, st, piv_row, fpiv, fcnt, fmass, m, t_k, c_k, z_k, top_p, CB: tl.constexpr, P: tl.constexpr):
+def _enter_top_p(fs, st, piv_row, fpiv, fcnt, fmass, m, t_k, c_k, z_k, top_p, C: tl.constexpr, P: tl.constexpr):
     """The top-p bracket from the fixed pivots, once t_k (count c_k, mass z_k) is known, and its next round."""
     target_p = top_p * z_k
     tl.store(fs + _F_TGT, target_p)
     lo, lo_c, lo_m, hi, hi_c, hi_m = _top_p_start(fpiv, fcnt, fmass, m, t_k, c_k, z_k, target_p, P)
-    _enter(fs, st, piv_row, _G_P, lo, lo_c, lo_m, hi, hi_c, hi_m, CB, P)
+    _enter(fs, st, piv_row, _G_P, lo, lo_c, lo_m, hi, hi_c, hi_m, C, P)
 
 
 @triton.jit
@@ -351,7 +345,7 @@ def _finalize(fs, st, m, t_k, t_p, log_min_p, HAS_MINP: tl.constexpr):
 def _decide_kernel(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr, fix_ptr, part_c_ptr, part_m_ptr,
                    bv_ptr, bi_ptr, u_ptr, tok_ptr, lp_ptr, top_k, top_p, log_min_p,
                    HAS_TOPK: tl.constexpr, HAS_TOPP: tl.constexpr, HAS_MINP: tl.constexpr,
-                   S_PAD: tl.constexpr, C: tl.constexpr, CB: tl.constexpr, P: tl.constexpr):
+                   S_PAD: tl.constexpr, C: tl.constexpr, P: tl.constexpr):
     """Per row (grid B): read the last data pass's partials and set the next phase (see the module docstring).
     fix: [B, 3, P] fp32, the fixed pivots with their counts and masses (kept for the top-p bracket and min-p)."""
     row = tl.program_id(0).to(tl.int64)
@@ -390,9 +384,9 @@ def _decide_kernel(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr,
             else:
                 if HAS_TOPK:
                     lo, lo_c, lo_m, hi, hi_c, hi_m = _top_k_start(piv, cnt, mass, m, top_k, P)
-                    _enter(fs, st, piv_row, _G_K, lo, lo_c, lo_m, hi, hi_c, hi_m, CB, P)
+                    _enter(fs, st, piv_row, _G_K, lo, lo_c, lo_m, hi, hi_c, hi_m, C, P)
                 elif HAS_TOPP:
-                    _enter_top_p(fs, st, piv_row, piv, cnt.to(tl.float32), mass, m, NEG, V, z, top_p, CB, P)
+                    _enter_top_p(fs, st, piv_row, piv, cnt.to(tl.float32), mass, m, NEG, V, z, top_p, C, P)
                 else:
                     _finalize(fs, st, m, NEG, NEG, log_min_p, HAS_MINP)
         else:
@@ -404,7 +398,7 @@ def _decide_kernel(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr,
             lo, lo_c, lo_m, hi, hi_c, hi_m = _narrow(
                 piv, cnt, mass, ok, tl.load(fs + _F_LO), tl.load(st + _I_LO_C), tl.load(fs + _F_LO_M),
                 tl.load(fs + _F_HI), tl.load(st + _I_HI_C), tl.load(fs + _F_HI_M), P)
-            _enter(fs, st, piv_row, goal, lo, lo_c, lo_m, hi, hi_c, hi_m, CB, P)
+            _enter(fs, st, piv_row, goal, lo, lo_c, lo_m, hi, hi_c, hi_m, C, P)
     elif (phase == _COMPACT) | (phase == _RESOLVED):
         goal = tl.load(st + _I_GOAL)
         arc = tl.arange(0, C)
@@ -420,8 +414,8 @@ def _decide_kernel(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr,
             tl.store(st + _I_PHASE, _COUNT)
         elif (goal == _G_ALL) | (goal == _G_BOUND):
             # everything >= L is in the buffer: the thresholds and the pick in registers
-            cv = tl.load(bv_ptr + row * CB + arc, mask=live, other=NEG)
-            ci = tl.load(bi_ptr + row * CB + arc, mask=live, other=0)
+            cv = tl.load(bv_ptr + row * C + arc, mask=live, other=NEG)
+            ci = tl.load(bi_ptr + row * C + arc, mask=live, other=0)
             t_k, t_p = _buffer_thresholds(tl.sort(cv, descending=True), live, n, m, tl.load(fs + _F_Z), top_k, top_p,
                                           HAS_TOPK, HAS_TOPP, C)
             T = tl.maximum(t_k, t_p)
@@ -452,23 +446,21 @@ def _decide_kernel(logits_ptr, stride_row, V, S, inv_t, fs_ptr, is_ptr, piv_ptr,
             t = lo
             t_c = lo_c
             t_m = lo_m
-            if phase == _COMPACT:  # the bracket's <= CB elements
-                arb = tl.arange(0, CB)
-                live_b = arb < n
-                sv = tl.sort(tl.load(bv_ptr + row * CB + arb, mask=live_b, other=NEG), descending=True)
-                g = tl.where(live_b, tl.exp(sv - m), 0.0)
+            if phase == _COMPACT:
+                sv = tl.sort(tl.load(bv_ptr + row * C + arc, mask=live, other=NEG), descending=True)
+                g = tl.where(live, tl.exp(sv - m), 0.0)
                 if goal == _G_P:
                     reach = (hi_m + tl.cumsum(g, 0)) >= tl.load(fs + _F_TGT)
                 else:
-                    reach = (hi_c + arb + 1) >= top_k
-                t, t_c, t_m = _resolve(sv, g, reach, live_b, n, hi_c, hi_m, CB)
+                    reach = (hi_c + arc + 1) >= top_k
+                t, t_c, t_m = _resolve(sv, g, reach, live, n, hi_c, hi_m, C)
             if goal == _G_K:
                 tl.store(fs + _F_TK, t)
                 tl.store(fs + _F_ZK, t_m)
                 tl.store(st + _I_CK, t_c)
                 if HAS_TOPP:
                     _enter_top_p(fs, st, piv_row, tl.load(fix + arp), tl.load(fix + P + arp),
-                                 tl.load(fix + 2 * P + arp), m, t, t_c, t_m, top_p, CB, P)
+                                 tl.load(fix + 2 * P + arp), m, t, t_c, t_m, top_p, C, P)
                 else:
                     _finalize(fs, st, m, t, NEG, log_min_p, HAS_MINP)
             else:
@@ -523,7 +515,6 @@ class SplitSampler:
             logits = logits.contiguous()
         dev = logits.device
         C, P, CH = s.candidates, PIVOTS, self.chunk
-        CB = BRACKET_FACTOR * C
         S = triton.cdiv(V, CH)
         S_PAD = triton.next_power_of_2(S)
         greedy = s.greedy
@@ -558,18 +549,18 @@ class SplitSampler:
             part_c = torch.empty(B, S, P, dtype=torch.int32, device=dev)
             part_m = torch.empty(B, S, P, dtype=torch.float32, device=dev)
             fix = torch.empty(B, 3, P, dtype=torch.float32, device=dev)
-            bv = torch.empty(B if any_filter else 1, CB, dtype=torch.float32, device=dev)
-            bi = torch.empty(B if any_filter else 1, CB, dtype=torch.int32, device=dev)
+            bv = torch.empty(B if any_filter else 1, C, dtype=torch.float32, device=dev)
+            bi = torch.empty(B if any_filter else 1, C, dtype=torch.int32, device=dev)
             log_min_p = s.log_min_p if has_minp else 0.0
             for r in range(rounds):
                 cpp = 1 if r < FULL_ROUNDS else min(LATE_CHUNKS_PER_PROGRAM, S)
                 _pass_kernel[(B, triton.cdiv(S, cpp))](
                     logits, logits.stride(0), V, S, s.inv_t, fs, ist, piv, part_c, part_m, bv, bi, tokens,
-                    logprobs, CH=CH, BLOCK=self.block, PB=self.pivot_block, CB=CB, P=P, CPP=cpp, num_warps=4)
+                    logprobs, CH=CH, BLOCK=self.block, PB=self.pivot_block, C=C, P=P, CPP=cpp, num_warps=4)
                 _decide_kernel[(B,)](logits, logits.stride(0), V, S, s.inv_t, fs, ist, piv, fix, part_c, part_m,
                                      bv, bi, u_out, tokens, logprobs, k, s.top_p, log_min_p,
                                      HAS_TOPK=has_topk, HAS_TOPP=has_topp, HAS_MINP=has_minp, S_PAD=S_PAD, C=C,
-                                     CB=CB, P=P, num_warps=8)
+                                     P=P, num_warps=8)
         self.u_out = u_out
         self.state = (fs, ist)
         return tokens, logprobs

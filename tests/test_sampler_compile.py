@@ -75,11 +75,11 @@ for g, f, t, k_, p_, m_ in ((True, False, True, False, False, False), (False, Tr
     compile_kernel(ss._start_kernel, "*fp32", 1, GREEDY=g, ANY_FILTER=f, STEP_TENSOR=t, HAS_TOPK=k_, HAS_TOPP=p_,
                    HAS_MINP=m_, S_PAD=32, C=1024, P=st.PIVOTS)
 for cpp in (1, ss.LATE_CHUNKS_PER_PROGRAM):  # the early rounds' grid and the late rounds'
-    compile_kernel(ss._pass_kernel, "*bf16", 4, CH=ss.CHUNK, BLOCK=ss.BLOCK, PB=ss.PIVOT_BLOCK,
-                   CB=ss.BRACKET_FACTOR * 1024, P=st.PIVOTS, CPP=cpp)
+    compile_kernel(ss._pass_kernel, "*bf16", 4, CH=ss.CHUNK, BLOCK=ss.BLOCK, PB=ss.PIVOT_BLOCK, C=1024, P=st.PIVOTS,
+                   CPP=cpp)
 for k_, p_, m_ in ((False, True, False), (True, True, True), (False, False, True)):
     compile_kernel(ss._decide_kernel, "*bf16", 8, HAS_TOPK=k_, HAS_TOPP=p_, HAS_MINP=m_, S_PAD=32, C=1024,
-                   CB=ss.BRACKET_FACTOR * 1024, P=st.PIVOTS)
+                   P=st.PIVOTS)
 n += 1
 print("compiled", n)
 '''
