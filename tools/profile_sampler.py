@@ -72,8 +72,10 @@ def launch_order(prof, calls: int) -> str:
                      key=lambda e: e.time_range.start)
     per = len(kernels) // calls if calls else 0
     last = kernels[len(kernels) - per:] if per else []
-    return ", ".join(f"{e.name.split('[')[0].strip('_').replace('_kernel', '')} {e.time_range.elapsed_us():.0f}"
-                     for e in last)
+    def short(name: str) -> str:  # "_pass_kernel[...]" -> "pass"; a templated ATen kernel -> its first word
+        return name.split("[")[0].split("<")[0].split("(")[0].strip("_").replace("_kernel", "")[:24]
+
+    return ", ".join(f"{short(e.name)} {e.time_range.elapsed_us():.0f}" for e in last)
 
 
 if __name__ == "__main__":
