@@ -247,6 +247,39 @@ def test_padded_steps_admit_no_slice_that_would_mostly_pad(monkeypatch):
     same(ref, eng.generate(tree, params, progress=False, length_budget=budget), logprobs=False)
 
 
+def test_padded_admission_counts_rows_across_units():
+    """Eight problems of 128 and pages for about 1000 rows at max_new_tokens, steps padded to buckets: 1000 rows
+    fill the 1024 bucket better than 768 fill theirs, so all 1000 are admitted. Counted per unit, no single
+    problem's 128 rows could lift 768 running rows past the 1024 bucket's break-even (980), and the batch stayed
+    at 768 (the H200 codellama run behind the rule). With pages for only 900, 768 is the better step."""
+    from prompt_tree.engine.run import GenerationRun
+    from prompt_tree.engine.scheduler import STEP_FIXED_ROWS
+    from prompt_tree.sampler import Sampler
+
+    assert STEP_FIXED_ROWS == 160  # 768 / 928 lies between 900 / 1184 and 1000 / 1184
+    tree = PromptTree()
+    shots = tree.root.add([256] + list(range(1, 20)), key="shots")
+    for p in range(8):
+        shots.add([7 + p, 9, 11], key=f"p{p}").add([], samples=128, key=f"p{p}/s")
+    params = SamplingParams(max_new_tokens=100, temperature=0)
+    admitted = {}
+    for room in (1000, 900):
+        # 7 pages of 16 per sample's 100 tokens, 10 for the nodes (2 shared, 1 per problem)
+        eng = engine(memory_budget_bytes=tight_budget(10 + room * 7, tree, rows=1024), prefill_chunk_tokens=64,
+                     max_batch_sequences=1024, watermark=0.0)
+        for padded in (False, True):
+            run = GenerationRun(eng, eng.plan(tree, params), params, "tree", None, lambda c: None,
+                                Sampler(params, eng.device), None)
+            assert max(u.stop - u.start for u in run.scheduler.waiting) == 128  # one problem per unit
+            if padded:
+                run.scheduler.padded = eng.options.bucket
+            run.scheduler.admit()
+            admitted[room, padded] = len(run.scheduler.active)
+    assert 992 <= admitted[1000, False] <= 1000 and 892 <= admitted[900, False] <= 900, admitted
+    assert admitted[1000, True] == admitted[1000, False], admitted  # the whole fit: 1024 bucket
+    assert admitted[900, True] == 768, admitted
+
+
 def test_padded_admission_still_preempts_at_small_batches(monkeypatch):
     """The CUDA preemption test's scenario with steps padded to graph buckets (forced here): small steps cost the
     weight read whatever their rows, so padding must not hold rows back there, and the long samples admitted on

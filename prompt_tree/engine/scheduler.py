@@ -7,10 +7,12 @@ at different points of their completions, and the ones that finish give their pa
 grow, so at no future step do all of them hold their final length at once. Summing final lengths (the earlier
 rule) kept about twice the KV that was ever live in reserve. Expected usage comes from the samples finished
 so far: a sequence that has generated g tokens is still running t steps later with probability S(g+t)/S(g),
-where S is the survival function of the finished lengths, shrunk towards max_new_tokens by a prior of
-PRIOR_SAMPLES samples (so a run starts as cautiously as a static reservation and learns; the survivors' bias
-early in a run is covered by the prior and, when the guess is still wrong, by preemption). Many independent
-sequences make the sum concentrate near its expectation; the watermark is the headroom for the rest.
+where S is the Kaplan-Meier survival function of the final lengths, estimated from the finished samples and the
+running ones (a sequence running at g is known to end past g: counted at risk up to g, it corrects the bias of
+the finished ones, which early in a run are the short ones), shrunk towards max_new_tokens by a prior of
+PRIOR_SAMPLES samples there (so a run starts as cautiously as a static reservation and learns; a guess still
+wrong is covered by preemption). Many independent sequences make the sum concentrate near its expectation; the
+watermark is the headroom for the rest.
 
 When the pages run out anyway, the newest admitted unit is preempted: its unfinished samples drop their pages
 and wait again at the head of the queue, to be recomputed (the seeded sampler redraws the same tokens); its
@@ -21,7 +23,6 @@ sub-batches in lockstep (the earlier engine's policy, kept to compare against).
 """
 from __future__ import annotations
 
-import bisect
 from collections import deque
 from itertools import accumulate
 
@@ -44,45 +45,65 @@ ACTIVE = (SeqState.PREFILLING, SeqState.READY, SeqState.RUNNING)
 
 
 class LengthModel:
-    """Expected final generated lengths from the finished ones (see the module docstring)."""
+    """Final generated lengths: the Kaplan-Meier estimate from the finished samples and the running ones (see
+    the module docstring), with PRIOR_SAMPLES pseudo-samples at max_new_tokens."""
 
     def __init__(self, max_new: int, static: bool):
         self.max_new, self.static = max_new, static
-        self._sorted: list[int] = []
-        self._suffix_sums: list[int] | None = None
-        self._table: tuple | None = None  # ((page_size, finished count), usage_table)
+        self.finished = np.zeros(max_new + 1, dtype=np.int64)  # [max_new + 1] finished samples per final length
+        self.finished[max_new] = PRIOR_SAMPLES
+        self.running = np.zeros(max_new + 1, dtype=np.int64)  # [max_new + 1] running ones per generated count
+        self._s: np.ndarray | None = None  # [max_new + 1] S(x) = P(final length > x), x = 0 .. max_new
+        self._table: tuple | None = None  # (page_size, usage_table), valid while _s is
 
     def add(self, generated: int) -> None:
-        bisect.insort(self._sorted, generated)
-        self._suffix_sums = None
+        self.finished[min(generated, self.max_new)] += 1
+        self._s = None
+
+    def censor(self, counts: np.ndarray) -> None:
+        """The running sequences now, counts[g] of them at g generated tokens: each will end past g. Counting
+        them at risk up to g removes the early bias of the finished ones, which are the short ones early in a
+        run (from finished lengths alone, codellama-7b's 40 x 128 lognormal job over-admitted and preempted 70
+        times once the batch could fill its pages, job.json run 14)."""
+        counts = np.asarray(counts, dtype=np.int64)[:self.max_new + 1]
+        if not np.array_equal(counts, self.running[:len(counts)]) or self.running[len(counts):].any():
+            self.running[:] = 0
+            self.running[:len(counts)] = counts
+            self.running[self.max_new] = 0  # (one at the cap is finishing this step)
+            self._s = None
+
+    def _survival_table(self) -> np.ndarray:
+        if self._s is None:
+            # at risk of ending with exactly t tokens: finished with length >= t, running with g >= t
+            # (a running sequence at g ends past g); hazard d(t) / n(t); S(x) = prod over t <= x of (1 - hazard)
+            at_risk = np.cumsum(self.finished[::-1])[::-1] + np.cumsum(self.running[::-1])[::-1]
+            hazard = np.divide(self.finished, at_risk, out=np.zeros(self.max_new + 1), where=at_risk > 0)
+            hazard[0] = 0.0  # every sequence generates at least one token
+            self._s = np.cumprod(1.0 - hazard)
+            self._table = None
+        return self._s
 
     def expected(self, generated: int) -> int:
         """Expected final generated count of a sequence with `generated` tokens so far."""
         if self.static:
             return self.max_new
-        if self._suffix_sums is None:
-            acc, sums = 0, [0] * (len(self._sorted) + 1)
-            for i in range(len(self._sorted) - 1, -1, -1):
-                acc += self._sorted[i]
-                sums[i] = acc
-            self._suffix_sums = sums
-        i = bisect.bisect_right(self._sorted, generated)
-        k = len(self._sorted) - i
-        mean = (self._suffix_sums[i] + PRIOR_SAMPLES * self.max_new) / (k + PRIOR_SAMPLES)
+        s = self._survival_table()
+        g = min(generated, self.max_new - 1)
+        # E[L | L > g] = g + sum over x >= g of S(x) / S(g)
+        mean = g + (s[g:].sum() / s[g] if s[g] > 0 else 1.0)
         return max(generated + 1, min(self.max_new, -(-int(mean * 1000) // 1000)))
 
     def survival(self, x: np.ndarray) -> np.ndarray:
-        """P(final length > x) for each x: the finished lengths plus PRIOR_SAMPLES at max_new_tokens."""
-        n = len(self._sorted)
-        above = n - np.searchsorted(np.asarray(self._sorted, dtype=np.int64), x, side="right")
-        return (above + PRIOR_SAMPLES * (x < self.max_new)) / (n + PRIOR_SAMPLES)
+        """P(final length > x) for each x >= 0 (0 from max_new_tokens on)."""
+        s = self._survival_table()
+        return s[np.minimum(np.asarray(x, dtype=np.int64), self.max_new)]
 
     def usage_table(self, page_size: int) -> np.ndarray:
         """[max_new + 1, H] float64: the pages a sequence that has generated g tokens is expected to hold
         h * page_size steps later (0 once it has finished), for h = 0 .. H - 1 covering max_new_tokens. Cached
-        until the next finished sample."""
-        key = (page_size, len(self._sorted))
-        if self._table is not None and self._table[0] == key:
+        until the estimate changes."""
+        self._survival_table()
+        if self._table is not None and self._table[0] == page_size:
             return self._table[1]
         g = np.arange(self.max_new + 1, dtype=np.int64)[:, None]
         t = np.arange(0, self.max_new + page_size, page_size, dtype=np.int64)[None, :]
@@ -90,7 +111,7 @@ class LengthModel:
         alive = np.divide(self.survival(g + t), s_now, out=np.zeros((g.shape[0], t.shape[1])), where=s_now > 0)
         # a sequence still running after generating g + t tokens has fed at most g + t + 1 positions
         table = alive * (-(-(g + t + 1) // page_size))
-        self._table = (key, table)
+        self._table = (page_size, table)
         return table
 
 
@@ -136,41 +157,64 @@ class Scheduler:
     # ----- admission
 
     def admit(self) -> bool:
-        """Admit the units that fit now; True if any was."""
+        """Admit the units that fit now; True if any was. Where steps are padded to graph buckets, the rows
+        that fit across all waiting units are counted first (a dry walk) and cut to the count worth a padded
+        step (worth_padding): cut per unit, a 128-sample problem could never fill the 256 rows that lift a
+        768-row batch into the 1024 bucket, and the batch stayed at 768 with half the pages free (codellama-7b,
+        lognormal, 40 x 128, H200: 1311 of 1939 steps at 640-767 rows, occupancy 0.48, job.json run 13)."""
         if not self.waiting or not self.dirty:
             return False
         self.dirty = False
         if self.static and self.active:
             return False
+        if not self.static:
+            self.lengths.censor(np.bincount([s.generated for s in self.active],
+                                            minlength=self.lengths.max_new + 1))
+        cap = None
+        if self.padded is not None:
+            fit = self._walk(dry=True)
+            # (nothing fits with nothing running: the real walk says why)
+            cap = worth_padding(len(self.active), fit, self.padded) if fit or self.active else None
+        return self._walk(dry=False, cap=cap) > 0
+
+    def _walk(self, dry: bool, cap: int | None = None) -> int:
+        """Walk the waiting units in order, taking from each the most sequences that fit (a slice of at least
+        MIN_SLICE beside running ones), at most `cap` in all; returns how many were taken. dry: count only,
+        changing nothing: the pages the counted units' new nodes would take, and the nodes they would pin, are
+        kept aside as it goes, as admitting them would (the real walk checks every unit again)."""
         run, blocks = self.run, self.run.blocks
         worst = sum(self._worst_pages(s) for s in self.active)  # every admitted one at max_new (static reserves it)
         # continuous: the admitted sequences per generated count, and the pages they hold now (peak_pages)
         counts = np.bincount([s.generated for s in self.active], minlength=self.lengths.max_new + 1)
         held = sum(len(s.pages) for s in self.active)
         watermark = int(run.opts.watermark * blocks.pool.usable_pages)
-        admitted = False
-        while self.waiting:
-            u = self.waiting[0]
+        taken = 0
+        placed, counted = 0, set()  # dry: the pages the counted units' nodes would take, and those nodes
+        queue = deque(self.waiting) if dry else self.waiting
+        while queue:
+            u = queue[0]
             seqs = [s for s in run.seqs[u.start:u.stop] if s.state is SeqState.WAITING]
             if not seqs:
-                self.waiting.popleft()
+                queue.popleft()
                 continue
-            rows = len(self.active)
+            unit_waiting = len(seqs)
+            rows = len(self.active) + (taken if dry else 0)
             room = run.max_rows - rows
+            if cap is not None:
+                room = min(room, cap - taken)
             # beside running sequences: a slice of at least MIN_SLICE (static: the whole unit, as it always did)
             least = len(seqs) if self.static else min(len(seqs), MIN_SLICE)
             if room <= 0 or (rows and min(len(seqs), room) < least):
                 break
             seqs = seqs[:room]
             nodes = self._nodes_of(seqs)
-            node_pages = sum(blocks.node_pages_needed(k, len(run.plan.node_tokens[k])) for k in nodes)
-            spare = blocks.free_pages + self._evictable_pages(nodes)
+            node_pages = sum(blocks.node_pages_needed(k, len(run.plan.node_tokens[k]))
+                             for k in nodes if k not in counted)
+            spare = blocks.free_pages + self._evictable_pages(counted.union(nodes)) - placed
             # worst_upto[n]: pages the first n would still add at max_new_tokens
             worst_upto = list(accumulate((self._worst_pages(s) for s in seqs), initial=0))
             if rows:
                 n = self._largest_fit(worst_upto, counts, held, worst, spare - node_pages, watermark)
-                if self.padded is not None:
-                    n = worth_padding(rows, n, self.padded)
                 if n < least:
                     break
             else:  # nothing admitted: take what can start (static: what its reservation allows)
@@ -184,8 +228,18 @@ class Scheduler:
             if n < len(seqs):  # a slice: only its own nodes are placed (a unit may span several problems)
                 seqs = seqs[:n]
                 nodes = self._nodes_of(seqs)
-            unit_worst = worst_upto[n]
-            self.waiting.popleft()
+            counts[0] += n
+            worst += worst_upto[n]
+            taken += n
+            if dry:
+                placed += sum(blocks.node_pages_needed(k, len(run.plan.node_tokens[k]))
+                              for k in nodes if k not in counted)  # what placing its nodes takes from free_pages
+                counted.update(nodes)
+                if n < unit_waiting:
+                    break  # the rest of a sliced unit did not fit
+                queue.popleft()
+                continue
+            queue.popleft()
             if seqs[-1].index + 1 < u.stop and any(s.state is SeqState.WAITING
                                                    for s in run.seqs[seqs[-1].index + 1:u.stop]):
                 rest = Unit(self._next_uid, seqs[-1].index + 1, u.stop)  # the unit is split: the rest waits
@@ -195,10 +249,7 @@ class Scheduler:
                     s.unit = rest.uid
                 self.waiting.appendleft(rest)
             self._admit(u, seqs, nodes)
-            counts[0] += len(seqs)
-            worst += unit_worst
-            admitted = True
-        return admitted
+        return taken
 
     def _fits(self, worst_upto: list, n: int, counts: np.ndarray, held: int, worst: int, spare: int,
               watermark: int) -> bool:
