@@ -47,8 +47,8 @@ CHUNK = 4096  # vocabulary elements per program of a data pass: V = 128256 gives
 # cost ~0.04 ms at B = 1024 (its B x S = 32k programs, each loading a phase and leaving: sampling.md). Rows need 1
 # round (peaked, the bound path), 3 (a fixed pivot qualifies) or about 6 (flat top-p: count, two refinements,
 # compaction, pick); only rows of clustered ties refine further, and they still finish, more slowly.
-# Measured on the H200 (sampler.json run F, beside a variant since dropped): 1.08 -> 1.00 ms at B1024 on peaked
-# logits, 4.21 -> 4.11 on flat ones.
+# Measured on the H200 against one grid for every round (sampler.json run G, B1024): 0.945 -> 0.896 ms on peaked
+# logits, 3.817 -> 3.745 on flat ones.
 FULL_ROUNDS = 6
 LATE_CHUNKS_PER_PROGRAM = 8
 BLOCK = 1024  # elements per step inside a chunk (stats, compaction, picks)
