@@ -65,12 +65,10 @@ class LengthModel:
         them at risk up to g removes the early bias of the finished ones, which are the short ones early in a
         run (from finished lengths alone, codellama-7b's 40 x 128 lognormal job over-admitted and preempted 70
         times once the batch could fill its pages, job.json run 14)."""
-        counts = np.asarray(counts, dtype=np.int64)[:self.max_new + 1]
-        if not np.array_equal(counts, self.running[:len(counts)]) or self.running[len(counts):].any():
-            self.running[:] = 0
-            self.running[:len(counts)] = counts
-            self.running[self.max_new] = 0  # (one at the cap is finishing this step)
-            self._s = None
+        counts = np.asarray(counts, dtype=np.int64)[:self.max_new]  # (one at the cap is finishing this step)
+        self.running[:] = 0
+        self.running[:len(counts)] = counts
+        self._s = None
 
     def _survival_table(self) -> np.ndarray:
         if self._s is None:
@@ -167,25 +165,27 @@ class Scheduler:
         self.dirty = False
         if self.static and self.active:
             return False
+        # the admitted sequences per generated count (continuous: peak_pages, and the length estimate)
+        counts = np.bincount([s.generated for s in self.active], minlength=self.lengths.max_new + 1)
         if not self.static:
-            self.lengths.censor(np.bincount([s.generated for s in self.active],
-                                            minlength=self.lengths.max_new + 1))
+            self.lengths.censor(counts)
         cap = None
         if self.padded is not None:
-            fit = self._walk(dry=True)
+            fit = self._walk(counts, dry=True)
             # (nothing fits with nothing running: the real walk says why)
             cap = worth_padding(len(self.active), fit, self.padded) if fit or self.active else None
-        return self._walk(dry=False, cap=cap) > 0
+        return self._walk(counts, dry=False, cap=cap) > 0
 
-    def _walk(self, dry: bool, cap: int | None = None) -> int:
+    def _walk(self, counts: np.ndarray, dry: bool, cap: int | None = None) -> int:
         """Walk the waiting units in order, taking from each the most sequences that fit (a slice of at least
         MIN_SLICE beside running ones), at most `cap` in all; returns how many were taken. dry: count only,
         changing nothing: the pages the counted units' new nodes would take, and the nodes they would pin, are
-        kept aside as it goes, as admitting them would (the real walk checks every unit again)."""
+        kept aside as it goes, as admitting them would (the real walk checks every unit again). counts: the
+        admitted sequences per generated count (admit's; copied, as the walk adds the units it takes)."""
         run, blocks = self.run, self.run.blocks
+        counts = counts.copy()
         worst = sum(self._worst_pages(s) for s in self.active)  # every admitted one at max_new (static reserves it)
-        # continuous: the admitted sequences per generated count, and the pages they hold now (peak_pages)
-        counts = np.bincount([s.generated for s in self.active], minlength=self.lengths.max_new + 1)
+        # the pages the admitted ones hold now (peak_pages)
         held = sum(len(s.pages) for s in self.active)
         watermark = int(run.opts.watermark * blocks.pool.usable_pages)
         taken = 0
