@@ -77,6 +77,10 @@ def test_bench_command_checks_the_job_flags(capsys):
     assert "--lengths: 'uniform' is not one of" in capsys.readouterr().err
     assert bench_cmd.run(p.parse_args(["--workloads", "job", "--engines", "ideal", "--device", "cpu"])) == 2
     assert "ideal needs continuous-tree" in capsys.readouterr().err
+    for workload in ("job", "step"):
+        assert bench_cmd.run(p.parse_args(["--workloads", workload, "--logits", "flat,sharp", "--device", "cpu",
+                                           "--models", "tiny"])) == 2
+        assert "--logits: 'sharp' is not one of flat, peaked" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("workload", ["step", "job"])
@@ -180,3 +184,55 @@ def test_bench_tokenizer_covers_codellamas_ids_so_stops_use_the_token_table():
     assert isinstance(big, ModuloTokenizer) and big.vocab_size == 32000
     assert StopMatcher(APPS_STOPS, big).mode == "window"
     assert big.decode([32000 + 5]) == big.inner.decode([5])
+
+
+def test_step_and_job_benchmarks_measure_each_logit_shape(tmp_path):
+    """--logits flat,peaked: each sampled step row and each job row once per shape (greedy step rows once), the
+    job's ideal row matched to the continuous-tree row of its own shape, and resume keyed by the shape."""
+    res = step.run_step_benchmark(["tiny"], (2,), (8,), ("tree",), ("greedy", "sampled"), str(tmp_path),
+                                  device="cpu", dtype="fp32", steps=2, suffix=4, logits=("flat", "peaked"),
+                                  log=lambda *a: None)
+    assert [(r["sampling"], r["logits"]) for r in res["rows"]] == [
+        ("greedy", "flat"), ("sampled", "flat"), ("sampled", "peaked")]
+    assert "sampled (torch, peaked logits)" in (tmp_path / "step.md").read_text()
+    out = tmp_path / "job"
+    res = job.run_job_benchmark(["apps"], lambda s: ("tiny",), ("fixed",), ("continuous-tree", "ideal"), str(out),
+                                device="cpu", dtype="fp32", problems=2, samples=3, max_new=8,
+                                logits=("flat", "peaked"), log=lambda *a: None)
+    got = [(r["logits"], r["engine"]) for r in res["rows"]]
+    assert got == [("flat", "continuous-tree"), ("flat", "ideal"), ("peaked", "continuous-tree"), ("peaked", "ideal")]
+    tree_rows = [r for r in res["rows"] if r["engine"] == "continuous-tree"]
+    assert tree_rows[0]["generated_tokens"] == tree_rows[1]["generated_tokens"] == 2 * 3 * 8  # EOS is never hot
+    again = job.run_job_benchmark(["apps"], lambda s: ("tiny",), ("fixed",), ("continuous-tree",), str(out),
+                                  device="cpu", dtype="fp32", problems=2, samples=3, max_new=8,
+                                  logits=("peaked",), log=lambda *a: pytest.fail("a measured row ran again"))
+    assert len(again["rows"]) == 2
+
+
+def test_peaked_head_makes_the_engine_sample_the_hot_ids():
+    """Sampled through the engine (T 0.8, top-p 0.95): under the peaked head nearly every token is a hot id (32 of
+    259: 12% by chance on flat logits); the bulk's mass per step is ~e^-7 at the tiny model's spread."""
+    import torch
+
+    from prompt_tree.benchmark.bench_logits import peaked_head
+    from prompt_tree.engine import Engine
+    from prompt_tree.sampling import SamplingParams
+    from prompt_tree.tree import PromptTree
+
+    eng = Engine.random("tiny", device="cpu", dtype=torch.float32)
+    eng.eos_ids = ()
+    tree = PromptTree()
+    tree.root.add(list(range(40, 60)), samples=8, key="p")
+    params = SamplingParams(max_new_tokens=24, temperature=0.8, top_p=0.95, seed=4)
+
+    def hot_share(hot):
+        toks = [t for c in eng.generate(tree, params, progress=False).all() for t in c.token_ids]
+        assert len(toks) == 8 * 24
+        return sum(t in hot for t in toks) / len(toks)
+
+    with peaked_head(eng.model, eng.config.eos_token_ids) as ids:
+        hot = set(ids.tolist())
+        assert len(hot) == 32
+        peaked = hot_share(hot)
+    flat = hot_share(hot)
+    assert peaked >= 0.95 and flat <= 0.3, (peaked, flat)

@@ -23,7 +23,7 @@ def gib(row: dict, key: str) -> str:
 
 def main(path: str) -> None:
     rows = json.load(open(path, encoding="utf-8"))["rows"]
-    print(f"{'model':13s} {'shape':6s} {'lengths':9s} {'engine':16s} {'P x S':>9s} {'sec':>7s} {'nocap':>7s} "
+    print(f"{'model':13s} {'shape':6s} {'lengths':9s} {'engine':16s} {'logits':6s} {'P x S':>9s} {'sec':>7s} {'nocap':>7s} "
           f"{'tok/s':>8s} {'batch':>6s} {'occ':>5s} {'pre':>4s} {'cap':>4s} {'dev_s':>7s} {'fill_s':>6s} "
           f"{'host_s':>6s} "
           f"{'jit':>4s} {'pjit':>4s} {'calls':>5s} {'rebld':>5s} {'rb_s':>5s} {'kv_GiB':>6s} {'bud_GiB':>7s} {'ws_GiB':>6s}")
@@ -31,7 +31,7 @@ def main(path: str) -> None:
         def f(k, d=1):
             v = r.get(k)
             return "-" if v is None else f"{v:.{d}f}"
-        print(f"{r['model']:13s} {r['shape']:6s} {r['lengths']:9s} {r['engine']:16s} "
+        print(f"{r['model']:13s} {r['shape']:6s} {r['lengths']:9s} {r['engine']:16s} {r.get('logits', 'flat'):6s} "
               f"{str(r['problems']) + 'x' + str(r['samples']):>9s} {f('seconds'):>7s} {f('seconds_no_captures'):>7s} "
               f"{f('tokens_per_s', 0):>8s} {f('mean_batch', 0):>6s} {f('kv_occupancy', 2):>5s} "
               f"{str(r.get('preemptions')):>4s} {str(r.get('captures')):>4s} {f('decode_device_s'):>7s} "

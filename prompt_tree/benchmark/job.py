@@ -12,6 +12,8 @@ the scheduler never sees it (it predicts lengths from the samples finished so fa
 - fixed: every sample at the cap;
 - lognormal: median 180, sigma 0.6, capped at 512;
 - mix: 15% at the cap, the rest lognormal with median 150, sigma 0.6.
+A random-weight model's logits are flat (the sampler's worst case); `logits` "peaked" runs the same rows with an
+output head shaped like a trained model's (bench_logits).
 
 Engines: continuous-tree (the default engine), static-tree (batching="static": sub-batches reserving the cap,
 lockstep), continuous-flat (attention="flat": no sharing in attention, what vLLM does), and `ideal`: the job's
@@ -35,6 +37,7 @@ from ..engine import Engine
 from ..engine.memory import kv_bytes_per_token
 from ..sampling import SamplingParams
 from ..tree import PromptTree
+from .bench_logits import logits_context
 from .bench_tokenizer import bench_tokenizer
 from .step import APPS_STOPS
 
@@ -95,6 +98,7 @@ class JobRow:
     engine: str
     problems: int
     samples: int
+    logits: str = "flat"  # the model's distributions (bench_logits): "flat" as drawn, "peaked" like a trained model's
     seconds: float | None = None  # wall time, first prefill to last token, one-off CUDA-graph captures included
     capture_seconds: float | None = None  # of which captures (each padded batch size's graph, once)
     seconds_no_captures: float | None = None  # seconds - capture_seconds: the job once its graphs exist
@@ -210,6 +214,7 @@ def write(results: dict, out: str) -> None:
     for r in results["rows"]:
         cap = "-" if r["captures"] is None else f"{r['captures']} ({f(r['capture_seconds'])})"
         run = f" (run {r['run']}, sampler {r.get('sampler', '?')})" if r.get("run") else ""  # merged files
+        run += ", peaked logits" if r.get("logits") == "peaked" else ""
         lines.append(f"| {r['model']} | {r['shape']} | {r['lengths']} | {r['engine']}{run} | {r['problems']} x "
                      f"{r['samples']} | {f(r['seconds'])} | {f(r.get('seconds_no_captures'))} | "
                      f"{f(r['tokens_per_s'], 0)} | {f(r['mean_batch'], 0)} | "
@@ -222,7 +227,8 @@ def write(results: dict, out: str) -> None:
 def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str = "cuda", dtype: str = "bf16",
                       problems: int | None = None, samples: int | None = None, max_new: int | None = None,
                       memory_budget_bytes: int | None = None, time_budget_s: float | None = None,
-                      seed: int = 0, log=print) -> dict:
+                      seed: int = 0, logits: tuple[str, ...] = ("flat",), log=print) -> dict:
+    """logits: each (lengths, engine) row once per logit shape (bench_logits), all on one engine per batching."""
     import triton
 
     dev = torch.device(device)
@@ -234,7 +240,8 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
         with open(path, encoding="utf-8") as f:
             old = json.load(f)
         results["rows"] = [r for r in old.get("rows", []) if not r.get("skipped")]
-    done = {(r["model"], r["shape"], r["lengths"], r["engine"], r["problems"], r["samples"]) for r in results["rows"]}
+    done = {(r["model"], r["shape"], r["lengths"], r["engine"], r["problems"], r["samples"], r.get("logits", "flat"))
+            for r in results["rows"]}
     for shape_name in shapes:
         shape = SHAPES[shape_name]
         shape = JobShape(shape.name, shape.few_shot, shape.problem, problems or shape.problems,
@@ -245,13 +252,14 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
             results.setdefault("tokenizers", {})[model] = tok_name
             eng_cache = {}
             tree = job_tree(shape, config.vocab_size, seed)
-            for kind in lengths:
+            for kind, lg in [(k, lg) for k in lengths for lg in logits]:
                 budget = budgets(shape, kind, seed)
                 mean_budget = statistics.fmean(budget.values())
                 tree_run = None  # (step pairs, KV bytes, max rows) of this row group's continuous-tree run
                 for name in engines:
-                    row = JobRow(model, shape.name, kind, name, shape.problems, shape.samples, mean_budget=mean_budget)
-                    key = (model, shape.name, kind, name, shape.problems, shape.samples)
+                    row = JobRow(model, shape.name, kind, name, shape.problems, shape.samples, logits=lg,
+                                 mean_budget=mean_budget)
+                    key = (model, shape.name, kind, name, shape.problems, shape.samples, lg)
                     if key in done:
                         continue
                     if time_budget_s is not None and time.monotonic() - start > time_budget_s:
@@ -259,7 +267,8 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
                         continue
                     if name == "ideal":
                         tree_row = next((r for r in results["rows"] if r["model"] == model and r["lengths"] == kind
-                                         and r["engine"] == "continuous-tree" and r["shape"] == shape.name), None)
+                                         and r["engine"] == "continuous-tree" and r["shape"] == shape.name
+                                         and r.get("logits", "flat") == lg), None)
                         if tree_row is None or not tree_run or not tree_run[0]:
                             row.skipped = "needs the continuous-tree row of the same run (on a GPU: step times)"
                         else:
@@ -282,10 +291,11 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
                     eng.eos_ids = ()
                     params = SamplingParams(max_new_tokens=shape.max_new, temperature=0.8, top_p=0.95,
                                             stop=APPS_STOPS, seed=seed)
-                    warm_up(eng, shape, attention, seed)
                     try:
-                        res = eng.generate(tree, params, attention=attention, progress=False,
-                                           length_budget=lambda k, s: budget[(k, s)], step_log=True)
+                        with logits_context(lg, eng.model, config.eos_token_ids, seed):
+                            warm_up(eng, shape, attention, seed)
+                            res = eng.generate(tree, params, attention=attention, progress=False,
+                                               length_budget=lambda k, s: budget[(k, s)], step_log=True)
                     except torch.cuda.OutOfMemoryError as e:
                         row.skipped = f"out of memory: {str(e)[:120]}"
                         results["rows"].append(asdict(row))
@@ -311,7 +321,7 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
                         tree_run = (res.step_log, sm.kv_bytes, sm.max_rows, eng.dtype)
                     del res
                     results["rows"].append(asdict(row))
-                    log(f"{model} {shape.name} {kind} {name}: {row.seconds:.1f} s, {row.tokens_per_s:,.0f} tok/s, "
+                    log(f"{model} {shape.name} {kind} {lg} {name}: {row.seconds:.1f} s, {row.tokens_per_s:,.0f} tok/s, "
                         f"batch {row.mean_batch:.0f}, occupancy {row.kv_occupancy:.2f}, preemptions "
                         f"{row.preemptions}, captures {row.captures}")
                     write(results, out)

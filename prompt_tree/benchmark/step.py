@@ -9,7 +9,8 @@ step t while the device runs step t+1) then runs `steps` decode steps. Measured 
 - physical_ms: limit.physical_step_seconds at the row's mean lengths, with the ceilings measured in this run.
 
 sampling "greedy" is argmax without stop strings; "sampled" is T=0.8, top-p 0.95 and the APPS stop strings with
-a real BPE tokenizer (bench_tokenizer). EOS is off so every row runs its steps. Rows are written to step.json
+a real BPE tokenizer (bench_tokenizer), on the random model's flat logits or, with logits "peaked", on an output
+head shaped like a trained model's (bench_logits). EOS is off so every row runs its steps. Rows are written to step.json
 and step.md after each one.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..sampler import Sampler, resolve_backend
 from ..sampling import SamplingParams
 from ..stops import StopMatcher
 from ..tree import PromptTree
+from .bench_logits import logits_context
 from .bench_tokenizer import bench_tokenizer
 from .limit import Ceilings, measure_ceilings, physical_step_seconds
 
@@ -53,6 +55,7 @@ class StepRow:
     sampling: str
     engine: str = "after"
     sampler: str | None = None  # the Sampler backend of a sampled row ("triton": split rows; "triton-row")
+    logits: str = "flat"  # the model's distributions (bench_logits): "flat" as drawn, "peaked" like a trained model's
     suffix: int = SUFFIX
     step_ms: float | None = None
     step_p10_ms: float | None = None  # the spread of the timed steps: a composition change or a stall shows here
@@ -177,7 +180,8 @@ def write(results: dict, out: str) -> None:
 
     for r in results["rows"]:
         run = f" (run {r['run']})" if r.get("run") else ""  # merged files
-        sampler = f" ({r['sampler']})" if r.get("sampler") else ""
+        tags = [t for t in (r.get("sampler"), "peaked logits" if r.get("logits") == "peaked" else None) if t]
+        sampler = f" ({', '.join(tags)})" if tags else ""
         lines.append(f"| {r['model']} | {r['engine']}{run} | {r['batch']} | {r['prefix']} | {r['mode']} "
                      f"| {r['sampling']}{sampler} "
                      f"| {f(r['step_ms'])} ({f(r.get('step_p10_ms'), 2)}-{f(r.get('step_p90_ms'), 2)}) "
@@ -190,8 +194,10 @@ def write(results: dict, out: str) -> None:
 def run_step_benchmark(models, batches, prefixes, modes, samplings, out: str, device: str = "cuda",
                        dtype: str = "bf16", time_budget_s: float | None = None, ceilings: Ceilings | None = None,
                        memory_budget_bytes: int | None = None, steps: int = STEPS, suffix: int = SUFFIX,
-                       sampler_backends: tuple[str, ...] = ("auto",), log=print) -> dict:
-    """sampler_backends: each sampled row is measured once per backend (greedy rows once, with the default)."""
+                       sampler_backends: tuple[str, ...] = ("auto",), logits: tuple[str, ...] = ("flat",),
+                       log=print) -> dict:
+    """sampler_backends, logits: each sampled row is measured once per backend and logit shape (bench_logits);
+    greedy rows once, with the default backend on flat logits (argmax reads the row once whatever its shape)."""
     import triton
 
     dev = torch.device(device)
@@ -212,17 +218,21 @@ def run_step_benchmark(models, batches, prefixes, modes, samplings, out: str, de
         for prefix in prefixes:
             for batch in batches:
                 for mode in modes:
-                    for sampling, backend in [(sm, b) for sm in samplings
-                                              for b in (sampler_backends if sm == "sampled" else ("auto",))]:
-                        row = StepRow(name, batch, prefix, mode, sampling, suffix=suffix,
+                    for sampling, backend, shape in [
+                            (sm, b, lg) for sm in samplings
+                            for b in (sampler_backends if sm == "sampled" else ("auto",))
+                            for lg in (logits if sm == "sampled" else ("flat",))]:
+                        row = StepRow(name, batch, prefix, mode, sampling, suffix=suffix, logits=shape,
                                       sampler=resolve_backend(backend, dev) if sampling == "sampled" else None)
                         if time_budget_s is not None and time.monotonic() - start > time_budget_s:
                             results["not_run"].append(asdict(row))
                             continue
                         row.physical_ms = physical_ms(config, el, batch, prefix, suffix, mode, ceilings, steps)
                         try:
-                            for k, v in measure_row(engine, batch, prefix, mode, sampling == "sampled", suffix,
-                                                    steps, sampler_backend=backend).items():
+                            with logits_context(shape, engine.model, config.eos_token_ids):
+                                measured = measure_row(engine, batch, prefix, mode, sampling == "sampled", suffix,
+                                                       steps, sampler_backend=backend)
+                            for k, v in measured.items():
                                 setattr(row, k, v)
                             row.step_over_physical = row.step_ms / row.physical_ms
                         except (torch.cuda.OutOfMemoryError, ValueError) as e:  # does not fit: a skipped row
@@ -231,7 +241,7 @@ def run_step_benchmark(models, batches, prefixes, modes, samplings, out: str, de
                             if dev.type == "cuda":
                                 torch.cuda.empty_cache()
                         results["rows"].append(asdict(row))
-                        log(f"{name} B{batch} P{prefix} {mode} {sampling} {row.sampler or ''}: step {row.step_ms} "
+                        log(f"{name} B{batch} P{prefix} {mode} {sampling} {row.sampler or ''} {shape}: step {row.step_ms} "
                             f"ms (p10 "
                             f"{row.step_p10_ms}, p90 {row.step_p90_ms}, rows {row.rows}) host {row.host_ms} ms "
                             f"physical {row.physical_ms:.3f} ms")

@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=None, help="job workload: samples per problem (default: the shape's)")
     p.add_argument("--sampling", default="greedy,sampled", help="step workload: greedy, sampled")
     p.add_argument("--steps", type=int, default=None, help="step workload: timed steps per row (default 16)")
+    p.add_argument("--logits", default="flat",
+                   help="step and job workloads: the random model's distributions, flat (as drawn) and/or peaked "
+                        "(an output head shaped like a trained model's: prompt_tree/benchmark/bench_logits.py)")
     p.add_argument("--sampler-backends", default="auto",
                    help="step workload: Sampler backends of the sampled rows, comma-separated (auto, torch, triton, "
                         "triton-row); each sampled row is measured once per backend")
@@ -202,6 +205,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _logit_shapes(args: argparse.Namespace) -> tuple[str, ...]:
+    from prompt_tree.benchmark.bench_logits import LOGIT_SHAPES
+
+    shapes = _list(args.logits, "logits")
+    bad = [x for x in shapes if x not in LOGIT_SHAPES]
+    if bad:
+        raise ValueError(f"--logits: {bad[0]!r} is not one of {', '.join(LOGIT_SHAPES)}")
+    return shapes
+
+
 def _run_extra(workload: str, args: argparse.Namespace, bench) -> None:
     """The step and job workloads (their own JSON files in --out)."""
     if workload == "step":
@@ -218,11 +231,12 @@ def _run_extra(workload: str, args: argparse.Namespace, bench) -> None:
         bad = [x for x in backends if x not in BACKENDS]
         if bad:
             raise ValueError(f"--sampler-backends: {bad[0]!r} is not one of {', '.join(BACKENDS)}")
+        logit_shapes = _logit_shapes(args)
         step.run_step_benchmark(models, bench.batches if args.batches else step.BATCHES,
                                 bench.prefixes if args.prefixes else step.PREFIXES, modes, samplings, bench.out,
                                 bench.device, bench.dtype, bench.time_budget_s, bench.ceilings,
                                 bench.memory_budget_bytes, steps=args.steps or step.STEPS,
-                                sampler_backends=backends)
+                                sampler_backends=backends, logits=logit_shapes)
         return
     from prompt_tree.benchmark import job
 
@@ -241,6 +255,7 @@ def _run_extra(workload: str, args: argparse.Namespace, bench) -> None:
         if v is not None and v < 1:
             raise ValueError(f"--{name} must be >= 1, got {v}")
     engines = tuple(e for e in engines if e != "ideal") + (("ideal",) if "ideal" in engines else ())
+    logit_shapes = _logit_shapes(args)
 
     def models_of(shape):
         return bench.models if args.models is not None else job.DEFAULT_MODELS[shape]
@@ -248,4 +263,4 @@ def _run_extra(workload: str, args: argparse.Namespace, bench) -> None:
     job.run_job_benchmark(shapes, models_of, lengths, engines, bench.out, bench.device, bench.dtype,
                           problems=args.problems, samples=args.samples, max_new=args.new_tokens,
                           memory_budget_bytes=bench.memory_budget_bytes, time_budget_s=bench.time_budget_s,
-                          seed=args.seed)
+                          seed=args.seed, logits=logit_shapes)
