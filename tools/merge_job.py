@@ -1,4 +1,4 @@
-"""Append the rows of a later job call to docs/benchmarks/job.json as run N, then rewrite job.md.
+"""Append the rows of a later job call to docs/benchmarks/job.json as run N, then rewrite job.md and its plots.
 
     python tools/merge_job.py docs/benchmarks/job.json NEW/job.json [MORE/job.json ...] 6 "what changed"
 
@@ -31,7 +31,7 @@ def main(target: str, news: list[str], run: int, sentence: str) -> None:
             results["rows"].append({**r, "run": run, "sampler": r.get("sampler", "triton")})
         results.setdefault("tokenizers", {}).update(extra.get("tokenizers", {}))
     results["note"] = results.get("note", "") + f" Run {run}: {sentence}"
-    write(results, os.path.dirname(target) or ".")
+    write(results, os.path.dirname(target) or ".", plots=True)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from ..sampling import SamplingParams
 from ..tree import PromptTree
 from .bench_logits import logits_context
 from .bench_tokenizer import bench_tokenizer
+from .job_plots import batch_trace, write_job_plots
 from .step import APPS_STOPS
 
 CAP = 512
@@ -123,6 +124,7 @@ class JobRow:
     capture_log: list | None = None  # [padded rows, eager-step s, capture s, Triton compiles] per graph capture
     prefill_compiles: list | None = None  # Triton kernels compiled inside prefill calls (their time is in prefill_s)
     step_bins: list | None = None  # [rows from, rows to, steps, median step ms] per 128 live rows (step_profile)
+    batch_trace: list | None = None  # [decode device s so far, live rows] at up to 256 steps (job_plots.batch_trace)
     skipped: str | None = None
 
 
@@ -194,7 +196,8 @@ def step_profile(log: list, width: int = 128) -> list:
     return [[k * width, (k + 1) * width - 1, len(v), statistics.median(v)] for k, v in sorted(bins.items())]
 
 
-def write(results: dict, out: str) -> None:
+def write(results: dict, out: str, plots: bool = False) -> None:
+    """job.json and job.md, rewritten whole (a killed run keeps its rows); with plots, the PNGs of job_plots."""
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "job.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
@@ -220,6 +223,8 @@ def write(results: dict, out: str) -> None:
                      f"{f(r['tokens_per_s'], 0)} | {f(r['mean_batch'], 0)} | "
                      f"{f(r['kv_occupancy'], 2)} | {r['preemptions'] if r['preemptions'] is not None else '-'} | "
                      f"{cap}{' ' + r['skipped'] if r.get('skipped') else ''} |")
+    pngs = write_job_plots(results, out) if plots else []
+    lines += [""] + [f"![{os.path.basename(p)}]({os.path.basename(p)})" for p in pngs]
     with open(os.path.join(out, "job.md"), "w", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
 
@@ -317,6 +322,7 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
                     if res.step_log:
                         row.decode_device_s = sum(ms for _, ms in res.step_log) / 1e3
                         row.step_bins = step_profile(res.step_log)
+                        row.batch_trace = batch_trace(res.step_log)
                     if name == "continuous-tree":
                         tree_run = (res.step_log, sm.kv_bytes, sm.max_rows, eng.dtype)
                     del res
@@ -326,5 +332,5 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
                         f"{row.preemptions}, captures {row.captures}")
                     write(results, out)
             eng_cache.clear()
-    write(results, out)
+    write(results, out, plots=True)
     return results
