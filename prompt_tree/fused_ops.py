@@ -29,7 +29,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels.launch import DirectLauncher
+from prompt_tree.kernels.launch import DirectLauncher
 
 from .rope import apply_rope
 

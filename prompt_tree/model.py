@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.reference import attention_lse
+from prompt_tree.kernels.reference import attention_lse
 
 from .config import ModelConfig
 from .fused_ops import BACKENDS, add_rms_norm, rope_, silu_mul
@@ -338,7 +338,7 @@ def dense_attention(
     """
     Tq, Tk = q.shape[0], k.shape[0]
     work = torch.promote_types(q.dtype, torch.float32)
-    # kernels.reference is the one reference attention; the mask puts query i at position q_offset + i
+    # prompt_tree.kernels.reference is the one reference attention; the mask puts query i at position q_offset + i
     visible = torch.arange(Tk, device=q.device)[None, :] <= torch.arange(Tq, device=q.device)[:, None] + q_offset
     out, _ = attention_lse(q, k, v, mask=visible, scale=scale, dtype=work)
     return out.to(q.dtype)

@@ -1,4 +1,4 @@
-"""kernels.plan_tree_attention: a plan's runs must be the op's calls, for any q/k/v of the planned layout.
+"""prompt_tree.kernels.plan_tree_attention: a plan's runs must be the op's calls, for any q/k/v of the planned layout.
 
 The op (tested against the fp64 ground truth in test_kernels.py) is the reference here: a plan runs the same
 kernels with the same arguments, so its output must be bit-identical, on every backend.
@@ -10,9 +10,9 @@ import random
 import pytest
 import torch
 
-from kernels import LaunchOptions, build_tree_meta, launch, plan_tree_attention, tree_attention, triton_tree
-from kernels.attention_plan import RawLaunch
-from kernels.reference import naive_tree_attention
+from prompt_tree.kernels import LaunchOptions, build_tree_meta, launch, plan_tree_attention, tree_attention, triton_tree
+from prompt_tree.kernels.attention_plan import RawLaunch
+from prompt_tree.kernels.reference import naive_tree_attention
 from tests.test_kernels import DEVICE, make_case, rel_err
 
 
@@ -64,7 +64,7 @@ def test_plan_rejects_other_layouts_with_a_clear_error():
     ws = (torch.empty(t, slots, hq, d, device=q.device), torch.empty(t, slots, hq, device=q.device))
     with pytest.raises(ValueError, match="Triton backend only"):
         plan_tree_attention(q, k, v, meta, backend="torch", workspace=ws)
-    with pytest.raises(ValueError, match="options must be a kernels.LaunchOptions"):
+    with pytest.raises(ValueError, match="options must be a prompt_tree.kernels.LaunchOptions"):
         plan_tree_attention(q, k, v, meta, options={"overlap": True})
 
 

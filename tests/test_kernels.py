@@ -16,9 +16,9 @@ import random
 import pytest
 import torch
 
-from kernels import (LaunchOptions, Segment, build_tree_meta, cuda_graph_path, launch, merge_states,
+from prompt_tree.kernels import (LaunchOptions, Segment, build_tree_meta, cuda_graph_path, launch, merge_states,
                      naive_tree_attention, tree_attention, triton_tree)
-from kernels.reference import attention_lse, naive_tree_attention_lowp
+from prompt_tree.kernels.reference import attention_lse, naive_tree_attention_lowp
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 BACKENDS = ["torch", "triton"]
@@ -302,7 +302,7 @@ def test_cuda_decode_and_prefill(dtype, heads):
 @pytest.mark.parametrize("raw", [True, False], ids=["launcher", "runner"])
 @pytest.mark.parametrize("overlap", [False, True])
 def test_cuda_direct_launch_runs_the_same_kernels(overlap, raw):
-    """Repeat launches skip Triton's dispatcher (kernels/launch.py) and must give bit-identical results."""
+    """Repeat launches skip Triton's dispatcher (prompt_tree/kernels/launch.py) and must give bit-identical results."""
     seed = random.randrange(1 << 30)
     q, k, v, q_lens, own_starts, own_lens, segs = make_case(seed, 32, 8, 128, 3, [1, 17, 97, 300], [1, 17, 200],
                                                             torch.bfloat16)

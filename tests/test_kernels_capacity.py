@@ -13,10 +13,10 @@ import random
 import pytest
 import torch
 
-from kernels import (LaunchOptions, MetaCapacity, build_tree_meta, cuda_graph_path, naive_tree_attention,
+from prompt_tree.kernels import (LaunchOptions, MetaCapacity, build_tree_meta, cuda_graph_path, naive_tree_attention,
                      plan_tree_attention, required_capacity, tree_attention)
-from kernels import worklist
-from kernels.meta import SHARED_BLOCK_MS
+from prompt_tree.kernels import worklist
+from prompt_tree.kernels.meta import SHARED_BLOCK_MS
 from tests.test_kernels import BACKENDS, DEVICE, check_case, make_case, rel_err
 from tests.test_kernels_paged import paged_copy
 
@@ -71,7 +71,7 @@ def test_capacity_is_validated_and_composes():
     over = a.overflow(MetaCapacity(5, 4, (1, 3, 5), 4, 4, 2))
     assert len(over) == 3 and "num_seqs is 5 but the capacity is for exactly 4" in over[0]
     assert "3 shared tiles of 64 rows exceed shared_tiles capacity 0" in over[1] and "max_slots 4" in over[2]
-    with pytest.raises(ValueError, match="capacity must be a kernels.MetaCapacity"):
+    with pytest.raises(ValueError, match="capacity must be a prompt_tree.kernels.MetaCapacity"):
         build_tree_meta([1], [0], [1], [], 4, 2, 16, capacity=(1, 1))
 
 

@@ -20,7 +20,7 @@ import inspect, itertools
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from kernels import triton_kernels as tk, triton_tree as tt
+from prompt_tree.kernels import triton_kernels as tk, triton_tree as tt
 
 try:
     from triton.backends import backends

@@ -14,9 +14,9 @@ import random
 import pytest
 import torch
 
-from kernels import (LaunchOptions, Segment, build_tree_meta, naive_tree_attention, own_slots, query_slots,
+from prompt_tree.kernels import (LaunchOptions, Segment, build_tree_meta, naive_tree_attention, own_slots, query_slots,
                      tree_attention)
-from kernels.reference import own_slot_list
+from prompt_tree.kernels.reference import own_slot_list
 from tests.test_kernels import BACKENDS, CPU_DTYPES, DEVICE, check_case, make_case
 
 
@@ -253,7 +253,7 @@ def test_launch_options_are_validated():
     with pytest.raises(ValueError, match="overlap_min_bytes must be an int >= 0"):
         LaunchOptions(overlap_min_bytes=-1)
     meta = build_tree_meta([1], [0], [1], [], 4, 2, 16)
-    with pytest.raises(ValueError, match="options must be a kernels.LaunchOptions"):
+    with pytest.raises(ValueError, match="options must be a prompt_tree.kernels.LaunchOptions"):
         tree_attention(torch.randn(1, 4, 16), torch.randn(2, 2, 16), torch.randn(2, 2, 16), meta, options=True)
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from kernels import CapacityOverflow, build_tree_meta, required_capacity, triton_compiles
-from kernels import compiles
+from prompt_tree.kernels import CapacityOverflow, build_tree_meta, required_capacity, triton_compiles
+from prompt_tree.kernels import compiles
 from prompt_tree.engine.segments import Heads, decode_meta, shared_segments
 from tests.test_kernels_capacity import bucket_case
 

@@ -4,7 +4,7 @@
 # splits (tools/split_sweep.py), engine; and for the continuous engine: cuda (every CUDA test), step (the decode
 # step against its physical floor, sampled and greedy, with host_ms), before (the previous engine's step, from
 # .before: `git archive 9ee8ecd prompt_tree kernels | tar -x -C .before`, carried), job (the APPS job with
-# lognormal lengths per engine), sampler (tools/bench_sampler.py), tune (kernels/tune.py on the WORKLOADS indices
+# lognormal lengths per engine), sampler (tools/bench_sampler.py), tune (prompt_tree/kernels/tune.py on the WORKLOADS indices
 # TUNE_ONLY), profile (tools/profile_step.py PROFILE_ARGS: one step's kernels in the job's composition)), e.g.
 #   STAGES=cuda,step,before,job,sampler bash tools/gpu_check.sh
 # Knobs of the continuous engine's stages: STEP_ARGS, STEP_MODES, JOB_ARGS, SAMPLER_ARGS (the benchmarks' arguments),
@@ -37,7 +37,7 @@ if [[ $stages == *tests* ]]; then
     python3 -m pytest -q -x -p no:cacheprovider tests/test_kernels.py tests/test_kernel_plan.py tests/test_engine_cuda.py -m cuda 2>&1 | tee -a "$OUT/cuda_tests.log" | tail -5
 fi
 if [[ $stages == *attention* ]]; then
-    python3 -m kernels.bench --out "$OUT" 2>&1 | tee "$OUT/attention.log" | tail -45
+    python3 -m prompt_tree.kernels.bench --out "$OUT" 2>&1 | tee "$OUT/attention.log" | tail -45
 fi
 if [[ $stages == *overhead* ]]; then
     python3 tools/launch_overhead.py --out "$OUT" 2>&1 | tee "$OUT/launch_overhead.log" | grep "^host"
@@ -67,7 +67,7 @@ if [[ $stages == *sampler* ]]; then
         | tail -14
 fi
 if [[ $stages == *tune* ]]; then
-    timeout "${T_TUNE:-120}" python3 -m kernels.tune --only "${TUNE_ONLY:-8,9}" --out "$OUT" 2>&1 | tee "$OUT/tune.log" | tail -${TUNE_TAIL:-30}
+    timeout "${T_TUNE:-120}" python3 -m prompt_tree.kernels.tune --only "${TUNE_ONLY:-8,9}" --out "$OUT" 2>&1 | tee "$OUT/tune.log" | tail -${TUNE_TAIL:-30}
 fi
 if [[ $stages == *profile* ]]; then
     timeout "${T_PROFILE:-150}" python3 tools/profile_step.py ${PROFILE_ARGS:-} --out "$OUT" 2>&1 \

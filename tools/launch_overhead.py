@@ -2,10 +2,10 @@
 
     python tools/launch_overhead.py [--out DIR]
 
-Host part: microseconds of CPU per call for the whole op, for a planned call (kernels.plan_tree_attention's
-run) and for pieces of them (checks, stream switches, one Triton launch through the JIT dispatcher, the same
-compiled kernel launched directly), on a decode row whose GPU time is far below the host time (32/8, B=16, 1K
-prefix). Each is a loop of calls without synchronisation,
+Host part: microseconds of CPU per call for the whole op, for a planned call
+(prompt_tree.kernels.plan_tree_attention's run) and for pieces of them (checks, stream switches, one Triton launch
+through the JIT dispatcher, the same compiled kernel launched directly), on a decode row whose GPU time is far below
+the host time (32/8, B=16, 1K prefix). Each is a loop of calls without synchronisation,
 divided by the count: the GPU keeps up, so this is the host cost.
 GPU part (--graph): the small rows of the attention grid under CUDA-graph replay (per layer), with and without the side
 stream that overlaps the own-suffix kernel with the shared kernels.
@@ -23,10 +23,10 @@ import time
 
 import torch
 
-from kernels import LaunchOptions, build_tree_meta, launch, plan as plan_mod, plan_tree_attention, tree_attention
-from kernels import triton_tree, worklist
-from kernels.bench import graph_per_layer, make_workload
-from kernels.tree_attention import _check
+from prompt_tree.kernels import LaunchOptions, build_tree_meta, launch, plan_tree_attention, tree_attention
+from prompt_tree.kernels import attention_plan as plan_mod, triton_tree, worklist
+from prompt_tree.kernels.bench import graph_per_layer, make_workload
+from prompt_tree.kernels.tree_attention import _check
 
 D = 128
 

@@ -3,8 +3,8 @@
     python tools/paged_sweep.py OUT.json [--quick]
 
 One decode step of one layer, CUDA-graph replayed (32 layers captured back to back, median time per layer, as
-kernels/bench.py times ours_graph), bf16, head dim 128. The tree has 2 levels: a 1536-token root shared by all B
-sequences, then one 512-token node per group of 16 sequences (a 2048-token shared prefix on every path); each
+prompt_tree/kernels/bench.py times ours_graph), bf16, head dim 128. The tree has 2 levels: a 1536-token root shared by
+all B sequences, then one 512-token node per group of 16 sequences (a 2048-token shared prefix on every path); each
 sequence's own suffix holds `suffix` tokens. Columns (microseconds):
   contiguous  own suffixes in one contiguous slot range each (the PAGED=False kernel)
   paged16/32  the same data in pages of 16 / 32 slots, page ids shuffled over the pool (a fragmented pool)
@@ -24,8 +24,8 @@ import time
 
 import torch
 
-from kernels import MetaCapacity, Segment, build_tree_meta, required_capacity, tree_attention
-from kernels.bench import graph_per_layer
+from prompt_tree.kernels import MetaCapacity, Segment, build_tree_meta, required_capacity, tree_attention
+from prompt_tree.kernels.bench import graph_per_layer
 
 D = 128
 DT = torch.bfloat16

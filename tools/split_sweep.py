@@ -4,8 +4,9 @@
 
 A plain call without overlap runs the shared kernel, then the own kernel (which merges): the shared kernel's
 latency is exposed, and on a small row (B=16, 1K prefix: 16 programs at 512-token splits) it is a few long
-programs on an otherwise idle GPU. This times kernels.worklist.MIN_SPLIT_TOKENS in {512, 256, 128, 64} on those rows,
-with FlashInfer's paged decode beside them when importable, all timed as kernels.bench times them.
+programs on an otherwise idle GPU. This times prompt_tree.kernels.worklist.MIN_SPLIT_TOKENS in {512, 256, 128, 64} on
+those rows, with FlashInfer's paged decode beside them when importable, all timed as prompt_tree.kernels.bench times
+them.
 """
 from __future__ import annotations
 
@@ -16,15 +17,16 @@ import sys
 
 import torch
 
-from kernels import LaunchOptions, build_tree_meta, plan_tree_attention, tree_attention, triton_tree, worklist
-from kernels.bench import D, bench_ms, flashinfer_methods, graph_per_layer, make_workload
+from prompt_tree.kernels import (LaunchOptions, build_tree_meta, plan_tree_attention, tree_attention, triton_tree,
+                                 worklist)
+from prompt_tree.kernels.bench import D, bench_ms, flashinfer_methods, graph_per_layer, make_workload
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp"))
     ap.add_argument("--pdl", action="store_true", help="instead: programmatic dependent launch off/on "
-                    "(kernels.LaunchOptions.pdl) on one-stream calls, plain and under graph replay")
+                    "(prompt_tree.kernels.LaunchOptions.pdl) on one-stream calls, plain and under graph replay")
     args = ap.parse_args(argv)
     if args.pdl:
         return pdl_sweep(args.out)

@@ -9,8 +9,8 @@ QK^T and PV over every sequence's whole context (2 x 2 flops per query head, key
 limit is what the best possible attention (hierarchical sharing, perfectly efficient) would add to the measured
 rest of the model; measured/limit says how far a mode is from it. The same limit serves every mode of a row.
 
-Ceilings are measured like kernels/bench.py does (the same function on CUDA): a 2 GiB bf16 device copy, counted as
-bytes read + written, and a bf16 8192^3 matmul.
+Ceilings are measured like prompt_tree/kernels/bench.py does (the same function on CUDA): a 2 GiB bf16 device copy,
+counted as bytes read + written, and a bf16 8192^3 matmul.
 """
 from __future__ import annotations
 
@@ -46,10 +46,10 @@ class Ceilings:
 
 
 def measure_ceilings(device: torch.device) -> Ceilings:
-    """Copy bandwidth and matmul rate of `device`. CUDA: kernels.bench.ceilings (2 GiB copy, bf16 8192^3 matmul,
-    triton.testing.do_bench medians). CPU: the same two measurements, smaller, best of a few repeats (tests)."""
+    """Copy bandwidth and matmul rate of `device`. CUDA: prompt_tree.kernels.bench.ceilings (2 GiB copy, bf16 8192^3
+    matmul, triton.testing.do_bench medians). CPU: the same two measurements, smaller, best of a few repeats (tests)."""
     if device.type == "cuda":
-        from kernels.bench import ceilings
+        from prompt_tree.kernels.bench import ceilings
 
         with torch.cuda.device(device):
             bw, tf = ceilings()

@@ -5,9 +5,9 @@
     result["problem-3"][0].text, result.summary
 
 Each node's prompt is prefilled once however many sequences share it; every decode step reads each shared node's
-KV once for its whole group (nested Hydragen attention through kernels.tree_attention). Subtrees are admitted as
-memory frees (scheduler.py), suffixes are paged (blocks.py), decode steps replay CUDA graphs (model_runner.py), and
-the host's stop-string work overlaps the device's next step (run.py).
+KV once for its whole group (nested Hydragen attention through prompt_tree.kernels.tree_attention). Subtrees are
+admitted as memory frees (scheduler.py), suffixes are paged (blocks.py), decode steps replay CUDA graphs
+(model_runner.py), and the host's stop-string work overlaps the device's next step (run.py).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 graphs captured once per padded batch size.
 
 The decode step is one function of static buffers (`DecodeBatch`): feed each row's last token, write its K/V
-at its suffix position (through its page table), attend (kernels.tree_attention over the step's metadata),
+at its suffix position (through its page table), attend (prompt_tree.kernels.tree_attention over the step's metadata),
 sample (the seeded sampler), and decide on the device whether the row ended (EOS, a stop token id, the length
 limit). Its outputs ([3, rows]: token, finish code, logprob bits) are copied to pinned host memory without a
 sync; the host reads them a step later (see run.py). Rows the host has stopped (stop strings) are masked
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels import (cuda_graph_path, in_graph_path, own_slots, plan_tree_attention, query_slots, tree_attention,
-                     triton_compiles)
+from prompt_tree.kernels import (cuda_graph_path, in_graph_path, own_slots, plan_tree_attention, query_slots,
+                                 tree_attention, triton_compiles)
 
 from .blocks import SCRATCH_PAGE
 
@@ -109,7 +109,7 @@ class ModelRunner:
         self.capture_seconds = 0.0
         # (padded rows, eager-step s, capture s, Triton kernels compiled during the eager step) per capture
         self.capture_log: list[tuple[int, float, float, list[str]]] = []
-        self._plan = None  # kernels.TreeAttentionPlan of the current plain-call metadata
+        self._plan = None  # prompt_tree.kernels.TreeAttentionPlan of the current plain-call metadata
         self.times: list[StepTimes] = []
         self.record_times = self.device.type == "cuda"
 

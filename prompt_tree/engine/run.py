@@ -28,7 +28,7 @@ from .memory import SchedulingError, plan_memory, prefill_rows
 from .results import Completion, GenerationSummary
 from .model_runner import EOS, IDLE, LENGTH, RUNNING, STOP_ID, ModelRunner
 from .scheduler import Scheduler
-from kernels import CapacityOverflow, required_capacity, triton_compiles
+from prompt_tree.kernels import CapacityOverflow, required_capacity, triton_compiles
 
 from .segments import Heads, PrefillPiece, decode_meta, prefill_meta
 from .sequence import Sequence, SeqState, Unit, make_units

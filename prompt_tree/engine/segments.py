@@ -3,7 +3,7 @@ own segments through pages, for prefill pieces and decode rows alike.
 
 A query-sequence (a prefill piece of one node, or one decode row) reads, as shared KV, every node of its path
 above its own segment; rows come in plan order, so the readers of a node are consecutive and each run of a
-resident node becomes one Segment over that row range (kernels.Segment: KV read once for the whole range).
+resident node becomes one Segment over that row range (prompt_tree.kernels.Segment: KV read once for the whole range).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from kernels import Segment, build_tree_meta
+from prompt_tree.kernels import Segment, build_tree_meta
 
 
 def shared_segments(paths: Sequence[Sequence], node_runs: Callable) -> list[Segment]:

@@ -10,7 +10,7 @@ Megatron-style split of one decoder block over `tp` ranks (Shoeybi et al. 2019, 
                                of the full output, and one all-reduce per projection adds them up
 
 so a block costs two all-reduces of [T, hidden] (after o_proj and after down_proj), and attention runs per rank on
-its own heads: the engine, the KV pool and `kernels.tree_attention` see num_heads / tp query heads and
+its own heads: the engine, the KV pool and `prompt_tree.kernels.tree_attention` see num_heads / tp query heads and
 num_kv_heads / tp KV heads and are unchanged. Rank r's query heads [r*H/tp, (r+1)*H/tp) read KV heads
 [r*Hkv/tp, (r+1)*Hkv/tp): HF's GQA grouping (query head h reads KV head h // (H/Hkv)) maps within the rank.
 

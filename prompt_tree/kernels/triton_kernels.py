@@ -1,4 +1,4 @@
-"""The Triton kernels of nested Hydragen tree attention (launched by kernels/triton_tree.py).
+"""The Triton kernels of nested Hydragen tree attention (launched by prompt_tree/kernels/triton_tree.py).
 
   _shared_kernel  all shared (segment, KV split) tiles of one tile class in one launch; a tile's M dimension is
                   (query rows x the g query heads of one KV head), so a node's KV is read once for every sequence
@@ -11,7 +11,8 @@
 Helpers: _softmax_block (one KV block of the online softmax) and _merge_partials (the merge, for both users).
 Scores are kept in base 2 (scale * log2 e folded into one multiply, exp2 on the hardware unit); LSEs leave the
 kernels in natural log. Accumulation is fp32; P is rounded to the input dtype for the P @ V product, as in
-FlashAttention-2. The pure-torch equivalents are kernels/reference.py (ground truth) and kernels/torch_path.py.
+FlashAttention-2. The pure-torch equivalents are prompt_tree/kernels/reference.py (ground truth) and
+prompt_tree/kernels/torch_path.py.
 """
 from __future__ import annotations
 

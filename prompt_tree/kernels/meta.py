@@ -1,7 +1,7 @@
 """Tree-attention metadata: what the kernels read for one batch composition, and how it is reused.
 
-`kernels.worklist.build_tree_meta` turns segments and query-sequences into a TreeAttentionMeta (the rules of that
-are documented there). This module holds the types:
+`prompt_tree.kernels.worklist.build_tree_meta` turns segments and query-sequences into a TreeAttentionMeta (the rules
+of that are documented there). This module holds the types:
 
 - TreeAttentionMeta: host-side description plus device work lists. Every device tensor is a view into one flat
   int32 buffer (one host-to-device copy per build, one device copy per `update_`), each view 16-byte aligned.
@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-# Tile classes for shared work, by query-block height (rows x heads); see kernels.worklist for the choice.
+# Tile classes for shared work, by query-block height (rows x heads); see prompt_tree.kernels.worklist for the choice.
 SHARED_BLOCK_MS = (16, 64, 128)
 
 
@@ -142,7 +142,7 @@ _HOST_FIELDS = ("splits", "q_lens", "own_starts_host", "own_pages_host", "kv_ext
 
 @dataclass
 class TreeAttentionMeta:
-    """Everything the kernels need for one batch composition. Built by `kernels.build_tree_meta`."""
+    """Everything the kernels need for one batch composition. Built by `prompt_tree.kernels.build_tree_meta`."""
 
     num_q_heads: int
     num_kv_heads: int
@@ -214,8 +214,8 @@ class TreeAttentionMeta:
                      for n in sorted(set(mine) | set(theirs)) if mine.get(n) != theirs.get(n)]
         if problems:
             raise ValueError("cannot update this metadata in place from a differently shaped one: "
-                             + "; ".join(problems) + ". Build both with the same capacity= (kernels.MetaCapacity), "
-                             "own_splits= and page_size")
+                             + "; ".join(problems) + ". Build both with the same capacity= "
+                             "(prompt_tree.kernels.MetaCapacity), own_splits= and page_size")
         self.buffer.copy_(other.buffer)
         for f in _HOST_FIELDS:
             setattr(self, f, getattr(other, f))

@@ -14,7 +14,7 @@ launches.
 
 A plan stays valid while the metadata's tensors keep their shapes and addresses, which is also what a CUDA-graph
 capture needs. Editing their values in place is fine: the engine grows own lengths that way each decode step, and
-TreeAttentionMeta.update_ rewrites a padded meta (kernels.MetaCapacity) for another batch composition.
+TreeAttentionMeta.update_ rewrites a padded meta (prompt_tree.kernels.MetaCapacity) for another batch composition.
 Every run writes the same `out` (and lse) tensors, as a replayed graph does: copy a result that must outlive the
 next run.
 """
@@ -149,13 +149,13 @@ class TreeAttentionPlan:
         for i, (name, x) in enumerate(zip(("q", "k_cache", "v_cache"), (q, k_cache, v_cache))):
             if _signature(x, x, x)[:4] != self._sig[4 * i:4 * i + 4]:
                 return (f"{name} is {_describe(x)} but the plan was made for {self._planned[i]}: make a new plan "
-                        f"(kernels.plan_tree_attention) for these tensors")
+                        f"(prompt_tree.kernels.plan_tree_attention) for these tensors")
         return "tensors differ from the planned ones"  # unreachable: some part of the signature differed
 
 
 def plan_tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: TreeAttentionMeta,
                         **kwargs) -> TreeAttentionPlan:
-    """Bind one layer-call of `kernels.tree_attention` ahead of time; see TreeAttentionPlan.
+    """Bind one layer-call of `prompt_tree.kernels.tree_attention` ahead of time; see TreeAttentionPlan.
 
     q, k_cache, v_cache: tensors of the shapes, strides and dtypes every run will pass (their data is not read).
     kwargs: scale, return_lse, out, workspace, options, backend, as for tree_attention.

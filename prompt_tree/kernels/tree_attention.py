@@ -10,7 +10,8 @@ from .options import DEFAULT_OPTIONS, LaunchOptions, cuda_graph_path, in_graph_p
 from .torch_path import tree_attention_torch
 from .triton_tree import tree_attention_triton
 
-# cuda_graph_path and in_graph_path live in kernels/options.py; kept importable from here for existing callers.
+# cuda_graph_path and in_graph_path live in prompt_tree/kernels/options.py; kept importable from here for existing
+# callers.
 __all__ = ["tree_attention", "cuda_graph_path", "in_graph_path", "use_triton"]
 
 _SUPPORTED = (torch.float16, torch.bfloat16, torch.float32)
@@ -81,7 +82,7 @@ def _check_scale(scale: float | None, backend: str) -> None:
 
 def _check_options(options) -> None:
     if options is not None and not isinstance(options, LaunchOptions):
-        raise ValueError(f"options must be a kernels.LaunchOptions, not {type(options).__name__}")
+        raise ValueError(f"options must be a prompt_tree.kernels.LaunchOptions, not {type(options).__name__}")
 
 
 def use_triton(device: torch.device) -> bool:
@@ -97,14 +98,15 @@ def tree_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
                    options: LaunchOptions | None = None):
     """Attention of packed query rows over a prompt tree's KV, each shared node read once for its whole group.
 
-    q: [T, Hq, D] (rows packed by query-sequence, see kernels.build_tree_meta); k_cache, v_cache: [S, Hkv, D]
-    holding every node's and every sequence's own keys/values (the caller has written the new tokens' k/v, at
-    kernels.own_slots / query_slots for the own segments). Returns o [T, Hq, D] in q.dtype, and lse [T, Hq]
-    (fp32, natural log) when return_lse. Rows that see no key at all (padding rows) get o = 0 and lse = -inf.
+    q: [T, Hq, D] (rows packed by query-sequence, see prompt_tree.kernels.build_tree_meta); k_cache, v_cache:
+    [S, Hkv, D] holding every node's and every sequence's own keys/values (the caller has written the new tokens' k/v,
+    at prompt_tree.kernels.own_slots / query_slots for the own segments). Returns o [T, Hq, D] in q.dtype, and lse
+    [T, Hq] (fp32, natural log) when return_lse. Rows that see no key at all (padding rows) get o = 0 and lse = -inf.
     backend: "auto" (Triton on CUDA, batched torch elsewhere), "triton" or "torch".
     out [T, Hq, D] / workspace (o_part [T, slots, Hq, D], l_part [T, slots, Hq] fp32, slots = max(meta.max_slots,
-    1)): preallocated buffers (the torch path takes out only). options: kernels.LaunchOptions (GPU launches).
-    Calling it for every layer of a step repeats the host work; kernels.plan_tree_attention does it once.
+    1)): preallocated buffers (the torch path takes out only). options: prompt_tree.kernels.LaunchOptions (GPU
+    launches). Calling it for every layer of a step repeats the host work; prompt_tree.kernels.plan_tree_attention
+    does it once.
     """
     _check(q, k_cache, v_cache, meta)
     _check_scale(scale, backend)

@@ -1,9 +1,9 @@
 """Side-by-side decode-attention benchmark on one GPU: ours against the peers and the hardware floor.
 
-    python -m kernels.bench [--quick] [--out DIR]
+    python -m prompt_tree.kernels.bench [--quick] [--out DIR]
 
 Measured in one run, one decode step of one layer (B sequences, 1 query token each, head dim 128, bf16):
-  ours        plan.run of kernels.plan_tree_attention, plain launches (planned outside the timing, as the
+  ours        plan.run of prompt_tree.kernels.plan_tree_attention, plain launches (planned outside the timing, as the
               FlashInfer wrappers' plan()); ours_op: the op tree_attention, host work redone every call
   ours_graph  tree_attention under CUDA-graph replay (32 layers captured back to back, time per layer)
   ours_flat   our kernels with no sharing (every sequence reads its whole path: vLLM's paged prefix cache)
@@ -25,8 +25,8 @@ import time
 
 import torch
 
-from kernels import Segment, build_tree_meta, cuda_graph_path, plan_tree_attention, tree_attention
-from kernels.reference import merge_states
+from prompt_tree.kernels import Segment, build_tree_meta, cuda_graph_path, plan_tree_attention, tree_attention
+from prompt_tree.kernels.reference import merge_states
 
 D = 128
 DT = torch.bfloat16
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="attention", help="output file stem (default: %(default)s)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        print("kernels.bench needs a CUDA GPU", file=sys.stderr)
+        print("prompt_tree.kernels.bench needs a CUDA GPU", file=sys.stderr)
         return 2
     import triton
 
@@ -352,8 +352,9 @@ def write_markdown(result, path):
              f"Ceilings measured in the same run: copy {result['copy_bw_tbs']:.2f} TB/s (read+write), bf16 matmul "
              f"{result['matmul_tflops']:.0f} TFLOP/s. Times in ms (median of triton.testing.do_bench); ours_graph is "
              "per layer from 32 layers replayed in one CUDA graph. ours is a plain call of a plan "
-             "(kernels.plan_tree_attention: planned once outside the timing, run per call, as FlashInfer's wrappers "
-             "are timed); ours_op calls the op kernels.tree_attention, which redoes the host work every call.", "",
+             "(prompt_tree.kernels.plan_tree_attention: planned once outside the timing, run per call, as "
+             "FlashInfer's wrappers are timed); ours_op calls the op prompt_tree.kernels.tree_attention, which redoes "
+             "the host work every call.", "",
              "| q/kv | B | levels (len x groups) | suffix | floor | ours | " + " | ".join(names)
              + " | ours_graph/floor | ours/floor | best peer / ours_graph | best peer / ours |",
              "|---|---|---|---|---|---|" + "---|" * len(names) + "---|---|---|---|"]

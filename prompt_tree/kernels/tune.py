@@ -1,7 +1,7 @@
 """Launch-configuration sweep for the tree-attention kernels (GPU). One factor at a time from the current
 defaults; prints time per layer (CUDA-graph replay) for each variant on representative decode workloads.
 
-    python -m kernels.tune [--out DIR] [--only 8,9]      (--only: indices into WORKLOADS)
+    python -m prompt_tree.kernels.tune [--out DIR] [--only 8,9]      (--only: indices into WORKLOADS)
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from kernels import LaunchOptions, build_tree_meta, tree_attention, triton_tree, worklist
-from kernels.bench import graph_per_layer, make_workload
+from prompt_tree.kernels import LaunchOptions, build_tree_meta, tree_attention, triton_tree, worklist
+from prompt_tree.kernels.bench import graph_per_layer, make_workload
 
 WORKLOADS = [  # hq, hkv, B, levels, suffix
     (32, 8, 16, [(16384, 1)], 256),

@@ -19,7 +19,7 @@ OVERLAP_MIN_BYTES = 256 * 2**20
 
 @dataclass(frozen=True)
 class LaunchOptions:
-    """Launch choices of kernels.tree_attention / plan_tree_attention (GPU only; the CPU paths ignore them).
+    """Launch choices of prompt_tree.kernels.tree_attention / plan_tree_attention (GPU only; the CPU paths ignore them).
 
     overlap: run the own-segment kernel on a side stream, overlapping the shared kernels, then merge. The shared
       work is tensor-core bound for large groups and the own work bandwidth bound, so they share the SMs well
@@ -34,8 +34,9 @@ class LaunchOptions:
       docs/benchmarks/pdl_sweep.json), plain planned calls: 32/8 B16 1K 29.6 -> 20.3 us, B16 4K 36.1 -> 27.8,
       B1024 1K 436 -> 425; faster on all 8 rows. Captures keep the two-stream overlap (one stream with PDL won
       on some rows and lost on others).
-    direct: repeat launches go past Triton's dispatcher through the cached compiled kernel (kernels/launch.py;
-      bit-identical; host time of a plain call 167 -> 84 us on the H100 machine, 84 -> 60 us on an H200's).
+    direct: repeat launches go past Triton's dispatcher through the cached compiled kernel
+      (prompt_tree/kernels/launch.py; bit-identical; host time of a plain call 167 -> 84 us on the H100 machine,
+      84 -> 60 us on an H200's).
     raw: with `direct`, call the compiled launcher itself rather than Triton's public runner (less host time;
       the runner is used anyway while a launch hook such as a profiler is set).
     """

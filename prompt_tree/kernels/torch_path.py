@@ -2,8 +2,8 @@
 
 Used where Triton cannot run natively (CPU) and as a readable second implementation of the decomposition: each
 (segment, split) is one batched attention of all its query rows over the segment's KV (the shared KV is read once),
-each own segment (contiguous or paged, through kernels.meta.position_slots) one causal attention, and the merge
-one log-sum-exp over the partial slots of each row.
+each own segment (contiguous or paged, through prompt_tree.kernels.meta.position_slots) one causal attention, and the
+merge one log-sum-exp over the partial slots of each row.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from .meta import TreeAttentionMeta, position_slots
 from .reference import attention_lse, merge_states
 
-SPLIT_ALIGN = 64  # own-segment split chunks are multiples of this (as kernels/triton_tree.py)
+SPLIT_ALIGN = 64  # own-segment split chunks are multiples of this (as prompt_tree/kernels/triton_tree.py)
 
 
 def _own_kv(meta: TreeAttentionMeta, k_cache: torch.Tensor, v_cache: torch.Tensor, b: int, lo: int, hi: int):

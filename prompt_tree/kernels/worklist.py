@@ -18,8 +18,8 @@ split) on its path, outermost first, then its own splits. Because the segments o
 are nested or disjoint), a segment's slot base is the same for every row it covers. Segments with equal ranges
 (one node stored in several runs of slots) nest inside each other: each gets its own slot.
 
-With `capacity=` the device tensors get fixed shapes (kernels.meta.MetaCapacity): tile lists padded with no-op
-tiles (empty row and KV ranges: they read and write nothing), the workspace slot count and the page table's width
+With `capacity=` the device tensors get fixed shapes (prompt_tree.kernels.meta.MetaCapacity): tile lists padded with
+no-op tiles (empty row and KV ranges: they read and write nothing), the workspace slot count and the page table's width
 fixed. Splits are a speed choice, not part of the composition: when the automatic shared splits overflow the
 capacity, the meta is built without shared splits; only a composition that does not fit even then is an error.
 """
@@ -247,7 +247,7 @@ def build_tree_meta(q_lens: Sequence[int], own_starts: Sequence[int] | None, own
                                    or not 1 <= own_splits <= MAX_SPLITS):
         raise ValueError(f"own_splits must be None (automatic) or an int in 1..{MAX_SPLITS}, not {own_splits!r}")
     if capacity is not None and not isinstance(capacity, MetaCapacity):
-        raise ValueError(f"capacity must be a kernels.MetaCapacity, not {type(capacity).__name__}")
+        raise ValueError(f"capacity must be a prompt_tree.kernels.MetaCapacity, not {type(capacity).__name__}")
     q_lens = _check_ints("q_lens", q_lens)
     nb = q_lens.size
     own_lens = _check_ints("own_lens", own_lens, nb)
@@ -330,7 +330,7 @@ def build_tree_meta(q_lens: Sequence[int], own_starts: Sequence[int] | None, own
     else:
         raise CapacityOverflow("the batch composition does not fit the metadata capacity: "
                                + "; ".join(capacity.overflow(needed)) + " (grow it, e.g. capacity.union("
-                               "kernels.required_capacity(meta)).grow(), and capture again)", needed)
+                               "prompt_tree.kernels.required_capacity(meta)).grow(), and capture again)", needed)
     shape = capacity or needed
 
     sections = [(f"tiles{bm}", classes[bm], (shape.shared_tiles[i], 5)) for i, bm in enumerate(SHARED_BLOCK_MS)]

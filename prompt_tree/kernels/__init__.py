@@ -1,9 +1,13 @@
 """Nested Hydragen tree attention: Triton kernels, their torch references, the public op and its plan/run form.
 
-This package imports nothing from `prompt_tree`: it takes tensors and small metadata objects, so it can be tested
-and benchmarked alone. docs/kernels.md is the guide.
+This package imports nothing from the rest of `prompt_tree`: it takes tensors and small metadata objects, so it can
+be tested and benchmarked alone. docs/kernels.md is the guide.
 
-    from kernels import Segment, build_tree_meta, plan_tree_attention, tree_attention
+It lives under prompt_tree rather than as a top-level `kernels` package: that name clashed with Hugging Face's
+`kernels` distribution, which transformers >= 5.25 requires and imports at import time (`from kernels import
+CUDAProperties, ...`), so a top-level `kernels` of ours shadowed it and broke `import transformers`.
+
+    from prompt_tree.kernels import Segment, build_tree_meta, plan_tree_attention, tree_attention
     meta = build_tree_meta(q_lens, own_starts, own_lens, segments, num_q_heads, num_kv_heads, head_dim, device)
     out = tree_attention(q, k_cache, v_cache, meta)
     plan = plan_tree_attention(q, k_cache, v_cache, meta)  # or bind the host work once, then per layer:

@@ -1,10 +1,11 @@
 """The launches of one tree-attention call on the Triton path: configurations, launch lists, issuing them.
 
-The kernels are in kernels/triton_kernels.py. A call is a short list of launches, built once (`build_launches`)
-and issued by `run_launches` here or by a plan (kernels/attention_plan.py), whatever the tree:
+The kernels are in prompt_tree/kernels/triton_kernels.py. A call is a short list of launches, built once
+(`build_launches`) and issued by `run_launches` here or by a plan (prompt_tree/kernels/attention_plan.py), whatever
+the tree:
   one _shared_kernel launch per non-empty tile class (at most three), then the _own_kernel launch, then, when the
   own segments are split or the own kernel overlaps the shared ones on a side stream, the _merge_kernel launch.
-How they are spread over streams (overlap, PDL) and launched (direct, raw) is kernels.LaunchOptions.
+How they are spread over streams (overlap, PDL) and launched (direct, raw) is prompt_tree.kernels.LaunchOptions.
 """
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ from .options import DEFAULT_OPTIONS, LaunchOptions, in_graph_path
 from .triton_kernels import HAS_PDL, _merge_kernel, _own_kernel, _shared_kernel
 
 LOG2E = 1.4426950408889634
-SPLIT_ALIGN = 64  # own-segment split chunks are multiples of this (must match kernels/torch_path.py)
+SPLIT_ALIGN = 64  # own-segment split chunks are multiples of this (must match prompt_tree/kernels/torch_path.py)
 
 # Launch configurations (BLOCK_N, num_warps, num_stages) per kernel and query-block height. Chosen on an H100
-# with kernels/tune.py (numbers in docs/benchmarks/); the interpreter ignores warps and stages. Measured and
+# with prompt_tree/kernels/tune.py (numbers in docs/benchmarks/); the interpreter ignores warps and stages. Measured and
 # rejected (docs/benchmarks/tune_v3.json, triton 3.6): BLOCK_N=128 for the 128-row class (13x slower: the
 # 128 x 128 fp32 score tile spills), 4 warps for it (19x), and TMA descriptor loads of whole KV blocks (2.6-3x
 # slower: Triton 3.6 does not pipeline host-descriptor loads in this loop).
@@ -61,7 +62,7 @@ class Launch:
 
     args are the runtime arguments in signature order; when `qkv`, the first three are q, k_cache, v_cache (a plan
     swaps them per call). `side`: on the side stream (the own kernel while overlapping); `join`: the main stream
-    waits for the side stream before this launch (the merge). direct/raw: kernels.LaunchOptions."""
+    waits for the side stream before this launch (the merge). direct/raw: prompt_tree.kernels.LaunchOptions."""
     launcher: DirectLauncher
     grid: tuple
     args: tuple
@@ -201,7 +202,7 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
                           scale: float | None = None, return_lse: bool = False, out: torch.Tensor | None = None,
                           workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
                           options: LaunchOptions = DEFAULT_OPTIONS):
-    """Launch the tree-attention kernels. Shapes and dtypes are checked by kernels.tree_attention.
+    """Launch the tree-attention kernels. Shapes and dtypes are checked by prompt_tree.kernels.tree_attention.
 
     q: [T, Hq, D]; k_cache, v_cache: [S, Hkv, D] (last dim contiguous). Returns o [T, Hq, D] in q.dtype (and lse
     [T, Hq] fp32 natural log). `out` and `workspace` may be preallocated (CUDA graphs reuse them).

@@ -18,7 +18,7 @@ specializes on in these launches:
 - whether every pointer is 16-byte aligned. Only the all-aligned case is cached; any other goes through Triton
   every time, as before.
 Floats are never specialized; an argument of any other kind (bool, None, tuple) sends the call through Triton.
-So do calls off CUDA (the interpreter), with `direct=False` (kernels.LaunchOptions), on Triton < 3.3, with
+So do calls off CUDA (the interpreter), with `direct=False` (prompt_tree.kernels.LaunchOptions), on Triton < 3.3, with
 Triton's debug or instrumentation switches changed since import, and for a kernel with pre-run hooks.
 
 `fork_join` is the one place that spreads a call's launches over the current stream and a side stream.
@@ -171,7 +171,7 @@ class DirectLauncher:
     def __call__(self, grid: tuple, args: tuple, constexprs: dict, num_warps: int, num_stages: int = 3,
                  launch_pdl: bool = False, direct: bool = True, raw: bool = True):
         """Launch on the current stream. direct=False: always through Triton's dispatcher; raw=False: cached
-        kernels through Triton's public runner instead of the compiled launcher (kernels.LaunchOptions)."""
+        kernels through Triton's public runner instead of the compiled launcher (prompt_tree.kernels.LaunchOptions)."""
         first = args[0] if args else None
         if not _SUPPORTED or not direct or not isinstance(first, torch.Tensor) or not _on_gpu(first) \
                 or _knob_state() != _DEFAULT_KNOBS or getattr(self.kernel, "pre_run_hooks", None):
