@@ -54,6 +54,18 @@ def test_job_benchmark_rows_and_length_budgets(tmp_path):
     assert len(again["rows"]) == 6  # the skipped ideal rows are not kept
 
 
+def test_the_time_budget_never_withholds_the_ideal_row(tmp_path, monkeypatch):
+    """ideal costs no device time; a budget spent by the engines before it must not list it as not run."""
+    clock = iter(range(0, 10_000, 100))  # every look at the clock is 100 s later
+    monkeypatch.setattr(job.time, "monotonic", lambda: float(next(clock)))
+    res = job.run_job_benchmark(["apps"], lambda s: ("tiny",), ("lognormal",),
+                                ("continuous-tree", "static-tree", "ideal"), str(tmp_path), device="cpu",
+                                dtype="fp32", problems=2, samples=3, max_new=8, time_budget_s=150,
+                                log=lambda *a: None)
+    assert [r["engine"] for r in res["not_run"]] == ["static-tree"]
+    assert [r["engine"] for r in res["rows"]] == ["continuous-tree", "ideal"]
+
+
 def test_length_distributions_are_documented_and_bounded():
     import random
 
