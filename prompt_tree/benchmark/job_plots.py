@@ -1,12 +1,14 @@
 """The job benchmark's plots: throughput per engine for each row group, and live rows over the run.
 
-matplotlib is imported only when plotting (`pip install 'prompt-tree[bench]'`); without it no PNG is written and
-stderr says so. Both plots are drawn from job.json alone, so `tools/merge_job.py` redraws them for merged files.
+matplotlib comes through report.pyplot, only when plotting (`pip install 'prompt-tree[bench]'`); without it no PNG
+is written and stderr says so. Both plots are drawn from job.json alone, so `tools/merge_job.py` redraws them for merged files.
 """
 from __future__ import annotations
 
 import os
-import sys
+from itertools import accumulate
+
+from .report import pyplot
 
 ENGINE_ORDER = ("continuous-tree", "static-tree", "continuous-flat", "ideal")
 TRACE_POINTS = 256
@@ -21,15 +23,8 @@ def batch_trace(step_log: list, points: int = TRACE_POINTS) -> list:
     n = len(step_log)
     m = min(points, n)
     keep = sorted({round(i * (n - 1) / max(1, m - 1)) for i in range(m)})
-    out, t, j = [], 0.0, 0
-    for i, (rows, ms) in enumerate(step_log):
-        t += ms / 1e3
-        if i == keep[j]:
-            out.append([round(t, 4), int(rows)])
-            j += 1
-            if j == len(keep):
-                break
-    return out
+    t = list(accumulate(ms / 1e3 for _, ms in step_log))
+    return [[round(t[i], 4), int(step_log[i][0])] for i in keep]
 
 
 def _group(r: dict) -> tuple:
@@ -62,13 +57,8 @@ def write_job_plots(results: dict, out: str) -> list[str]:
     groups = latest_groups(results.get("rows", []))
     if not groups:
         return []
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed (pip install 'prompt-tree[bench]'): no job plots", file=sys.stderr)
+    plt = pyplot("no job plots")
+    if plt is None:
         return []
     title = f"{results.get('device')}, torch {results.get('torch')}, triton {results.get('triton')}"
     paths = []

@@ -4,7 +4,7 @@
                        the limit dashed (the shape of the paper's Figure 3)
     e2e_prefix.png     workload 1: decode tokens/s vs prefix length, one panel per (model, batch)
     e2e_workload2.png  workload 2: bars per mode at the same batch and at each mode's largest batch, limit ticks
-matplotlib is imported only here, only when plotting.
+matplotlib is imported only here, only when plotting (`pyplot`, which job_plots uses too).
 """
 from __future__ import annotations
 
@@ -149,11 +149,8 @@ def _workload2_table(model: str, workload: str, rows: list[dict]) -> list[str]:
 # ----- plots
 
 
-def write_plots(results: dict, out: str) -> list[str]:
-    """Write the PNGs that have data; returns their paths ([] without matplotlib, with a note on stderr)."""
-    rows = [r for r in results.get("rows", []) if r.get("tokens_per_s")]
-    if not rows:
-        return []
+def pyplot(missing: str):
+    """matplotlib.pyplot on the file-only Agg backend, or None with a note on stderr ending in `missing`."""
     try:
         import matplotlib
 
@@ -162,7 +159,18 @@ def write_plots(results: dict, out: str) -> list[str]:
     except ImportError:
         import sys
 
-        print("matplotlib is not installed (pip install 'prompt-tree[bench]'): no plots", file=sys.stderr)
+        print(f"matplotlib is not installed (pip install 'prompt-tree[bench]'): {missing}", file=sys.stderr)
+        return None
+    return plt
+
+
+def write_plots(results: dict, out: str) -> list[str]:
+    """Write the PNGs that have data; returns their paths ([] without matplotlib, with a note on stderr)."""
+    rows = [r for r in results.get("rows", []) if r.get("tokens_per_s")]
+    if not rows:
+        return []
+    plt = pyplot("no plots")
+    if plt is None:
         return []
     paths = []
     w1 = [r for r in rows if r["workload"] == "1"]
