@@ -1,5 +1,5 @@
 """argparse types and flag groups shared by the prompt-tree commands and by any command line built on the
-library (tasks/cli_apps.py): one definition and one help text each."""
+library (prompt_tree/tasks/cli_apps.py): one definition and one help text each."""
 from __future__ import annotations
 
 import argparse

@@ -12,11 +12,11 @@ import sys
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
-    "apps": ("tasks.cli_apps", "APPS-style evaluation: sample, execute in a sandbox, report pass@k (the main job)"),
+    "apps": ("prompt_tree.tasks.cli_apps", "APPS-style evaluation: sample, execute in a sandbox, report pass@k (the main job)"),
     "generate": ("prompt_tree.commands.generate", "sample completions for a prompt tree saved as JSON"),
     "describe": ("prompt_tree.commands.describe", "flatten a prompt tree saved as JSON and print its outline and plan"),
     "bench": ("prompt_tree.commands.bench", "end-to-end decode throughput benchmark (GPU)"),
-    "bench-exec": ("tasks.bench_exec", "program execution benchmark: the warm sandbox against its baselines (CPU)"),
+    "bench-exec": ("prompt_tree.tasks.bench_exec", "program execution benchmark: the warm sandbox against its baselines (CPU)"),
 }
 
 

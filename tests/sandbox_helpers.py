@@ -4,10 +4,10 @@ import os
 import sys
 import time
 
-from tasks.sandbox.config import SandboxConfig
-from tasks.sandbox.detect import probe
-from tasks.sandbox.host import WarmSandbox
-from tasks.sandbox.zygote_host import zygote_for
+from prompt_tree.tasks.sandbox.config import SandboxConfig
+from prompt_tree.tasks.sandbox.detect import probe
+from prompt_tree.tasks.sandbox.host import WarmSandbox
+from prompt_tree.tasks.sandbox.zygote_host import zygote_for
 
 IS_ROOT = os.geteuid() == 0
 _probes: dict = {}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.sources import (
+from prompt_tree.tasks.sources import (
     DIFFICULTIES,
     MalformedProblemWarning,
     ProblemFormatError,
@@ -19,14 +19,14 @@ from tasks.sources import (
     load_problems,
     parse_records,
 )
-from tasks.problem import Problem
+from prompt_tree.tasks.problem import Problem
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _raw(split="test"):
     name = "embedded.jsonl" if split == "test" else "train.jsonl"
-    with open(REPO / "tasks" / "data" / name) as f:
+    with open(REPO / "prompt_tree" / "tasks" / "data" / name) as f:
         return [json.loads(line) for line in f if line.strip()]
 
 
@@ -79,7 +79,7 @@ def test_train_split_is_separate():
 
 def _check_all(pairs):
     """Run check(problem, code) for many pairs; the checker runs subprocesses, so two threads keep both cores busy."""
-    from tasks.checker import check
+    from prompt_tree.tasks.checker import check
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         return list(pool.map(lambda pc: check(*pc), pairs))
@@ -175,7 +175,7 @@ def test_hub_path_reads_parquet_through_datasets(tmp_path):
 
 
 def test_unreachable_hub_name_says_what_was_tried():
-    code = "from tasks.apps import load_problems\nload_problems('nobody-here/no-such-apps', split='train')\n"
+    code = "from prompt_tree.tasks.apps import load_problems\nload_problems('nobody-here/no-such-apps', split='train')\n"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode != 0

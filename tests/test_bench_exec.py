@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import random
 
-from tasks.apps import load_problems
-from tasks.bench_exec import fit_overhead, main
-from tasks.bench_programs import program_set
+from prompt_tree.tasks.apps import load_problems
+from prompt_tree.tasks.bench_exec import fit_overhead, main
+from prompt_tree.tasks.bench_programs import program_set
 
 
 def test_the_overhead_fit_recovers_a_per_program_and_a_per_test_cost():

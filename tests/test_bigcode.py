@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from tasks.bigcode import GenerationsFileError, export_bigcode, load_bigcode
-from tasks.problem import Problem
+from prompt_tree.tasks.bigcode import GenerationsFileError, export_bigcode, load_bigcode
+from prompt_tree.tasks.problem import Problem
 
 
 def problems(n):

@@ -116,8 +116,8 @@ def test_rendering_equals_apply_chat_template(tmp_path, name, kind):
 
 
 def test_chat_trees_share_system_and_few_shot_turns(tmp_path):
-    from tasks.apps import load_problems
-    from tasks.prompts import CHAT_INSTRUCTION, FEW_SHOT_KEY, INSTRUCTION_KEY, build_tree, chat_answer, \
+    from prompt_tree.tasks.apps import load_problems
+    from prompt_tree.tasks.prompts import CHAT_INSTRUCTION, FEW_SHOT_KEY, INSTRUCTION_KEY, build_tree, chat_answer, \
         chat_question, draw_few_shot
 
     path = checkpoint_dir(tmp_path, "qwen", QWEN_STYLE)

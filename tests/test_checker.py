@@ -7,9 +7,9 @@ import uuid
 
 import pytest
 
-from tasks.checker import CheckResult, check, check_many
-from tasks.compare import return_value_matches, stdout_matches
-from tasks.problem import Problem
+from prompt_tree.tasks.checker import CheckResult, check, check_many
+from prompt_tree.tasks.compare import return_value_matches, stdout_matches
+from prompt_tree.tasks.problem import Problem
 
 ADD_STDIN = Problem("add", "sum two ints", inputs=["1 2\n", "3 4\n", "10 -10\n"], outputs=["3\n", "7", ["0"]])
 ADD_CALL = Problem("addc", "sum", fn_name="add", inputs=[[1, 2], [3, 4], [0, 0]], outputs=[[3], 7, 0])
@@ -184,7 +184,7 @@ def test_check_many_matches_check_and_keeps_order():
     "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: pass",
 ])
 def test_hostile_stdin_candidates_fail(code, sandbox):
-    from tasks import execution
+    from prompt_tree.tasks import execution
     if "fork" in code and sandbox == "per-test" and execution.sandbox_mode() == "fallback" \
             and not execution.fallback_limits_processes():
         pytest.skip("fallback as root without a private uid: RLIMIT_NPROC cannot apply")
@@ -200,12 +200,12 @@ def test_hostile_call_based_write_outside():
     target = f"/tmp/pt_escape_{uuid.uuid4().hex}"
     code = f"def add(a, b):\n    open({target!r}, 'w').write('x')\n    return a + b"
     try:
-        from tasks.sandbox.detect import resolve_isolation
-        from tasks.sandbox.config import SandboxConfig
+        from prompt_tree.tasks.sandbox.detect import resolve_isolation
+        from prompt_tree.tasks.sandbox.config import SandboxConfig
         r = check(ADD_CALL, code, timeout=5)
         if resolve_isolation(SandboxConfig()) != "fallback":
             assert r.results == [True] * 3 and not os.path.exists(target)
-        from tasks.execution import sandbox_mode
+        from prompt_tree.tasks.execution import sandbox_mode
         if sandbox_mode() == "namespace":
             r = check(ADD_CALL, code, timeout=5, sandbox="per-test")
             assert r.results == [-1] * 3 and "Read-only" in r.details[0]

@@ -4,10 +4,10 @@ import random
 
 import pytest
 
-from tasks.checker import check
-from tasks.compare import TokenStream, call_arguments, expected_value, int_keys, stdout_matches
-from tasks.problem import Problem
-from tasks.sandbox.preamble import may_use_numpy, preamble_namespace, preamble_source
+from prompt_tree.tasks.checker import check
+from prompt_tree.tasks.compare import TokenStream, call_arguments, expected_value, int_keys, stdout_matches
+from prompt_tree.tasks.problem import Problem
+from prompt_tree.tasks.sandbox.preamble import may_use_numpy, preamble_namespace, preamble_source
 
 
 @pytest.fixture(params=["warm", "per-test"])

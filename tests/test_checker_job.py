@@ -7,18 +7,18 @@ import threading
 import pytest
 
 from prompt_tree.cli import main
-from tasks.apps import load_problems
-from tasks.duplicates import DuplicateIndex, program_key
-from tasks.results import GenerationRecord, RunDirError, RunLock, VerdictRecord, read_jsonl
-from tasks.run_limits import RunSizeError, check_run_size
-from tasks.runner import RunConfig, run_apps
+from prompt_tree.tasks.apps import load_problems
+from prompt_tree.tasks.duplicates import DuplicateIndex, program_key
+from prompt_tree.tasks.results import GenerationRecord, RunDirError, RunLock, VerdictRecord, read_jsonl
+from prompt_tree.tasks.run_limits import RunSizeError, check_run_size
+from prompt_tree.tasks.runner import RunConfig, run_apps
 
 FAST = ["--no-progress", "--workers", "2"]
 
 
 class CountingCheck:
     def __init__(self):
-        from tasks.checker import check
+        from prompt_tree.tasks.checker import check
 
         self.check, self.calls, self.lock = check, [], threading.Lock()
 

@@ -1,12 +1,12 @@
 """The warm sandbox's verdicts equal the per-test sandbox's on every embedded problem's reference solution and
-its wrong variants (tasks.bench_programs: wrong answer, runtime error, compile error; a timeout on one
+its wrong variants (prompt_tree.tasks.bench_programs: wrong answer, runtime error, compile error; a timeout on one
 problem of each kind). The reference must pass everywhere; the variants are wrong by construction and must
 fail with their own code on every test."""
 import pytest
 
-from tasks.apps import load_problems
-from tasks.bench_programs import variant
-from tasks.checker import check
+from prompt_tree.tasks.apps import load_problems
+from prompt_tree.tasks.bench_programs import variant
+from prompt_tree.tasks.checker import check
 
 PROBLEMS = load_problems()
 TIMEOUT_PROBLEMS = {next(p.problem_id for p in PROBLEMS if not p.call_based),

@@ -7,11 +7,11 @@ import pytest
 
 from prompt_tree.cli import main
 from prompt_tree.tree import PromptTree
-from tasks.apps import load_problems
-from tasks.prompts import FEW_SHOT_KEY, format_question
+from prompt_tree.tasks.apps import load_problems
+from prompt_tree.tasks.prompts import FEW_SHOT_KEY, format_question
 
 FAST = ["--no-progress", "--workers", "1"]
-EMBEDDED_TEST_FILE = os.path.join(os.path.dirname(__file__), "..", "tasks", "data", "embedded.jsonl")
+EMBEDDED_TEST_FILE = os.path.join(os.path.dirname(__file__), "..", "prompt_tree", "tasks", "data", "embedded.jsonl")
 
 
 @pytest.fixture
@@ -194,7 +194,7 @@ def test_few_shot_draw_says_how_many_are_under_evaluation(tmp_path, capsys, no_m
 
 
 def test_few_shot_source_is_used_recorded_and_resumed(tmp_path, capsys):
-    from tasks.runner import RunConfig, build_sample_tree
+    from prompt_tree.tasks.runner import RunConfig, build_sample_tree
 
     source = os.path.abspath(EMBEDDED_TEST_FILE)
     problems = load_problems(split="train", limit=1)

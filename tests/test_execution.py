@@ -10,8 +10,8 @@ import warnings
 
 import pytest
 
-from tasks import execution
-from tasks.execution import RunJob, RunResult, run_many, run_program, sandbox_mode
+from prompt_tree.tasks import execution
+from prompt_tree.tasks.execution import RunJob, RunResult, run_many, run_program, sandbox_mode
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAVE_NS = sys.platform == "linux" and os.geteuid() == 0 and execution._probe_namespace() is None

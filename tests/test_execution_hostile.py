@@ -16,11 +16,11 @@ import uuid
 import pytest
 
 from sandbox_helpers import IS_ROOT, assert_zygote_idle, available, sealed_modes
-from tasks.checker import check
-from tasks.problem import Problem
+from prompt_tree.tasks.checker import check
+from prompt_tree.tasks.problem import Problem
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATASET = os.path.join(REPO, "tasks", "data", "embedded.jsonl")
+DATASET = os.path.join(REPO, "prompt_tree", "tasks", "data", "embedded.jsonl")
 
 
 def _mode(name):
@@ -72,7 +72,7 @@ def tried(f):
         return "blocked"
 out = []
 out.append(tried(lambda: open({DATASET!r}).read()))
-out.append(tried(lambda: __import__("tasks.apps")))
+out.append(tried(lambda: __import__("prompt_tree.tasks.apps")))
 out.append(tried(lambda: os.listdir({REPO!r})))
 out.append(tried(lambda: os.listdir("/work")))
 out.append(tried(lambda: open({host_file!r}).read()))

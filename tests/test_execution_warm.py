@@ -1,4 +1,4 @@
-"""The warm sandbox (tasks.sandbox): programs behave as under `python prog.py`, one fork per test; the
+"""The warm sandbox (prompt_tree.tasks.sandbox): programs behave as under `python prog.py`, one fork per test; the
 protocol's framing and value encoding; the in-sandbox directory wiper."""
 import json
 import os
@@ -9,10 +9,10 @@ import time
 import pytest
 
 from sandbox_helpers import assert_zygote_idle, available, run_tests, sealed_modes
-from tasks.sandbox import wire
-from tasks.sandbox.config import SandboxConfig, SandboxConfigError, sandbox_view
-from tasks.sandbox.host import WarmSandbox
-from tasks.sandbox.wipe import empty_dir, remove_tree
+from prompt_tree.tasks.sandbox import wire
+from prompt_tree.tasks.sandbox.config import SandboxConfig, SandboxConfigError, sandbox_view
+from prompt_tree.tasks.sandbox.host import WarmSandbox
+from prompt_tree.tasks.sandbox.wipe import empty_dir, remove_tree
 
 MODES = sealed_modes() + ["fallback"]
 

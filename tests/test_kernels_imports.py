@@ -25,8 +25,9 @@ KERNELS = os.path.join(ROOT, *PACKAGE.split("."))
 
 # Top-level import names of PyPI distributions that our dependencies pull in, which a top-level package or module
 # of ours would shadow (or be shadowed by) on sys.path and in site-packages. `kernels`: Hugging Face's hub kernels,
-# required by transformers >= 5.25.
-CLASHING_TOP_LEVEL = ("kernels", "transformers", "tokenizers", "safetensors", "datasets", "torch", "triton",
+# required by transformers >= 5.25. `tasks`: a PyPI distribution (tasks 2.8.0 installs a top-level `tasks`), and the
+# name of invoke's tasks.py in many a working directory, which shadows a package of that name under `python -m`.
+CLASHING_TOP_LEVEL = ("kernels", "tasks", "transformers", "tokenizers", "safetensors", "datasets", "torch", "triton",
                       "huggingface_hub", "numpy", "networkx", "jinja2", "tqdm")
 
 
@@ -155,9 +156,9 @@ def test_no_top_level_name_clashes_with_a_dependency():
     import importlib.metadata
 
     include = _packages_find_include()
-    assert "prompt_tree*" in include  # covers prompt_tree.kernels
+    assert include == ["prompt_tree*"]  # one top-level package; it covers prompt_tree.kernels and prompt_tree.tasks
     ours = _top_level_names()
-    assert "prompt_tree" in ours and "kernels" not in ours
+    assert "prompt_tree" in ours and "kernels" not in ours and "tasks" not in ours
     assert ours.isdisjoint(CLASHING_TOP_LEVEL), sorted(ours & set(CLASHING_TOP_LEVEL))
     for name in CLASHING_TOP_LEVEL:  # no pattern installs one, `k*` or `*` included
         assert not [p for p in include if fnmatch.fnmatchcase(name, p)], (name, include)

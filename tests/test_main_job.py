@@ -5,8 +5,8 @@ import math
 import pytest
 
 from prompt_tree.cli import main
-from tasks.apps import load_problems
-from tasks.results import read_jsonl
+from prompt_tree.tasks.apps import load_problems
+from prompt_tree.tasks.results import read_jsonl
 
 FAST = ["--no-progress", "--workers", "2"]
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from tasks.metrics import format_table, pass_at_k, sample_passed, summarize
+from prompt_tree.tasks.metrics import format_table, pass_at_k, sample_passed, summarize
 
 
 def _brute_pass_at_k(n: int, c: int, k: int) -> float:

@@ -297,7 +297,7 @@ def test_tp2_logits_and_generations_equal_tp1(tmp_path):
 
 
 def _records(out):
-    from tasks.results import read_jsonl
+    from prompt_tree.tasks.results import read_jsonl
 
     return tuple({(r["problem_id"], r["sample_index"]): r for r in read_jsonl(os.path.join(out, name))}
                  for name in ("generations.jsonl", "verdicts.jsonl"))
@@ -454,7 +454,7 @@ def test_tp2_dp2_generate_equals_one_process(tmp_path, sampling):
 
 def test_tp2_dp2_apps_equals_one_process(tmp_path):
     from prompt_tree.cli import main
-    from tasks.runner import SAMPLE_KEY_SEP
+    from prompt_tree.tasks.runner import SAMPLE_KEY_SEP
 
     # --max-batch-sequences 2: sub-batches, which a group's writer and its TP peer (different code paths) must agree on
     apps = ["apps", "--limit", "4", "--samples", "2", "--max-new-tokens", "12", "--k", "1,2", "--no-progress",

@@ -11,15 +11,15 @@ from tests.test_parallel import APPS, _records, _spawn
 
 
 def _apps_worker(ctx, config_kwargs):
-    from tasks.dp_runner import run_apps_distributed
-    from tasks.runner import RunConfig
+    from prompt_tree.tasks.dp_runner import run_apps_distributed
+    from prompt_tree.tasks.runner import RunConfig
 
     run_apps_distributed(RunConfig(**config_kwargs), ctx, log=None)
 
 
 def _apps_error_worker(ctx, config_kwargs, marker):
-    from tasks.dp_runner import run_apps_distributed
-    from tasks.runner import RunConfig
+    from prompt_tree.tasks.dp_runner import run_apps_distributed
+    from prompt_tree.tasks.runner import RunConfig
 
     try:
         run_apps_distributed(RunConfig(**config_kwargs), ctx, log=None)
@@ -40,7 +40,7 @@ def test_dp2_apps_refuses_a_bad_few_shot_draw_before_touching_out(tmp_path):
 
 
 def test_dp2_apps_equals_one_process_and_resumes_a_group(tmp_path):
-    from tasks.runner import RunConfig, run_apps
+    from prompt_tree.tasks.runner import RunConfig, run_apps
 
     single, dp = str(tmp_path / "single"), str(tmp_path / "dp")
     run_apps(RunConfig(out=single, **APPS), log=None)

@@ -55,8 +55,8 @@ def _spawn_nodes(work, *args, layout="nodes", extra_env=None):
 
 
 def _node_worker(ctx, layout, config_kwargs, node_root, marker=None, slow_rank0_s=0.0):
-    from tasks import dp_runner
-    from tasks.runner import RunConfig
+    from prompt_tree.tasks import dp_runner
+    from prompt_tree.tasks.runner import RunConfig
 
     node_dir = os.path.join(node_root, f"node{ctx.rank if layout == 'nodes' else 0}")
     if ctx.rank != 0:
@@ -86,7 +86,7 @@ def _node_files(node_root):
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    from tasks.runner import RunConfig, run_apps
+    from prompt_tree.tasks.runner import RunConfig, run_apps
 
     out = str(tmp_path_factory.mktemp("single") / "run")
     run_apps(RunConfig(out=out, **APPS), log=None)

@@ -5,10 +5,10 @@ import random
 
 import pytest
 
-from tasks.apps import load_problems
-from tasks.extract import DEFAULT_STOPS, cut_at_stops, extract_code, fenced_blocks
-from tasks.problem import Problem
-from tasks.prompts import (
+from prompt_tree.tasks.apps import load_problems
+from prompt_tree.tasks.extract import DEFAULT_STOPS, cut_at_stops, extract_code, fenced_blocks
+from prompt_tree.tasks.problem import Problem
+from prompt_tree.tasks.prompts import (
     FEW_SHOT_KEY,
     INSTRUCTION_KEY,
     build_tree,
@@ -234,13 +234,13 @@ def test_fenced_blocks():
     ("QUESTION:\nnot an echo here\n```python\n" + CODE + "\n```", CODE),
 ])
 def test_extract_answer_code(answer, code):
-    from tasks.extract import extract_answer_code
+    from prompt_tree.tasks.extract import extract_answer_code
 
     assert extract_answer_code(answer) == code
 
 
 def test_chat_tree_shape_and_errors():
-    from tasks.prompts import CHAT_INSTRUCTION, chat_answer, chat_question
+    from prompt_tree.tasks.prompts import CHAT_INSTRUCTION, chat_answer, chat_question
 
     problems = load_problems(limit=3)
     tree = build_tree(problems, samples=2, few_shot=[STDIN, CALL], instruction=None, chat=True)

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tasks.results import (
+from prompt_tree.tasks.results import (
     GenerationRecord,
     JsonlAppender,
     RunDirError,
@@ -148,7 +148,7 @@ def test_verdict_records_from_before_duplicates_and_fail_fast_still_load(tmp_pat
 
 
 def test_config_from_before_the_preamble_resumes_only_without_it(tmp_path):
-    from tasks.results import config_differences
+    from prompt_tree.tasks.results import config_differences
 
     old = {"samples": 2, "few_shot_source": "embedded"}  # a config.json written before issue 13
     new = {"samples": 2, "few_shot_source": "embedded", "fail_fast": False}
@@ -160,11 +160,11 @@ def test_run_lock_is_exclusive_names_the_holder_and_dies_with_it(tmp_path):
     import subprocess
     import sys
 
-    from tasks.results import RunLock
+    from prompt_tree.tasks.results import RunLock
 
     out = str(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nsys.path.insert(0, sys.argv[1])\n"
-                               "from tasks.results import RunLock\nlock = RunLock(sys.argv[2])\n"
+                               "from prompt_tree.tasks.results import RunLock\nlock = RunLock(sys.argv[2])\n"
                                "print('held', flush=True)\ntime.sleep(60)", os.getcwd(), out],
                               stdout=subprocess.PIPE, text=True)
     try:

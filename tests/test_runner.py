@@ -4,10 +4,10 @@ import threading
 
 import pytest
 
-from tasks.apps import build_tree, load_problems
-from tasks.prompts import FEW_SHOT_KEY, format_question
-from tasks.results import RunDirError, read_jsonl
-from tasks.runner import RunConfig, build_sample_tree, run_apps, sample_key
+from prompt_tree.tasks.apps import build_tree, load_problems
+from prompt_tree.tasks.prompts import FEW_SHOT_KEY, format_question
+from prompt_tree.tasks.results import RunDirError, read_jsonl
+from prompt_tree.tasks.runner import RunConfig, build_sample_tree, run_apps, sample_key
 
 SMALL = dict(limit=3, samples=3, max_new_tokens=12, progress=False, workers=2, timeout=2.0)
 
@@ -95,7 +95,7 @@ class Interrupting:
 
 class CountingCheck:
     def __init__(self):
-        from tasks.checker import check
+        from prompt_tree.tasks.checker import check
 
         self.check, self.calls, self.lock = check, [], threading.Lock()
 

@@ -174,8 +174,8 @@ def test_the_incremental_lcp_is_the_run_rule():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_apps_tree_has_no_mismatch(kind):
-    from tasks.apps import load_problems
-    from tasks.prompts import build_tree
+    from prompt_tree.tasks.apps import load_problems
+    from prompt_tree.tasks.prompts import build_tree
 
     tok = trained(kind, bos=True)
     problems = load_problems()

@@ -9,8 +9,8 @@ import os
 import pytest
 
 from prompt_tree.prefix import common_prefix_len
-from tasks.apps import load_problems
-from tasks.prompts import FEW_SHOT_KEY, INSTRUCTION_KEY, build_tree
+from prompt_tree.tasks.apps import load_problems
+from prompt_tree.tasks.prompts import FEW_SHOT_KEY, INSTRUCTION_KEY, build_tree
 
 
 def _apps_tree():

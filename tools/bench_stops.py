@@ -26,7 +26,7 @@ from prompt_tree.stops import StopChecker, StopMatcher  # noqa: E402
 from prompt_tree.tokenizer import HFTokenizer  # noqa: E402
 
 APPS_STOPS = ("\nQUESTION:", "\nANSWER:", "\n\n\n\n")
-DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tasks", "data", "embedded.jsonl")
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "prompt_tree", "tasks", "data", "embedded.jsonl")
 
 
 def apps_text() -> str:

@@ -1,6 +1,6 @@
 import json, subprocess, sys
 sys.path.insert(0, "/work/main")
-from tasks.apps import load_problems
+from prompt_tree.tasks.apps import load_problems
 def run(p, code):
     ok = []
     for i, (inp, out) in enumerate(zip(p.inputs, p.outputs)):
