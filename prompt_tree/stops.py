@@ -29,6 +29,8 @@ import numpy as np
 from .token_text import TokenTable, token_table
 
 _TABLES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> TokenTable | None
+# Characters at the start of a StopChecker window that may differ from the text they stand for (StopChecker)
+WINDOW_MARGIN = 4
 
 
 def cut_at_stop(text: str, stops: Sequence[str], include: bool) -> str:
@@ -55,6 +57,12 @@ class StopChecker:
     token carries at least one byte, a character at most four) and only grows past tokens that decode to nothing
     (BOS, PAD, other special tokens). A match in the window is new (an older one would have stopped the sequence
     earlier). The final cut (`cut`) decodes the whole completion once and cuts at the earliest match.
+
+    A window that does not start at the completion's first token may start inside a character: its first few
+    characters are then the decoder's, not the text's (up to three U+FFFD for the stray continuation bytes of a
+    cut character, or a leading space a sentencepiece decoder drops). So the window holds WINDOW_MARGIN characters
+    more than a new match needs, and they are not searched: no new match starts there, and a U+FFFD stop string
+    never matches a character the text does not have (found by a fuzzer: "\ufffd" stopped "日aaaaa").
     """
 
     stops: Sequence[str]
@@ -73,12 +81,14 @@ class StopChecker:
         chars = self._token_chars.get(last)
         if chars is None:  # once per distinct token id: one decode per sequence and step, not two
             chars = self._token_chars[last] = len(self.decode([last]))
-        need = self.longest + chars + 1
+        need = self.longest + chars + 1 + WINDOW_MARGIN
         w = self.window
         tail = self.decode(token_ids[-w:])
         while len(tail) < need and w < len(token_ids):
             w *= 2
             tail = self.decode(token_ids[-w:])
+        if w < len(token_ids):
+            tail = tail[WINDOW_MARGIN:]  # the window's start is the decoder's, not the text's (see above)
         return any(s in tail for s in self.stops)
 
     def cut(self, text: str, include: bool) -> str:

@@ -106,6 +106,63 @@ def test_preemption_under_a_tiny_budget_loses_and_redoes_nothing_finished():
     assert got.summary.sub_batches > 1
 
 
+# A problem tree shrunk from a fuzzer's failing case: (key, parent, prompt ids, samples), and length budgets
+ORPHAN_NODES = [
+    ("shots", None, [256, 182, 14, 117, 15, 199, 186, 33, 217, 156, 174, 48, 79, 49, 140, 177, 0, 79, 44, 31, 189,
+                     130, 30, 198, 85, 158, 149, 195, 160, 108, 105, 231, 91, 67, 200, 217, 120, 127, 57, 38, 227], 0),
+    ("p0", "shots", [], 2), ("p1", "shots", [230], 1), ("p1/c0", "p1", [67], 3),
+    ("p2", "shots", [152, 208, 116, 208, 158, 181, 233, 33, 36, 25, 172, 209, 164, 88, 95, 212, 175, 246, 186, 142],
+     0),
+    ("p2/c0", "p2", [29], 20), ("p2/c0/d", "p2/c0", [234], 1), ("p2/c1", "p2", [78], 10), ("p3", "shots", [56], 1),
+    ("p3/c0", "p3", [66], 6), ("p4", "shots", [236], 1), ("p4/c0", "p4", [84], 10),
+    ("p5", "shots", [159, 227, 136, 61, 120, 77, 157, 56, 143, 2, 61, 230, 248, 255, 154, 125, 181, 55, 175, 174, 152,
+                     180, 18, 164, 156, 87, 195, 237, 18, 4, 32, 50, 202], 0),
+    ("p5/c1", "p5", [208], 4)]
+ORPHAN_LIMITS = {"p0": [20, 38], "p1": [16], "p1/c0": [6, 4, 45],
+                 "p2/c0": [15, 23, 24, 31, 27, 8, 44, 14, 36, 31, 11, 17, 43, 9, 5, 32, 11, 46, 18, 38],
+                 "p2/c0/d": [22], "p2/c1": [36, 40, 10, 17, 25, 8, 24, 32, 29, 44], "p3": [18],
+                 "p3/c0": [33, 6, 8, 26, 14, 38], "p4": [47], "p4/c0": [42, 8, 12, 45, 37, 42, 5, 23, 39, 20],
+                 "p5/c1": [31, 12, 10, 35, 14, 40]}
+
+
+def test_evicting_a_node_takes_its_queued_descendants_with_it(monkeypatch):
+    """A preempted unit's new nodes stay resident and queued for prefill, unpinned. An eviction then dropped the
+    first unpinned node, a parent, and left its queued child behind: a node that can never be prefilled, and the
+    run stopped on "prefill queue holds no node whose ancestors are prefilled". Now a node goes with what lies
+    below it, and the run equals the unconstrained one."""
+    from prompt_tree.engine.scheduler import Scheduler
+
+    tree, made = PromptTree(), {}
+    for key, parent, prompt, samples in ORPHAN_NODES:
+        made[key] = (made[parent] if parent else tree.root).add(prompt, samples=samples, key=key)
+    params = SamplingParams(max_new_tokens=48, temperature=0.8, seed=34, logprobs=True)
+
+    def budget(key, s):
+        return ORPHAN_LIMITS[key][s]
+
+    ref = engine().generate(tree, params, progress=False, length_budget=budget)
+    orphaning = []  # evictions that dropped a node while a descendant of it sat in the prefill queue
+    evict = Scheduler._evict
+
+    def watched(self, need, keep):
+        run = self.run
+        queued_below = {a for d in run.prefill_queue for a in run.node_path[d][:-1]}
+        before = set(run.blocks.node_pages)
+        evict(self, need, keep)
+        orphaning.extend(before & queued_below - set(run.blocks.node_pages))
+        assert all(a in run.blocks.node_pages for d in run.prefill_queue for a in run.node_path[d])
+
+    monkeypatch.setattr(Scheduler, "_evict", watched)
+    seen = []
+    got = engine(memory_budget_bytes=1769096, prefill_chunk_tokens=16, watermark=0.0, compact_fraction=0.0,
+                 overlap=False).generate(tree, params, progress=False, length_budget=budget,
+                                         on_complete=lambda k, s, c: seen.append((k, s)))
+    assert orphaning  # the case arose (else this budget no longer reaches it, and the test needs a new one)
+    same(ref, got)
+    assert sorted(seen) == sorted((c.key, c.sample_index) for c in ref.all())
+    assert got.summary.preemptions > 0
+
+
 def test_memory_freed_by_short_samples_admits_new_problems_at_once():
     tree = problems_tree(3, problems=8, samples=4)
     params = SamplingParams(max_new_tokens=48, temperature=0)
@@ -361,6 +418,27 @@ def test_host_stop_strings_overlapped_equal_synchronous():
     assert a.summary.decode_rows >= b.summary.decode_rows  # overlap runs discarded extra tokens, never fewer
 
 
+@pytest.mark.parametrize("page_size", [16, 32])
+@pytest.mark.parametrize("batching", ["continuous", "static"])
+def test_a_limit_one_past_a_page_boundary_overlapped_equal_synchronous(page_size, batching):
+    """A sample reaching max_new_tokens = k * page_size + 1 feeds k * page_size positions, exactly its pages. The
+    overlapped loop runs one step ahead of what the host knows, and once asked pages for the position after the
+    limit, one past the row's page table: an IndexError (or out of pages in a pool sized to the plan). Found by a
+    differential fuzzer; the k * page_size + 1 lengths below failed before the fix."""
+    for samples in (1, 2):
+        tree = PromptTree()
+        tree.root.add([256, 1, 2, 3], samples=samples, key="p")
+        for max_new in (page_size, page_size + 1, 2 * page_size + 1, 4 * page_size + 1):
+            params = SamplingParams(max_new_tokens=max_new, temperature=0, logprobs=True)
+            # two samples: the short one's freed page is there to be taken (an IndexError); one: out of pages
+            budget = [max_new] if samples == 1 else [2, max_new]
+            a, b = (engine(overlap=o, page_size=page_size, batching=batching).generate(
+                tree, params, progress=False, length_budget=lambda k, i: budget[i]) for o in (True, False))
+            same(a, b)
+            assert [len(c.token_ids) for c in a["p"]] == budget
+            assert {c.finish_reason for c in a["p"]} == {"length"}
+
+
 def test_options_are_checked_when_given():
     with pytest.raises(TypeError, match="memory_budget_bytes must be an int"):
         engine(memory_budget_bytes="x")
@@ -383,3 +461,16 @@ def test_options_are_checked_when_given():
     with pytest.raises(ValueError, match="length budget"):
         engine().generate(problems_tree(0), SamplingParams(max_new_tokens=4), progress=False,
                           length_budget=lambda k, s: 5)
+
+
+def test_stop_token_ids_outside_the_vocabulary_are_refused_at_generate():
+    """Ids the model cannot sample would never stop anything (and 10**20 failed deep in the runner as an int64
+    overflow): refused with the vocabulary's range before anything runs."""
+    tree = PromptTree()
+    tree.root.add([256, 1], samples=1, key="p")
+    for bad in (CONFIG.vocab_size, 10**20):
+        with pytest.raises(ValueError, match=f"outside this model's vocabulary of {CONFIG.vocab_size} ids"):
+            engine().generate(tree, SamplingParams(max_new_tokens=2, stop_token_ids=[1, bad]), progress=False)
+    ok = engine().generate(tree, SamplingParams(max_new_tokens=2, stop_token_ids=[CONFIG.vocab_size - 1]),
+                           progress=False)
+    assert len(ok["p"]) == 1

@@ -165,6 +165,30 @@ def test_stop_checker_window_that_cuts_a_byte_run_is_the_one_difference():
     assert not any(matcher.hit(ids[:i]) for i in range(1, len(ids) + 1))
 
 
+def test_a_replacement_character_stop_follows_the_text_when_the_window_cuts_a_character():
+    """A stop string holding U+FFFD is matched by StopChecker (only decoding makes that character). A window that
+    starts inside a multi-byte character decodes its stray continuation bytes as U+FFFD, which the text does not
+    hold: "\ufffd" used to stop "日aaaaa" at its 7th and 8th tokens. On random multi-byte streams, with and without
+    real invalid bytes, the first stop step is the definition's."""
+    tok = ByteTokenizer()
+    m = StopMatcher(("\ufffd",), tok)
+    assert m.mode == "window"
+    ids = list("日".encode()) + [ord("a")] * 5
+    assert [m.hit(ids[:n]) for n in range(1, len(ids) + 1)] == ["\ufffd" in tok.decode(ids[:n])
+                                                                 for n in range(1, len(ids) + 1)]
+    rng = random.Random(5)
+    pieces = ["日本語", "é", "🙂", "a", "\n", " x"]
+    for trial in range(400):
+        stops = rng.choice([("\ufffd",), ("a\ufffd", "\n\n"), ("\ufffd\ufffd",)])
+        ids = []
+        for _ in range(rng.randrange(1, 30)):
+            ids += list(rng.choice(pieces).encode()) if rng.random() < 0.9 else [rng.choice([0x80, 0xE6, 0xFF])]
+        checker = StopChecker(stops, tok.decode)
+        steps = range(1, len(ids) + 1)
+        want = next((t for t in steps if any(s in tok.decode(ids[:t]) for s in stops)), None)
+        assert next((t for t in steps if checker.hit(ids[:t])), None) == want, (stops, ids)
+
+
 def test_modes_and_fallbacks():
     tok = byte_level_bpe()
     assert StopMatcher((), tok).mode == "off" and not StopMatcher((), tok).hit([1, 2])

@@ -164,6 +164,11 @@ class Engine:
         if max_batch_sequences is not None and (not isinstance(max_batch_sequences, int)
                                                 or isinstance(max_batch_sequences, bool) or max_batch_sequences < 1):
             raise ValueError(f"max_batch_sequences must be a positive int, got {max_batch_sequences!r}")
+        vocab = self.config.vocab_size
+        outside = [t for t in params.stop_token_ids if t >= vocab]
+        if outside:
+            raise ValueError(f"stop_token_ids {outside} are outside this model's vocabulary of {vocab} ids (0 to "
+                             f"{vocab - 1}): the model can never sample them; pass ids of its tokenizer")
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer to decode text; this engine has none (use "
                              "stop_token_ids)")

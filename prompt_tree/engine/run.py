@@ -128,10 +128,12 @@ class GenerationRun:
         self.table = None  # numpy [B, capacity_pages] int32: the rows' page table as the host sees it
         self.kill = None  # numpy [B] bool: rows the host stopped (stop strings)
         # Per row, as numpy arrays so that a step's host work is a few vector operations, not a Python loop over
-        # the batch: the generated count at the next enqueued step, the positions its suffix pages cover, and
-        # whether the host still runs it (a row leaves when its sequence finishes; rebuilds reset all three).
+        # the batch: the generated count at the next enqueued step, the positions its suffix pages cover, its
+        # length limit, and whether the host still runs it (a row leaves when its sequence finishes; rebuilds
+        # reset all four).
         self.next_gen = np.zeros(0, dtype=np.int64)
         self.covered = np.zeros(0, dtype=np.int64)
+        self.limits = np.zeros(0, dtype=np.int64)
         self.live = np.zeros(0, dtype=bool)
         self.row_of: dict[int, int] = {}  # sequence index -> its row, while it is in the batch
         self.table_dirty = False
@@ -336,6 +338,7 @@ class GenerationRun:
         gens = [s.generated for s in rows]
         self.next_gen = np.array(gens, dtype=np.int64)
         self.covered = np.array([len(s.pages) * self.page_size for s in rows], dtype=np.int64)
+        self.limits = np.array([s.limit for s in rows], dtype=np.int64)
         self.live = np.ones(n, dtype=bool)
         self.row_of = {s.index: r for r, s in enumerate(rows)}
         self.table = np.zeros((bucket, self.capacity_pages), dtype=np.int32)  # unused columns: the scratch page
@@ -380,10 +383,12 @@ class GenerationRun:
 
     def _ensure_pages(self) -> None:
         """Pages for the positions the next step feeds (host-live rows; an allocation for a row the device has
-        already finished is returned when the host learns it)."""
+        already finished, at EOS or a stop, is returned when the host learns it). A row at its length limit feeds
+        nothing more: the device ended it there, and a page for that position would lie past the row's
+        capacity_pages (max_new_tokens - 1 fed positions), so it is never asked for."""
         blocks, table = self.blocks, self.table
         # only rows about to feed a position past their last page (one row in page_size per step, on average)
-        for r in np.flatnonzero(self.live & (self.next_gen > self.covered)).tolist():
+        for r in np.flatnonzero(self.live & (self.next_gen > self.covered) & (self.next_gen < self.limits)).tolist():
             s = self.rows[r]
             for col, page in blocks.ensure_suffix(s, int(self.next_gen[r])):
                 table[r, col] = page

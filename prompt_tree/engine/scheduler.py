@@ -301,17 +301,24 @@ class Scheduler:
         return sum(len(blocks.node_pages[k]) for k in blocks.unpinned_nodes() if k not in keep)
 
     def _evict(self, need: int, keep) -> None:
-        """Drop resident nodes no live sequence reads (not those in `keep`) until `need` pages are free."""
+        """Drop resident nodes no live sequence reads (not those in `keep`) until `need` pages are free. A node goes
+        with every resident node below it: a node whose ancestor is gone could neither be prefilled (a queued one
+        waited for ever: found by a fuzzer, a preempted unit's queued child outliving its evicted parent) nor read.
+        Nothing below an unread node is read (a reader pins its whole path), and nothing below a node outside
+        `keep` is in it (`keep` holds whole paths)."""
         blocks, run = self.run.blocks, self.run
         keep = set(keep)
         for k in blocks.unpinned_nodes():
             if blocks.free_pages >= need:
                 return
-            if k not in keep:
-                blocks.drop_node(k)
-                if k in run.prefill_queue:
-                    run.prefill_queue.remove(k)
-                run.prefill_done.pop(k, None)
+            if k in keep or not blocks.resident(k):  # (dropped already, below an earlier one)
+                continue
+            # k and its resident descendants, the deepest first
+            for d in sorted((d for d in blocks.node_pages if k in run.node_path[d]), key=lambda d: -len(run.node_path[d])):
+                blocks.drop_node(d)
+                if d in run.prefill_queue:
+                    run.prefill_queue.remove(d)
+                run.prefill_done.pop(d, None)
 
     def _admit(self, u: Unit, seqs, nodes) -> None:
         run, blocks = self.run, self.run.blocks
