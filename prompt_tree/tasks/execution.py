@@ -42,7 +42,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from prompt_tree.tasks.per_test_init import INIT_SOURCE
-from prompt_tree.tasks.sandbox.processes import drain, kill_group, kill_uid, read_some, release_uid, send_signal, take_uid
+from prompt_tree.tasks.sandbox.processes import (
+    count_own_processes, drain, kill_group, kill_uid, read_some, release_uid, send_signal, take_uid,
+)
 from prompt_tree.tasks.sandbox.wipe import remove_tree
 
 # The program gets this long beyond its wall limit for the sandbox's own start (unshare, the init) before this
@@ -239,7 +241,7 @@ def _init_config(spec: _Spec, workdir: str, uid: int | None, status_fd: int, nam
     nproc = spec.max_processes
     if uid is None:
         # RLIMIT_NPROC counts every process of the real uid: without a private uid, allow what already runs
-        nproc = _count_own_processes() + spec.max_processes
+        nproc = count_own_processes() + spec.max_processes
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": workdir,
            "PYTHONIOENCODING": "utf-8", "TMPDIR": workdir}
     return {
@@ -271,18 +273,6 @@ def _world_reachable(path: str) -> bool:
             return False
         cur = os.path.join(cur, name)
     return True
-
-
-def _count_own_processes() -> int:
-    me, n = os.getuid(), 0
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                if os.stat(f"/proc/{p}").st_uid == me:
-                    n += 1
-            except OSError:
-                pass
-    return n
 
 
 def _run(spec: _Spec, namespace: bool) -> RunResult:

@@ -1,6 +1,7 @@
 """Host-side process chores shared by both sandboxes (the warm one in host.py, the per-test one in
-prompt_tree/tasks/execution.py): private uids for programs run as root, killing every process of such a uid, and reads that
-never block.
+prompt_tree/tasks/execution.py): private uids for programs run as root, killing every process of such a uid, reads that
+never block, and the count of this uid's processes that a shared uid's RLIMIT_NPROC must start from. Stdlib
+only: the warm sandbox's zygote uses it too.
 
 One uid pool for both: a warm and a per-test sandbox running side by side must never get the same uid, or
 RLIMIT_NPROC (counted per uid) would let one program's fork bomb starve the other, and killing one run's uid would
@@ -92,3 +93,17 @@ def drain(fd: int) -> bytes:
         if not chunk:
             return data
         data += chunk
+
+
+def count_own_processes() -> int:
+    """Live processes of this process's uid. RLIMIT_NPROC counts every process of the uid, so a program that runs
+    under a uid it shares (no private uid) gets this many plus its own allowance."""
+    me, n = os.getuid(), 0
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                if os.stat(f"/proc/{p}").st_uid == me:
+                    n += 1
+            except OSError:
+                pass
+    return n

@@ -35,6 +35,7 @@ import traceback
 from prompt_tree.tasks.sandbox import seal, wire
 from prompt_tree.tasks.sandbox.config import sandbox_view, world_unreachable
 from prompt_tree.tasks.sandbox.preamble import preamble_namespace
+from prompt_tree.tasks.sandbox.processes import count_own_processes
 from prompt_tree.tasks.sandbox.runner import Runner
 
 # Imported once here so that no test pays for them (a forked child finds them in sys.modules).
@@ -290,7 +291,7 @@ def _fallback_child(req, ctrl, source_fd, cfg, names) -> None:
         os.setresgid(uid, uid, uid)
         os.setresuid(uid, uid, uid)
     limits = req["limits"]
-    nproc = limits["nproc"] if private else _count_own_processes() + limits["nproc"]
+    nproc = limits["nproc"] if private else count_own_processes() + limits["nproc"]
     seal.apply_limits(limits, nproc)
     seal.set_subreaper()
     seal.prctl(seal.PR_SET_NO_NEW_PRIVS, 1)
@@ -305,18 +306,6 @@ def _fallback_child(req, ctrl, source_fd, cfg, names) -> None:
     spec = dict(req["spec"], source=source)
     sys_path = [p for p in sys.path if p != cfg["root"]]
     Runner(ctrl, spec, names, req["workdir"], "kill_all" if private else "group", sys_path).serve()
-
-
-def _count_own_processes() -> int:
-    me, n = os.getuid(), 0
-    for p in os.listdir("/proc"):
-        if p.isdigit():
-            try:
-                if os.stat(f"/proc/{p}").st_uid == me:
-                    n += 1
-            except OSError:
-                pass
-    return n
 
 
 def _minimal_environment(home: str) -> None:
