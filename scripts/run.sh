@@ -4,6 +4,6 @@
 # Extra arguments go to `prompt-tree apps`, e.g. --samples 4.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/python.sh  # PY (and PYTHON, for setup.sh)
 bash scripts/setup.sh test
-PY=${PYTHON:-python3}
 exec "$PY" -m prompt_tree.cli apps "$@"

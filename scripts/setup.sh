@@ -1,14 +1,31 @@
 #!/usr/bin/env bash
 # Idempotent install of prompt-tree and its dependencies into the current Python.
-# Installs a CPU build of torch only where no torch is importable; never replaces a torch that is there.
+# Installs torch only where none is importable (the CPU build where no NVIDIA driver is visible); never replaces
+# a torch that is there.
 # Usage: bash scripts/setup.sh [extras]   (extras default: test)
+# The Python: $PYTHON, else an active virtual environment's, else python3 where it takes installs, else a .venv
+# made in the checkout (scripts/python.sh says why it chose the one it did).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
+source scripts/python.sh
 extras=${1:-test}
+torch_req="torch==${TORCH_VERSION:-2.13.0}"
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
-    echo "[setup] no torch importable: installing torch==${TORCH_VERSION:-2.13.0} (CPU build where one lies on disk)"
-    "$PY" -m pip install --progress-bar on "torch==${TORCH_VERSION:-2.13.0}"
+    # With no NVIDIA driver visible, ask PyTorch's CPU index first: PyPI's Linux torch is the CUDA build, several
+    # GB of libraries a CPU-only machine never loads. Where that index is out of reach (an offline mirror, a
+    # firewall), fall back to the configured index, which may hold a CPU build (a local wheel) or the CUDA one.
+    cpu_index=${TORCH_CPU_INDEX-https://download.pytorch.org/whl/cpu}  # set and empty: skip it
+    if [ -e /proc/driver/nvidia/version ] || command -v nvidia-smi >/dev/null 2>&1 || [ -z "$cpu_index" ]; then
+        echo "[setup] no torch importable: installing $torch_req from the configured package index"
+        "$PY" -m pip install --progress-bar on "$torch_req"
+    else
+        echo "[setup] no torch importable and no NVIDIA driver: installing $torch_req, CPU build, from $cpu_index"
+        if ! "$PY" -m pip install --progress-bar on --timeout 15 --retries 0 --index-url "$cpu_index" "$torch_req"; then
+            echo "[setup] $cpu_index gave no $torch_req (out of reach, or no such build; TORCH_CPU_INDEX= skips it):" \
+                 "installing it from the configured package index instead"
+            "$PY" -m pip install --progress-bar on "$torch_req"
+        fi
+    fi
 else
     echo "[setup] torch $("$PY" -c 'import torch; print(torch.__version__)') already present: kept"
 fi

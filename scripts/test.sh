@@ -3,8 +3,8 @@
 # A run that collects no test fails (pytest exit code 5), it never passes silently.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+source scripts/python.sh  # PY (and PYTHON, for setup.sh)
 bash scripts/setup.sh test || exit 1
-PY=${PYTHON:-python3}
 workers=${PYTEST_WORKERS:-auto}
 "$PY" -m pytest -n "$workers" --durations=15 "$@"
 rc=$?

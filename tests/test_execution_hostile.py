@@ -18,9 +18,19 @@ import pytest
 from sandbox_helpers import IS_ROOT, assert_zygote_idle, available, sealed_modes
 from prompt_tree.tasks.checker import check
 from prompt_tree.tasks.problem import Problem
+from prompt_tree.tasks.sandbox.config import SandboxConfig, sandbox_view
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET = os.path.join(REPO, "prompt_tree", "tasks", "data", "embedded.jsonl")
+
+
+def _repo_names_the_view_binds() -> list[str]:
+    """The top-level names under the checkout that the sandbox binds: none, unless the interpreter's own virtual
+    environment lies inside the checkout (scripts/setup.sh makes .venv there for most non-root users), whose
+    allowed packages are bound at their own paths, which makes the path down to them (and only it) visible."""
+    view, _ = sandbox_view(SandboxConfig().packages)
+    return sorted({os.path.relpath(e["path"], REPO).split(os.sep)[0] for e in view
+                   if e["op"] == "bind" and e["path"].startswith(REPO + os.sep)})
 
 
 def _mode(name):
@@ -73,7 +83,8 @@ def tried(f):
 out = []
 out.append(tried(lambda: open({DATASET!r}).read()))
 out.append(tried(lambda: __import__("prompt_tree.tasks.apps")))
-out.append(tried(lambda: os.listdir({REPO!r})))
+# the checkout: nothing of it listed but the path down to a bound virtual environment's allowed packages
+out.append(tried(lambda: [n for n in os.listdir({REPO!r}) if n not in {_repo_names_the_view_binds()!r}] or 1 / 0))
 out.append(tried(lambda: os.listdir("/work")))
 out.append(tried(lambda: open({host_file!r}).read()))
 out.append(tried(lambda: open("/etc/shadow").read()))

@@ -173,10 +173,14 @@ def test_no_top_level_name_clashes_with_a_dependency():
 def test_kernels_name_is_not_ours():
     """With the repository root first on sys.path (as when running from a checkout), `kernels` is not found in it."""
     code = ("import importlib.util, sys; sys.path.insert(0, sys.argv[1]); s = importlib.util.find_spec('kernels'); "
-            "print(s.origin if s else '')")
-    origin = subprocess.run([sys.executable, "-c", code, ROOT], capture_output=True, text=True, check=True,
-                            cwd=ROOT).stdout.strip()
-    assert not (origin and os.path.abspath(origin).startswith(ROOT + os.sep)), origin
+            "print(repr((s.origin, list(s.submodule_search_locations or [])) if s else (None, [])))")
+    origin, locations = ast.literal_eval(subprocess.run([sys.executable, "-c", code, ROOT], capture_output=True,
+                                                        text=True, check=True, cwd=ROOT).stdout.strip())
+    # ours would be ROOT/kernels (a package, or a namespace package without __init__) or ROOT/kernels.py; an
+    # installed `kernels` may still live under ROOT, in a virtual environment inside the checkout (.venv)
+    ours = {os.path.join(ROOT, "kernels"), os.path.join(ROOT, "kernels.py"), os.path.join(ROOT, "kernels", "__init__.py")}
+    found = {os.path.abspath(p) for p in [origin, *locations] if p}
+    assert not found & ours, found
 
 
 @pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="transformers is not installed")
