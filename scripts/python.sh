@@ -15,12 +15,13 @@ pt_pick_python() {
         [ "${PT_PYTHON_PICKED:-}" = "$PY" ] || echo "[setup] Python: $PY (from \$PYTHON)"
         return 0
     fi
-    if ! command -v python3 >/dev/null 2>&1; then
+    local py3
+    if ! py3=$(command -v python3); then
         echo "[setup] error: no python3 on PATH. Install Python >= 3.10, or set PYTHON=/path/to/python" >&2
         return 1
     fi
     if [ -n "${VIRTUAL_ENV:-}" ]; then
-        PY=$(command -v python3)
+        PY=$py3
         echo "[setup] Python: $PY (the active virtual environment $VIRTUAL_ENV)"
         return 0
     fi
@@ -32,15 +33,15 @@ pt_pick_python() {
     local verdict rc=0
     verdict=$(python3 scripts/pick_python.py) || rc=$?
     if [ "$rc" -ne 0 ]; then
-        echo "[setup] error: python3 on PATH ($(command -v python3)): ${verdict#no }. Install Python >= 3.10, or set PYTHON=/path/to/python" >&2
+        echo "[setup] error: python3 on PATH ($py3): ${verdict#no }. Install Python >= 3.10, or set PYTHON=/path/to/python" >&2
         return 1
     fi
     if [ "${verdict%% *}" = yes ]; then
-        PY=$(command -v python3)
+        PY=$py3
         echo "[setup] Python: $PY (${verdict#yes })"
         return 0
     fi
-    echo "[setup] python3 on PATH ($(command -v python3)) is ${verdict#no }: making a virtual environment in .venv (it sees that Python's packages)"
+    echo "[setup] python3 on PATH ($py3) is ${verdict#no }: making a virtual environment in .venv (it sees that Python's packages)"
     if ! python3 -m venv --system-site-packages .venv; then
         rm -rf .venv
         echo "[setup] error: python3 -m venv failed. Install your distribution's venv package (Debian / Ubuntu: apt install python3-venv), activate a virtual or conda environment, or set PYTHON=/path/to/a/python that can install packages" >&2

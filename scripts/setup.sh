@@ -3,8 +3,7 @@
 # Installs torch only where none is importable (the CPU build where no NVIDIA driver is visible); never replaces
 # a torch that is there.
 # Usage: bash scripts/setup.sh [extras]   (extras default: test)
-# The Python: $PYTHON, else an active virtual environment's, else python3 where it takes installs, else a .venv
-# made in the checkout (scripts/python.sh says why it chose the one it did).
+# The Python: the one scripts/python.sh picks (its header lists the order; it prints its choice and why).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/python.sh

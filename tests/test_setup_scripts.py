@@ -118,9 +118,13 @@ def _fake_python3(bindir: Path, verdict: str | None, exit_code: int = 0, venv_fa
     p.chmod(0o755)
 
 
+def _env(repo: Path, env_extra: dict | None) -> dict:
+    """A bare environment: the stand-in python3 first on PATH, then the system's directories."""
+    return {"PATH": f"{repo.parent / 'bin'}:/usr/bin:/bin", "HOME": str(repo.parent), **(env_extra or {})}
+
+
 def _source(repo: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {"PATH": f"{repo.parent / 'bin'}:/usr/bin:/bin", "HOME": str(repo.parent)}
-    env.update(env_extra or {})
+    env = _env(repo, env_extra)
     return subprocess.run(["bash", "-c", 'set -euo pipefail; source scripts/python.sh; echo "PY=$PY"; '
                                          'echo "PYTHON=$PYTHON"'],
                           cwd=repo, env=env, capture_output=True, text=True, timeout=120)
@@ -233,9 +237,7 @@ exit 0
 
 def _setup(repo: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     (repo / "pyproject.toml").write_text("")
-    env = {"PATH": f"{repo.parent / 'bin'}:/usr/bin:/bin", "HOME": str(repo.parent)}
-    env.update(env_extra or {})
-    return subprocess.run(["bash", "scripts/setup.sh", "test"], cwd=repo, env=env, capture_output=True, text=True,
+    return subprocess.run(["bash", "scripts/setup.sh", "test"], cwd=repo, env=_env(repo, env_extra), capture_output=True, text=True,
                           timeout=60)
 
 
