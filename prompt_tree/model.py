@@ -29,6 +29,7 @@ from prompt_tree.kernels.reference import attention_lse
 
 from .config import ModelConfig
 from .fused_ops import BACKENDS, add_rms_norm, rope_, silu_mul
+from .skinny_gemm import GEMM_MODES, dense_linear
 from .rope import rope_cos_sin, rope_inv_freq
 
 # attention(layer_idx, q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D]) -> [T, Hq, D]; q and k already rotated.
@@ -54,11 +55,16 @@ class DenseOptions:
     default: use it only where tools/bench_dense.py shows it wins. The first call of each shape compiles (seconds
     to a minute): warm up before capturing a CUDA graph, as the engine does.
     compile_backend: torch.compile's backend ("inductor"; tests may use "aot_eager").
+    gemm: "auto" (a projection with at most 128 rows runs on prompt_tree.skinny_gemm's kernel where a table
+    registered for this device names a configuration for its shape, cuBLAS otherwise) or "cublas" (always
+    F.linear). No table is registered by default, so "auto" is cuBLAS until one is (tools/gemm_sweep.py measures
+    one; `prompt-tree bench --gemm-table` registers it). With compile on, every GEMM is F.linear.
     """
 
     kernels: str = "auto"
     compile: bool = False
     compile_backend: str = "inductor"
+    gemm: str = "auto"
 
     def __post_init__(self) -> None:
         if self.kernels not in BACKENDS:
@@ -67,6 +73,8 @@ class DenseOptions:
             raise ValueError(f"DenseOptions.compile must be a bool, not {self.compile!r}")
         if not isinstance(self.compile_backend, str) or not self.compile_backend:
             raise ValueError(f"DenseOptions.compile_backend must be a backend name, not {self.compile_backend!r}")
+        if self.gemm not in GEMM_MODES:
+            raise ValueError(f"DenseOptions.gemm must be one of {GEMM_MODES}, not {self.gemm!r}")
 
 
 # ----- the dense regions of a layer (free functions of tensors, so one compiled graph serves every layer)
@@ -74,7 +82,7 @@ class DenseOptions:
 
 def attention_input(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
                     qkv_weight: torch.Tensor, qkv_bias: torch.Tensor | None, cos: torch.Tensor, sin: torch.Tensor,
-                    num_heads: int, num_kv_heads: int, head_dim: int, backend: str):
+                    num_heads: int, num_kv_heads: int, head_dim: int, backend: str, gemm: str = "cublas"):
     """Residual add + input RMSNorm, the fused q/k/v GEMM, RoPE in place on the q and k heads.
 
     x: [T, hidden] (the previous layer's output; the embedding when residual is None); residual: [T, hidden] or
@@ -83,7 +91,7 @@ def attention_input(x: torch.Tensor, residual: torch.Tensor | None, norm_weight:
     """
     h, residual = add_rms_norm(x, residual, norm_weight, eps, backend)
     T = h.shape[0]
-    qkv = F.linear(h, qkv_weight, qkv_bias).view(T, num_heads + 2 * num_kv_heads, head_dim)
+    qkv = dense_linear(h, qkv_weight, qkv_bias, gemm).view(T, num_heads + 2 * num_kv_heads, head_dim)
     rope_(qkv[:, :num_heads + num_kv_heads], cos, sin, backend)  # q and k heads are adjacent: one pass
     q = qkv[:, :num_heads]
     k = qkv[:, num_heads:num_heads + num_kv_heads]
@@ -92,13 +100,13 @@ def attention_input(x: torch.Tensor, residual: torch.Tensor | None, norm_weight:
 
 
 def mlp_input(x: torch.Tensor, residual: torch.Tensor, norm_weight: torch.Tensor, eps: float,
-              gate_up_weight: torch.Tensor, backend: str):
+              gate_up_weight: torch.Tensor, backend: str, gemm: str = "cublas"):
     """Residual add + post-attention RMSNorm, the fused gate/up GEMM, SiLU(gate) * up.
 
     x: [T, hidden] (o_proj's output); residual: [T, hidden]; gate_up_weight: [2 I, hidden]. Returns the
     activation [T, I] (down_proj's input) and the residual stream [T, hidden]."""
     h, residual = add_rms_norm(x, residual, norm_weight, eps, backend)
-    return silu_mul(F.linear(h, gate_up_weight), backend), residual
+    return silu_mul(dense_linear(h, gate_up_weight, None, gemm), backend), residual
 
 
 class RMSNorm(nn.Module):
@@ -137,11 +145,21 @@ class MLP(nn.Module):
 
 @dataclass(frozen=True)
 class _DenseFns:
-    """The dense regions as called (plain or compiled) and the backend they pass to fused_ops."""
+    """The dense regions as called (plain or compiled), the backend they pass to fused_ops and the GEMM mode
+    (DenseOptions.gemm; "cublas" in compiled regions, where inductor traces F.linear)."""
 
     attention_input: Callable
     mlp_input: Callable
     backend: str
+    gemm: str = "cublas"
+
+
+def _project(layer: nn.Module, x: torch.Tensor, gemm: str) -> torch.Tensor:
+    """o_proj / down_proj: a plain nn.Linear through dense_linear; any other module (a tensor-parallel
+    RowParallelLinear, which all-reduces) as it is."""
+    if type(layer) is nn.Linear:
+        return dense_linear(x, layer.weight, layer.bias, gemm)
+    return layer(x)
 
 
 def _compiled(region: Callable, backend: str, token_args: tuple[int, ...]) -> Callable:
@@ -180,12 +198,12 @@ class DecoderLayer(nn.Module):
         attn, norm1, norm2 = self.self_attn, self.input_layernorm, self.post_attention_layernorm
         q, k, v, residual = dense.attention_input(
             x, residual, norm1.weight, norm1.eps, attn.qkv_proj.weight, attn.qkv_proj.bias, cos, sin,
-            attn.num_heads, attn.num_kv_heads, attn.head_dim, dense.backend)
+            attn.num_heads, attn.num_kv_heads, attn.head_dim, dense.backend, dense.gemm)
         out = attention(attn.layer_idx, q, k, v)  # [T, Hq, D]
-        x = attn.o_proj(out.reshape(out.shape[0], attn.num_heads * attn.head_dim))
+        x = _project(attn.o_proj, out.reshape(out.shape[0], attn.num_heads * attn.head_dim), dense.gemm)
         act, residual = dense.mlp_input(x, residual, norm2.weight, norm2.eps, self.mlp.gate_up_proj.weight,
-                                        dense.backend)
-        return self.mlp.down_proj(act), residual
+                                        dense.backend, dense.gemm)
+        return _project(self.mlp.down_proj, act, dense.gemm), residual
 
 
 class LlamaModel(nn.Module):
@@ -214,9 +232,9 @@ class LlamaModel(nn.Module):
         self.dense_options = options
         if options.compile:
             self._dense = _DenseFns(_compiled(attention_input, options.compile_backend, (0, 1, 6, 7)),
-                                    _compiled(mlp_input, options.compile_backend, (0, 1)), "torch")
+                                    _compiled(mlp_input, options.compile_backend, (0, 1)), "torch", "cublas")
         else:
-            self._dense = _DenseFns(attention_input, mlp_input, options.kernels)
+            self._dense = _DenseFns(attention_input, mlp_input, options.kernels, options.gemm)
 
     def reset_rope(self, device: torch.device | str | None = None) -> None:
         """(Re)compute the RoPE inverse frequencies on `device` (default: the embedding's device)."""
@@ -243,7 +261,7 @@ class LlamaModel(nn.Module):
     def logits_raw(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> logits [N, vocab] in the model dtype (one GEMM; fp32 accumulation inside it)."""
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, weight)
+        return dense_linear(hidden, weight, None, self._dense.gemm)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden: [N, hidden] -> fp32 logits [N, vocab]: logits_raw upcast (what sampling reads)."""

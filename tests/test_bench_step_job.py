@@ -248,3 +248,29 @@ def test_peaked_head_makes_the_engine_sample_the_hot_ids():
         peaked = hot_share(hot)
     flat = hot_share(hot)
     assert peaked >= 0.95 and flat <= 0.3, (peaked, flat)
+
+
+def test_gemm_table_is_registered_and_recorded(tmp_path, capsys):
+    """--gemm-table reads tools/gemm_sweep.py's report, registers its clear wins for the named device and the
+    step report records what was registered (on CPU nothing runs on it: the device name never matches)."""
+    import argparse
+
+    from prompt_tree.skinny_gemm import clear_tables
+
+    sweep = {"device": "NVIDIA H200", "rows": [
+        {"variant": "cublas", "us": 10.0, "N": 4096, "K": 4096, "M": 128},
+        {"variant": "skinny", "us": 8.0, "N": 4096, "K": 4096, "M": 128, "ok": True, "block_n": 64, "block_k": 64,
+         "split": 4, "num_stages": 3, "num_warps": 4, "tma": True}]}
+    table = tmp_path / "gemm.json"
+    table.write_text(json.dumps(sweep))
+    p = argparse.ArgumentParser()
+    bench_cmd.add_arguments(p)
+    try:
+        assert bench_cmd.run(p.parse_args(["--workloads", "step", "--models", "tiny", "--device", "cpu", "--dtype",
+                                           "fp32", "--batches", "2", "--prefixes", "16", "--modes", "none",
+                                           "--sampling", "greedy", "--steps", "1", "--ceilings", "0.1,1",
+                                           "--gemm-table", str(table), "--out", str(tmp_path)])) == 0
+    finally:
+        clear_tables()
+    assert "1 GEMM shapes on the skinny kernel on NVIDIA H200" in capsys.readouterr().err
+    assert json.loads((tmp_path / "step.json").read_text())["skinny_gemm"] == {"NVIDIA H200": 1}

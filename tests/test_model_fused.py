@@ -186,6 +186,8 @@ def test_dense_options_are_validated():
         DenseOptions(compile="yes")
     with pytest.raises(ValueError, match="compile_backend must be a backend name"):
         DenseOptions(compile_backend="")
+    with pytest.raises(ValueError, match="gemm must be one of"):
+        DenseOptions(gemm="skinny!")
     with pytest.raises(TypeError, match="must be a DenseOptions"):
         _model("llama", torch.float32).set_dense_options({"compile": True})
 

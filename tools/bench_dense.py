@@ -9,7 +9,9 @@ layer with the attention callback returning q (the engine's "none" mode), then t
 - unfused: prompt_tree.plain_model.PlainModel, the model as it was before the fusion (separate q/k/v and gate/up
   GEMMs, RoPE on copies, add and norm apart, fp32 logits);
 - fused: LlamaModel with the Triton kernels of prompt_tree.fused_ops (logits_raw: lm_head in the model dtype);
-- compiled: LlamaModel with DenseOptions(compile=True) (inductor; --no-compile skips it).
+- compiled: LlamaModel with DenseOptions(compile=True) (inductor; --no-compile skips it);
+- skinny (only with --gemm-table, tools/gemm_sweep.py's output): fused, with the GEMMs that table found faster
+  than cuBLAS on prompt_tree.skinny_gemm's kernel (DenseOptions.gemm "auto"); fused and compiled use cuBLAS.
 On CUDA each (variant, batch) step is captured in a CUDA graph and replayed; step_ms is the median of --steps
 replays timed one by one with CUDA events. On CPU steps run eagerly, timed with perf_counter.
 
@@ -40,8 +42,9 @@ from prompt_tree.config import get_preset, replace  # noqa: E402
 from prompt_tree.loading import random_model, resolve_device_dtype  # noqa: E402
 from prompt_tree.model import DenseOptions  # noqa: E402
 from prompt_tree.plain_model import PlainModel  # noqa: E402
+from prompt_tree.skinny_gemm import registered  # noqa: E402
 
-VARIANTS = ("unfused", "fused", "compiled")
+VARIANTS = ("unfused", "fused", "compiled", "skinny")
 MAX_POSITION = 4096  # decode positions are drawn below this: RoPE angles of a realistic context
 
 
@@ -157,7 +160,8 @@ def bench_model(name: str, args, device: torch.device, dtype: torch.dtype, ceili
     with torch.inference_mode():
         for variant in args.variants:
             torch._dynamo.reset()  # recompiles are counted per function across models: start each one afresh
-            model.set_dense_options(DenseOptions(compile=variant == "compiled", compile_backend=args.compile_backend))
+            model.set_dense_options(DenseOptions(compile=variant == "compiled", compile_backend=args.compile_backend,
+                                                 gemm="auto" if variant == "skinny" else "cublas"))
             for batch in args.batches:
                 step = Step(model, variant, batch, device, seed=batch)
                 t0 = time.perf_counter()
@@ -222,6 +226,8 @@ def parse_args(argv=None):
     p.add_argument("--layers", type=int, default=None, help="override the number of layers (quick runs)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--no-graphs", action="store_true", help="time eager steps on CUDA instead of graph replays")
+    p.add_argument("--gemm-table", default=None, metavar="JSON",
+                   help="tools/gemm_sweep.py's output: adds the skinny variant")
     p.add_argument("--profile", default="", help="comma-separated batch sizes whose kernels to time with "
                                                    "torch.profiler (CUDA; adds kernels_ms to their rows)")
     args = p.parse_args(argv)
@@ -229,7 +235,9 @@ def parse_args(argv=None):
     gpu = device.type == "cuda"
     args.models = (args.models or ("llama3-8b,codellama-7b" if gpu else "tiny")).split(",")
     args.batches = [int(b) for b in (args.batches or ("32,128,512,1024,2048" if gpu else "1,4")).split(",")]
-    variants = tuple(v for v in args.variants.split(",") if v)
+    variants = tuple(v for v in args.variants.split(",") if v and (v != "skinny" or args.gemm_table))
+    if args.gemm_table and "skinny" not in variants:
+        variants += ("skinny",)
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         p.error(f"unknown variant {bad[0]!r}; choose from {', '.join(VARIANTS)}")
@@ -244,6 +252,13 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args, device, dtype = parse_args(argv)
+    if args.gemm_table:
+        from prompt_tree.skinny_gemm import register_table, table_from_sweep
+
+        with open(args.gemm_table, encoding="utf-8") as f:
+            name, entries = table_from_sweep(json.load(f))
+        register_table(name, entries)
+        print(f"gemm table: {len(entries)} shapes on the skinny kernel on {name}", flush=True)
     t0 = time.perf_counter()
     ceilings = measure_ceilings(device)
     print(f"ceilings: copy {ceilings.copy_bytes_per_s / 1e12:.3g} TB/s, "
@@ -259,7 +274,7 @@ def main(argv=None) -> int:
         cuda_graphs=device.type == "cuda" and not args.no_graphs, steps=args.steps,
         compile_backend=args.compile_backend if "compiled" in args.variants else None,
         copy_bw_tbs=ceilings.copy_bytes_per_s / 1e12, matmul_tflops=ceilings.matmul_flops_per_s / 1e12,
-        seconds=time.perf_counter() - t0, rows=rows)
+        skinny_gemm=registered(), seconds=time.perf_counter() - t0, rows=rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

@@ -36,6 +36,7 @@ from ..config import get_preset
 from ..engine import Engine
 from ..engine.memory import kv_bytes_per_token
 from ..sampling import SamplingParams
+from ..skinny_gemm import registered
 from ..tree import PromptTree
 from .bench_logits import logits_context
 from .bench_tokenizer import bench_tokenizer
@@ -239,7 +240,8 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
     dev = torch.device(device)
     start = time.monotonic()
     results = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-               "torch": torch.__version__, "triton": triton.__version__, "rows": [], "not_run": []}
+               "torch": torch.__version__, "triton": triton.__version__, "skinny_gemm": registered(),
+               "rows": [], "not_run": []}
     path = os.path.join(out, "job.json")
     if os.path.exists(path):  # resume: keep measured rows
         with open(path, encoding="utf-8") as f:

@@ -30,6 +30,7 @@ from ..engine import Engine
 from ..engine.run import GenerationRun
 from ..sampler import Sampler, resolve_backend
 from ..sampling import SamplingParams
+from ..skinny_gemm import registered
 from ..stops import StopMatcher
 from ..tree import PromptTree
 from .bench_logits import logits_context
@@ -204,7 +205,7 @@ def run_step_benchmark(models, batches, prefixes, modes, samplings, out: str, de
     start = time.monotonic()
     ceilings = ceilings or measure_ceilings(dev)
     results = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-               "torch": torch.__version__, "triton": triton.__version__,
+               "torch": torch.__version__, "triton": triton.__version__, "skinny_gemm": registered(),
                "copy_bw_tbs": ceilings.copy_bytes_per_s / 1e12, "matmul_tflops": ceilings.matmul_flops_per_s / 1e12,
                "rows": [], "not_run": []}
     for name in models:

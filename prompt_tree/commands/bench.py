@@ -78,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="rewrite e2e.md and the plots from the e2e.json in --out, then exit")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompt tokens")
+    p.add_argument("--gemm-table", default=None, metavar="JSON",
+                   help="tools/gemm_sweep.py's output: run the decode GEMMs it found faster than cuBLAS on "
+                        "prompt_tree.skinny_gemm's kernel (DenseOptions.gemm 'auto'); recorded as skinny_gemm")
 
 
 def _list(text: str, what: str, cast=str) -> tuple:
@@ -183,6 +186,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from prompt_tree.benchmark.e2e import run_benchmark
     from prompt_tree.benchmark.e2e_rows import BenchError, resolve_bench_device
+
+    if args.gemm_table:
+        from prompt_tree.skinny_gemm import register_table, table_from_sweep
+
+        try:
+            with open(args.gemm_table, encoding="utf-8") as f:
+                name, entries = table_from_sweep(json.load(f))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            print(f"prompt-tree bench: --gemm-table {args.gemm_table}: not a tools/gemm_sweep.py report ({e})",
+                  file=sys.stderr)
+            return 2
+        register_table(name, entries)
+        print(f"--gemm-table: {len(entries)} GEMM shapes on the skinny kernel on {name}", file=sys.stderr)
 
     try:
         bench = config_from_args(args)
