@@ -193,11 +193,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             with open(args.gemm_table, encoding="utf-8") as f:
                 name, entries = table_from_sweep(json.load(f))
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            register_table(name, entries)
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             print(f"prompt-tree bench: --gemm-table {args.gemm_table}: not a tools/gemm_sweep.py report ({e})",
                   file=sys.stderr)
             return 2
-        register_table(name, entries)
         print(f"--gemm-table: {len(entries)} GEMM shapes on the skinny kernel on {name}", file=sys.stderr)
 
     try:
