@@ -18,6 +18,7 @@ in the order of the fp32 sums. `linear_torch` (F.linear) is the reference of tes
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import torch
@@ -249,6 +250,18 @@ def table_from_sweep(report: dict, min_gain: float = 1.03) -> tuple[str, dict[tu
                                               num_stages=r["num_stages"], num_warps=r["num_warps"],
                                               tma=bool(r.get("tma", False)))
     return report["device"], entries
+
+
+def register_sweep(path: str) -> tuple[str, int]:
+    """Read tools/gemm_sweep.py's JSON at `path`, register its clear wins (table_from_sweep) and return (device
+    name, entries registered). ValueError naming the file when it is not such a report."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            name, entries = table_from_sweep(json.load(f))
+        register_table(name, entries)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"--gemm-table {path}: not a tools/gemm_sweep.py report ({e})") from e
+    return name, len(entries)
 
 
 def _gain(cublas_us: float | None, skinny_us: float) -> float:

@@ -17,16 +17,12 @@ Any real defect (wrong pairing, a missed residual, eps outside the sqrt, gate an
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from sm90_compile import run_compile_script
 
 from prompt_tree import fused_ops as fo
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 U32 = 2.0**-24
 DTYPES = [torch.float32, torch.float16]
 
@@ -231,14 +227,8 @@ print("compiled", n)
 
 
 def test_fused_kernels_compile_for_sm90():
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PROMPT_TREE_CPU_TRITON")}
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, cwd=REPO, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    if run.stdout.startswith("SKIP"):
-        pytest.skip(run.stdout.strip())
-    assert run.stdout.strip().startswith("compiled 12"), run.stdout
+    out = run_compile_script(COMPILE_SCRIPT)
+    assert out.strip().startswith("compiled 12"), out
 
 
 def test_num_warps_is_bounded():

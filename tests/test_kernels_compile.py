@@ -9,11 +9,7 @@ backend.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from sm90_compile import run_compile_script
 
 SCRIPT = r'''
 import inspect, itertools
@@ -83,13 +79,5 @@ print("compiled", n)
 
 
 def test_kernels_compile_for_sm90():
-    import pytest
-
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PROMPT_TREE_CPU_TRITON")}
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, cwd=REPO, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    if run.stdout.startswith("SKIP"):
-        pytest.skip(run.stdout.strip())
-    assert run.stdout.strip().startswith("compiled 34"), run.stdout
+    out = run_compile_script(SCRIPT)
+    assert out.strip().startswith("compiled 34"), out

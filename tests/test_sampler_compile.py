@@ -10,13 +10,7 @@ for this process. Skips when this Triton has no NVIDIA backend.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
-import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from sm90_compile import run_compile_script
 
 SCRIPT = r'''
 import inspect
@@ -86,11 +80,5 @@ print("compiled", n)
 
 
 def test_sampler_kernel_compiles_for_sm90():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
-                         timeout=900)
-    assert out.returncode == 0, out.stderr[-4000:]
-    if out.stdout.startswith("SKIP"):
-        pytest.skip(out.stdout.strip())
-    assert "compiled 5" in out.stdout, out.stdout
+    out = run_compile_script(SCRIPT, timeout=900)
+    assert "compiled 5" in out, out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from sm90_compile import run_compile_script
 
 from prompt_tree import skinny_gemm as sg
 from prompt_tree.skinny_gemm import (SkinnyConfig, block_m_for, clear_tables, config_for, dense_linear, linear_torch,
@@ -285,16 +286,5 @@ print("compiled", n)
 
 
 def test_kernels_compile_for_sm90_with_wgmma_and_pipelined_copies():
-    import os
-    import subprocess
-    import sys
-
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PROMPT_TREE_CPU_TRITON")}
-    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
-    run = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, cwd=repo, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    if run.stdout.startswith("SKIP"):
-        pytest.skip(run.stdout.strip())
-    assert run.stdout.strip().startswith("compiled 8"), run.stdout
+    out = run_compile_script(COMPILE_SCRIPT)
+    assert out.strip().startswith("compiled 8"), out

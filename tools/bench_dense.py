@@ -253,12 +253,10 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args, device, dtype = parse_args(argv)
     if args.gemm_table:
-        from prompt_tree.skinny_gemm import register_table, table_from_sweep
+        from prompt_tree.skinny_gemm import register_sweep
 
-        with open(args.gemm_table, encoding="utf-8") as f:
-            name, entries = table_from_sweep(json.load(f))
-        register_table(name, entries)
-        print(f"gemm table: {len(entries)} shapes on the skinny kernel on {name}", flush=True)
+        name, count = register_sweep(args.gemm_table)
+        print(f"gemm table: {count} shapes on the skinny kernel on {name}", flush=True)
     t0 = time.perf_counter()
     ceilings = measure_ceilings(device)
     print(f"ceilings: copy {ceilings.copy_bytes_per_s / 1e12:.3g} TB/s, "

@@ -188,17 +188,14 @@ def run(args: argparse.Namespace) -> int:
     from prompt_tree.benchmark.e2e_rows import BenchError, resolve_bench_device
 
     if args.gemm_table:
-        from prompt_tree.skinny_gemm import register_table, table_from_sweep
+        from prompt_tree.skinny_gemm import register_sweep
 
         try:
-            with open(args.gemm_table, encoding="utf-8") as f:
-                name, entries = table_from_sweep(json.load(f))
-            register_table(name, entries)
-        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            print(f"prompt-tree bench: --gemm-table {args.gemm_table}: not a tools/gemm_sweep.py report ({e})",
-                  file=sys.stderr)
+            name, count = register_sweep(args.gemm_table)
+        except ValueError as e:
+            print(f"prompt-tree bench: {e}", file=sys.stderr)
             return 2
-        print(f"--gemm-table: {len(entries)} GEMM shapes on the skinny kernel on {name}", file=sys.stderr)
+        print(f"--gemm-table: {count} GEMM shapes on the skinny kernel on {name}", file=sys.stderr)
 
     try:
         bench = config_from_args(args)
