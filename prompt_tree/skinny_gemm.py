@@ -19,14 +19,17 @@ in the order of the fp32 sums. `linear_torch` (F.linear) is the reference of tes
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from prompt_tree.config import ModelConfig
 from prompt_tree.kernels.launch import DirectLauncher
+from prompt_tree.kernels.options import in_graph_path
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -54,6 +57,9 @@ class SkinnyConfig:
         if self.num_stages not in range(1, 9) or self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"SkinnyConfig: num_stages 1-8 and num_warps a power of two up to 16, not "
                              f"{self.num_stages!r} / {self.num_warps!r}")
+
+
+CONFIG_FIELDS = tuple(f.name for f in fields(SkinnyConfig))
 
 
 def block_m_for(m: int) -> int:
@@ -137,6 +143,14 @@ _LAUNCH_TMA = DirectLauncher(_skinny_tma_kernel)
 SUM_BLOCK = 1024
 
 
+def projection_shapes(c: ModelConfig) -> dict[str, tuple[int, int]]:
+    """(N, K) of each decode GEMM of a model: the fused q/k/v and gate/up as the engine runs them."""
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    return {"qkv": (q + 2 * kv, c.hidden_size), "o": (c.hidden_size, q),
+            "gate_up": (2 * c.intermediate_size, c.hidden_size), "down": (c.hidden_size, c.intermediate_size),
+            "lm_head": (c.vocab_size, c.hidden_size)}
+
+
 def linear_torch(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """The reference: F.linear without bias. x: [M, K]; w: [N, K]. Returns [M, N] in x's dtype."""
     return F.linear(x, w)
@@ -200,8 +214,11 @@ def skinny_linear(x: torch.Tensor, w: torch.Tensor, config: SkinnyConfig = Skinn
 
 GEMM_MODES = ("auto", "cublas")
 MAX_ROWS = 128  # past one row tile the weight would be streamed once per tile: cuBLAS's territory
+TABLE_FORMAT = "prompt-tree gemm table 1"
+SHIPPED_DIR = Path(__file__).with_name("gemm_tables")  # one table_document per device, from tools/gemm_sweep.py
 _TABLES: dict[str, dict[tuple[int, int, int], SkinnyConfig]] = {}  # device name -> {(N, K, M): config}
 _DEVICE_NAMES: dict[int, str] = {}
+_shipped_loaded = False
 
 
 def register_table(device_name: str, entries: dict[tuple[int, int, int], SkinnyConfig]) -> None:
@@ -218,49 +235,101 @@ def register_table(device_name: str, entries: dict[tuple[int, int, int], SkinnyC
 
 
 def clear_tables() -> None:
+    """Forget every table, the shipped ones included (they are not loaded again in this process)."""
+    global _shipped_loaded
     _TABLES.clear()
+    _shipped_loaded = True
+
+
+def load_shipped_tables() -> None:
+    """Register the tables shipped in prompt_tree/gemm_tables/ (once per process; config_for calls it). A table
+    registered later (register_table, --gemm-table) replaces a shipped entry of the same shape."""
+    global _shipped_loaded
+    if _shipped_loaded:
+        return
+    _shipped_loaded = True
+    shipped: dict[str, dict[tuple[int, int, int], SkinnyConfig]] = {}
+    for path in sorted(SHIPPED_DIR.glob("*.json")):
+        name, entries = read_table_file(path)
+        shipped.setdefault(name, {}).update(entries)
+    for name, entries in shipped.items():  # under what was registered before the first lookup
+        _TABLES[name] = {**entries, **_TABLES.get(name, {})}
 
 
 def registered() -> dict[str, int]:
-    """Entries registered per device name (benchmarks record it beside their rows)."""
+    """Entries registered per device name (benchmarks record it beside their rows). The shipped tables count from
+    the first lookup under graph capture on CUDA, which loads them."""
     return {name: len(t) for name, t in _TABLES.items() if t}
 
 
-def table_from_sweep(report: dict, min_gain: float = 1.03) -> tuple[str, dict[tuple[int, int, int], SkinnyConfig]]:
-    """(device name, entries) from tools/gemm_sweep.py's JSON: per (N, K, M), the fastest skinny configuration
-    whose output passed the sweep's check, where it beat cuBLAS by at least `min_gain` (a smaller margin is
-    inside the run-to-run spread and not worth leaving the vendor's kernel for). Where the sweep re-timed its
-    finalists against cuBLAS in alternation (rows marked `retimed`), those rows decide: the fastest of ~100 noisy
-    single timings is biased low."""
+def _wins(report: dict, min_gain: float) -> dict[tuple[int, int, int], tuple[SkinnyConfig, float]]:
+    """Per (N, K, M) of a tools/gemm_sweep.py report: the fastest checked configuration and its gain over cuBLAS,
+    where the gain is at least min_gain. Where the sweep re-timed its finalists against cuBLAS in alternation
+    (rows marked `retimed`), only those rows decide: the fastest of ~100 noisy single timings is biased low."""
     retimed = {(r["N"], r["K"], r["M"]) for r in report["rows"] if r.get("retimed")}
     best: dict[tuple[int, int, int], dict] = {}
     cublas: dict[tuple[int, int, int], float] = {}
     for r in report["rows"]:
         key = (r["N"], r["K"], r["M"])
         if (key in retimed) != bool(r.get("retimed")):
-            continue  # where the sweep re-timed the finalists against cuBLAS, only those timings decide
+            continue
         if r["variant"] == "cublas":
             cublas[key] = r["us"]
         elif r["variant"] == "skinny" and r.get("ok") and (key not in best or r["us"] < best[key]["us"]):
             best[key] = r
-    entries = {}
+    out = {}
     for (N, K, M), r in best.items():
-        if M <= MAX_ROWS and _gain(cublas.get((N, K, M)), r["us"]) >= min_gain:
-            entries[(N, K, M)] = SkinnyConfig(block_n=r["block_n"], block_k=r["block_k"], split=r["split"],
-                                              num_stages=r["num_stages"], num_warps=r["num_warps"],
-                                              tma=bool(r.get("tma", False)))
-    return report["device"], entries
+        gain = _gain(cublas.get((N, K, M)), r["us"])
+        if M <= MAX_ROWS and gain >= min_gain:
+            out[(N, K, M)] = (SkinnyConfig(**{f: (bool(r.get(f, False)) if f == "tma" else r[f]) for f in CONFIG_FIELDS}),
+                              gain)
+    return out
+
+
+def table_from_sweep(report: dict, min_gain: float = 1.03) -> tuple[str, dict[tuple[int, int, int], SkinnyConfig]]:
+    """(device name, entries) from tools/gemm_sweep.py's JSON: per (N, K, M), the fastest skinny configuration
+    whose output passed the sweep's check, where it beat cuBLAS by at least `min_gain` (a smaller margin is
+    inside the run-to-run spread and not worth leaving the vendor's kernel for)."""
+    return report["device"], {key: cfg for key, (cfg, _) in _wins(report, min_gain).items()}
+
+
+def table_document(report: dict, min_gain: float = 1.03) -> dict:
+    """The table of a sweep as a file to ship or pass to --gemm-table: its wins (table_from_sweep) with their
+    measured gains and the sweep's device and versions. JSON-ready."""
+    entries = [{"N": N, "K": K, "M": M, "gain": round(gain, 4), **asdict(cfg)}
+               for (N, K, M), (cfg, gain) in sorted(_wins(report, min_gain).items())]
+    return {"format": TABLE_FORMAT, "device": report["device"], "torch": report.get("torch"),
+            "triton": report.get("triton"), "min_gain": min_gain, "entries": entries}
+
+
+def read_table(doc: dict) -> tuple[str, dict[tuple[int, int, int], SkinnyConfig]]:
+    """(device name, entries) of a table document or of a tools/gemm_sweep.py report."""
+    if "rows" in doc:
+        return table_from_sweep(doc)
+    if doc.get("format") != TABLE_FORMAT:
+        raise ValueError(f"format is {doc.get('format')!r}, not {TABLE_FORMAT!r}")
+    return doc["device"], {(e["N"], e["K"], e["M"]): SkinnyConfig(**{f: e[f] for f in CONFIG_FIELDS})
+                           for e in doc["entries"]}
+
+
+def read_table_file(path: str | Path) -> tuple[str, dict[tuple[int, int, int], SkinnyConfig]]:
+    """read_table of the JSON at `path`; ValueError naming the file when it is neither kind of file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return read_table(json.load(f))
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: not a GEMM table (skinny_gemm.table_document) or a tools/gemm_sweep.py report "
+                         f"({e})") from e
 
 
 def register_sweep(path: str) -> tuple[str, int]:
-    """Read tools/gemm_sweep.py's JSON at `path`, register its clear wins (table_from_sweep) and return (device
-    name, entries registered). ValueError naming the file when it is not such a report."""
+    """Register the table at `path` (a tools/gemm_sweep.py report, of which its clear wins, or a table document)
+    and return (device name, entries registered). ValueError naming the file when it is neither."""
     try:
-        with open(path, encoding="utf-8") as f:
-            name, entries = table_from_sweep(json.load(f))
+        name, entries = read_table_file(path)
         register_table(name, entries)
-    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"--gemm-table {path}: not a tools/gemm_sweep.py report ({e})") from e
+    except ValueError as e:
+        raise ValueError(f"--gemm-table {e}") from e
     return name, len(entries)
 
 
@@ -278,8 +347,19 @@ def _device_name(device: torch.device) -> str:
 
 def config_for(x: torch.Tensor, w: torch.Tensor) -> SkinnyConfig | None:
     """The table's configuration for x @ w^T on x's device, or None (cuBLAS): CUDA, fp16/bf16, at most MAX_ROWS
-    rows, and an entry for (N, K, M) on a device of this name."""
-    if not x.is_cuda or x.dtype not in (torch.float16, torch.bfloat16) or x.shape[0] > MAX_ROWS or not _TABLES:
+    rows, on the launch path of a CUDA graph (under capture, or in the warm-up before one inside
+    kernels.cuda_graph_path(), which compiles the kernel outside the capture), and an entry for (N, K, M) on a
+    device of this name.
+
+    Only there: the table was measured inside graphs, where a launch's host time is paid once. Called eagerly
+    (prefill, an engine with cuda_graphs=False) one launch costs tens of microseconds of host time against a few
+    for cuBLAS's, more than the one to four microseconds of GPU time it saves per GEMM."""
+    if not x.is_cuda or x.dtype not in (torch.float16, torch.bfloat16) or x.shape[0] > MAX_ROWS:
+        return None
+    if not (in_graph_path() or torch.cuda.is_current_stream_capturing()):
+        return None
+    load_shipped_tables()
+    if not _TABLES:
         return None
     table = _TABLES.get(_device_name(x.device))
     if not table:

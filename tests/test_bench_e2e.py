@@ -393,7 +393,7 @@ def test_time_budget_and_resume(tmp_path):
     (["--preset-override", '{"2a": {"shots": 3}}'], "no field 'shots'"),
     (["--preset-override", '{"2b": {"samples": 0}}'], "samples must be a positive int"),
     (["--ceilings", "3"], "TB/s,TFLOP/s"),
-    (["--gemm-table", "/nonexistent/gemm.json"], "not a tools/gemm_sweep.py report"),
+    (["--gemm-table", "/nonexistent/gemm.json"], "not a GEMM table"),
 ])
 def test_bad_input_is_a_clear_error(args, message, capsys, tmp_path):
     assert cli.main(["bench", "--out", str(tmp_path)] + args) == 2

@@ -250,12 +250,14 @@ def test_peaked_head_makes_the_engine_sample_the_hot_ids():
     assert peaked >= 0.95 and flat <= 0.3, (peaked, flat)
 
 
-def test_gemm_table_is_registered_and_recorded(tmp_path, capsys):
+@pytest.mark.parametrize("which", ["sweep", "none"])
+def test_gemm_table_is_registered_and_recorded(tmp_path, capsys, which):
     """--gemm-table reads tools/gemm_sweep.py's report, registers its clear wins for the named device and the
-    step report records what was registered (on CPU nothing runs on it: the device name never matches)."""
+    step report records what was registered (on CPU nothing runs on it: the device name never matches);
+    --gemm-table none clears every table, the shipped ones and any registered before."""
     import argparse
 
-    from prompt_tree.skinny_gemm import clear_tables
+    from prompt_tree.skinny_gemm import SkinnyConfig, clear_tables, register_table
 
     sweep = {"device": "NVIDIA H200", "rows": [
         {"variant": "cublas", "us": 10.0, "N": 4096, "K": 4096, "M": 128},
@@ -265,12 +267,19 @@ def test_gemm_table_is_registered_and_recorded(tmp_path, capsys):
     table.write_text(json.dumps(sweep))
     p = argparse.ArgumentParser()
     bench_cmd.add_arguments(p)
+    register_table("NVIDIA H100 80GB HBM3", {(64, 64, 32): SkinnyConfig()})  # as if shipped and loaded
     try:
         assert bench_cmd.run(p.parse_args(["--workloads", "step", "--models", "tiny", "--device", "cpu", "--dtype",
                                            "fp32", "--batches", "2", "--prefixes", "16", "--modes", "none",
                                            "--sampling", "greedy", "--steps", "1", "--ceilings", "0.1,1",
-                                           "--gemm-table", str(table), "--out", str(tmp_path)])) == 0
+                                           "--gemm-table", str(table) if which == "sweep" else "none",
+                                           "--out", str(tmp_path)])) == 0
     finally:
         clear_tables()
-    assert "1 GEMM shapes on the skinny kernel on NVIDIA H200" in capsys.readouterr().err
-    assert json.loads((tmp_path / "step.json").read_text())["skinny_gemm"] == {"NVIDIA H200": 1}
+    recorded = json.loads((tmp_path / "step.json").read_text())["skinny_gemm"]
+    if which == "sweep":
+        assert "1 GEMM shapes on the skinny kernel on NVIDIA H200" in capsys.readouterr().err
+        assert recorded == {"NVIDIA H100 80GB HBM3": 1, "NVIDIA H200": 1}
+    else:
+        assert "every GEMM on cuBLAS" in capsys.readouterr().err
+        assert recorded == {}

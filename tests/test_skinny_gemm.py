@@ -1,4 +1,5 @@
-"""prompt_tree.skinny_gemm against F.linear: CPU under Triton's interpreter (fp32, fp16), CUDA in bf16 (skipped here).
+"""prompt_tree.skinny_gemm against F.linear: fp32 and fp16 under Triton's interpreter on CPU (compiled where a GPU is
+present), bf16 on CUDA (skipped here).
 
 Tolerance. Both sides form each output as a sum of K products, accumulated in fp32, rounded once to the output
 dtype. The reference here is the float64 product, so each side is within K u sum|x_k w_k| of it (u = 2^-24, the
@@ -10,16 +11,24 @@ wrong tile, a masked column) is off by O(S), far beyond it.
 """
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import pytest
 import torch
 import torch.nn.functional as F
 from sm90_compile import run_compile_script
 
 from prompt_tree import skinny_gemm as sg
+from prompt_tree.config import PRESETS
 from prompt_tree.skinny_gemm import (SkinnyConfig, block_m_for, clear_tables, config_for, dense_linear, linear_torch,
-                                     register_table, skinny_linear, table_from_sweep)
+                                     projection_shapes, read_table_file, register_sweep, register_table, registered, skinny_linear,
+                                     table_document, table_from_sweep)
 
 U32 = 2.0**-24
+# The interpreter runs CPU tensors; with a GPU present the Triton launcher takes only device tensors, so the same
+# tests run compiled there.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _check(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
@@ -45,8 +54,8 @@ def _check(y: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
 ])
 def test_skinny_matches_reference(dtype, M, N, K, cfg):
     gen = torch.Generator().manual_seed(M * 7 + N * 3 + K)
-    x = torch.randn(M, K, generator=gen).to(dtype)
-    w = torch.randn(N, K, generator=gen).to(dtype)
+    x = torch.randn(M, K, generator=gen).to(DEVICE, dtype)
+    w = torch.randn(N, K, generator=gen).to(DEVICE, dtype)
     y = skinny_linear(x, w, cfg)
     _check(y, x, w)
     _check(linear_torch(x, w), x, w)  # the reference meets its own bound (the bound is not loose by accident)
@@ -54,9 +63,9 @@ def test_skinny_matches_reference(dtype, M, N, K, cfg):
 
 def test_strided_rows_and_empty():
     gen = torch.Generator().manual_seed(5)
-    wide = torch.randn(5, 80, generator=gen)
+    wide = torch.randn(5, 80, generator=gen).to(DEVICE)
     x = wide[:, :64]  # rows with a stride: a view of a wider activation buffer
-    w = torch.randn(24, 64, generator=gen)
+    w = torch.randn(24, 64, generator=gen).to(DEVICE)
     _check(skinny_linear(x, w, SkinnyConfig(block_n=16, block_k=32, split=2)), x, w)
     assert skinny_linear(x[:0], w).shape == (0, 24)
     with pytest.raises(ValueError, match="16-byte aligned"):  # 65 fp32 = 260 bytes a row: no TMA descriptor
@@ -85,7 +94,7 @@ def test_block_m():
     assert [block_m_for(m) for m in (0, 1, 16, 17, 100, 128, 129, 2048)] == [16, 16, 16, 32, 128, 128, 128, 128]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bf16 and the compiled kernel)")
+@pytest.mark.cuda
 @pytest.mark.parametrize("M", [1, 32, 77, 128, 200])
 @pytest.mark.parametrize("split", [1, 4])
 @pytest.mark.parametrize("tma", [False, True])
@@ -165,7 +174,7 @@ def test_model_routes_every_projection_through_the_table(monkeypatch, mode):
     from prompt_tree.loading import random_model
     from prompt_tree.model import DenseOptions, causal_attention
 
-    model = random_model("tiny", seed=3)
+    model = random_model("tiny", seed=3, device=DEVICE)
     shapes = []
     real = sg.skinny_linear
 
@@ -175,27 +184,31 @@ def test_model_routes_every_projection_through_the_table(monkeypatch, mode):
 
     monkeypatch.setattr(sg, "config_for", lambda x, w: SkinnyConfig(block_n=16, block_k=16, split=2))
     monkeypatch.setattr(sg, "skinny_linear", spy)
-    ids = torch.tensor([256, 72, 105, 33, 10])
+    ids = torch.tensor([256, 72, 105, 33, 10], device=DEVICE)
+    pos = torch.arange(5, device=DEVICE)
     with torch.no_grad():
         model.set_dense_options(DenseOptions(gemm="cublas"))
-        want = model.logits_raw(model(ids, torch.arange(5), causal_attention()))
+        want = model.logits_raw(model(ids, pos, causal_attention()))
         shapes.clear()
         model.set_dense_options(DenseOptions(gemm=mode))
-        got = model.logits_raw(model(ids, torch.arange(5), causal_attention()))
+        got = model.logits_raw(model(ids, pos, causal_attention()))
     c = model.config
-    per_layer = [((c.num_heads + 2 * c.num_kv_heads) * c.head_dim, c.hidden_size), (c.hidden_size, c.num_heads * c.head_dim),
-                 (2 * c.intermediate_size, c.hidden_size), (c.hidden_size, c.intermediate_size)]
-    assert shapes == ([] if mode == "cublas" else per_layer * c.num_layers + [(c.vocab_size, c.hidden_size)])
+    p = projection_shapes(c)
+    per_layer = [p["qkv"], p["o"], p["gate_up"], p["down"]]
+    assert shapes == ([] if mode == "cublas" else per_layer * c.num_layers + [p["lm_head"]])
     assert torch.isfinite(got).all()
     # fp32 throughout: each GEMM within K u of cuBLAS's (K <= 256), compounded over 2 layers: 1e-4 of the scale.
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * want.abs().max().item())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_model_with_a_table_equals_cublas_and_replays():
-    """bf16: the model with every projection in the table equals cuBLAS mode within the bf16 bound of
-    tests/test_model_fused.py (5% of the logit scale over 2 layers), and a captured graph replays it exactly."""
+@pytest.mark.cuda
+def test_cuda_model_with_a_table_equals_cublas_and_replays(monkeypatch):
+    """bf16: eagerly the model with every projection in the table is cuBLAS mode bit for bit (the table serves
+    graphs only); on the graph's launch path it runs every projection on the kernel and equals cuBLAS mode within
+    the bf16 bound of tests/test_model_fused.py (5% of the logit scale over 2 layers); a captured graph replays
+    that path exactly."""
     from prompt_tree.config import get_preset, replace
+    from prompt_tree.kernels import cuda_graph_path
     from prompt_tree.loading import random_model
     from prompt_tree.model import DenseOptions
 
@@ -208,11 +221,12 @@ def test_cuda_model_with_a_table_equals_cublas_and_replays():
     c = cfg
     one, split = SkinnyConfig(block_n=64, block_k=32, num_stages=3), SkinnyConfig(block_n=128, block_k=32, split=2,
                                                                               num_warps=8, tma=True)
-    entries = {((c.num_heads + 2 * c.num_kv_heads) * c.head_dim, c.hidden_size, 32): split,
-               (c.hidden_size, c.num_heads * c.head_dim, 32): one,
-               (2 * c.intermediate_size, c.hidden_size, 32): split,
-               (c.hidden_size, c.intermediate_size, 32): one,  # K = 1376 = 43 x 32: one slice
-               (c.vocab_size, c.hidden_size, 32): split}
+    # down's K = 1376 = 43 x 32: one slice
+    kind = {"qkv": split, "o": one, "gate_up": split, "down": one, "lm_head": split}
+    entries = {(N, K, 32): kind[name] for name, (N, K) in projection_shapes(c).items()}
+    calls = []
+    real = sg.skinny_linear
+    monkeypatch.setattr(sg, "skinny_linear", lambda x, w, cfg: calls.append(cfg) or real(x, w, cfg))
     clear_tables()
     register_table(torch.cuda.get_device_name(), entries)
     try:
@@ -220,19 +234,108 @@ def test_cuda_model_with_a_table_equals_cublas_and_replays():
             model.set_dense_options(DenseOptions(gemm="cublas"))
             want = model.logits_raw(model(ids, pos, skip)).float()
             model.set_dense_options(DenseOptions(gemm="auto"))
-            assert config_for(torch.empty(32, 512, device="cuda", dtype=torch.bfloat16),
-                              torch.empty(1000, 512, device="cuda", dtype=torch.bfloat16)) is not None
-            got = model.logits_raw(model(ids, pos, skip))
+            eager = model.logits_raw(model(ids, pos, skip))
+            assert not calls
+            torch.testing.assert_close(eager.float(), want, rtol=0, atol=0)
+            with cuda_graph_path():
+                got = model.logits_raw(model(ids, pos, skip))
+            assert len(calls) == 4 * c.num_layers + 1
             assert torch.isfinite(got).all()
             assert (got.float() - want).abs().max() <= 0.05 * want.abs().max()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
                 out = model.logits_raw(model(ids, pos, skip))
+            assert len(calls) == 2 * (4 * c.num_layers + 1)
             graph.replay()
             torch.testing.assert_close(out, got, rtol=0, atol=0)
     finally:
         clear_tables()
 
+
+def test_table_serves_the_graph_path_only(monkeypatch):
+    """config_for answers from the table only on a CUDA graph's launch path (capture, or cuda_graph_path's
+    warm-up): eager launches would cost more host time than the kernel saves. A CUDA-looking x stands in (CPU)."""
+    from types import SimpleNamespace
+
+    from prompt_tree.kernels import cuda_graph_path
+
+    cfg = SkinnyConfig(block_n=64, block_k=64)
+    clear_tables()
+    register_table("dev", {(1000, 512, 32): cfg})
+    monkeypatch.setattr(sg, "_device_name", lambda device: "dev")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    x = SimpleNamespace(is_cuda=True, dtype=torch.bfloat16, shape=(32, 512), device=torch.device("cuda", 0))
+    w = SimpleNamespace(shape=(1000, 512))
+    try:
+        assert config_for(x, w) is None
+        with cuda_graph_path():
+            assert config_for(x, w) == cfg
+            assert config_for(SimpleNamespace(**{**vars(x), "shape": (48, 512)}), w) is None  # exact M only
+        monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+        assert config_for(x, w) == cfg
+    finally:
+        clear_tables()
+
+
+def test_table_document_round_trips_and_registers(tmp_path):
+    report = {"device": "NVIDIA H200", "torch": "2.11", "triton": "3.6", "rows": [
+        _row("cublas", 10.0), _row("skinny", 9.0, split=2, tma=True), _row("cublas", 20.0, N=6144),
+        _row("skinny", 19.8, N=6144)]}
+    doc = table_document(report)
+    assert doc["device"] == "NVIDIA H200" and doc["triton"] == "3.6"
+    assert [(e["N"], e["M"], e["gain"]) for e in doc["entries"]] == [(4096, 128, round(10 / 9, 4))]
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(doc))
+    assert read_table_file(path) == table_from_sweep(report)
+    sweep = tmp_path / "sweep.json"
+    sweep.write_text(json.dumps(report))
+    clear_tables()
+    try:
+        assert register_sweep(str(path)) == ("NVIDIA H200", 1) == register_sweep(str(sweep))
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps({**doc, "format": "other"}))
+        with pytest.raises(ValueError, match="not a GEMM table.*format is 'other'"):
+            register_sweep(str(bad))
+    finally:
+        clear_tables()
+
+
+def test_shipped_tables_are_measured_decode_shapes():
+    """Every shipped table parses, registers, and names only what a sweep can have measured: the projection
+    shapes of a preset at a decode graph bucket of at most MAX_ROWS rows, each a win of at least its min_gain."""
+    from prompt_tree.engine.options import DEFAULT_GRAPH_BUCKETS
+
+    files = sorted(sg.SHIPPED_DIR.glob("*.json"))
+    assert files, "prompt_tree/gemm_tables/ ships no table"
+    projections = {nk for c in PRESETS.values() for nk in projection_shapes(c).values()}
+    for path in files:
+        doc = json.loads(path.read_text())
+        name, entries = read_table_file(path)
+        assert name and entries
+        for e in doc["entries"]:
+            assert (e["N"], e["K"]) in projections and e["M"] in DEFAULT_GRAPH_BUCKETS and e["M"] <= sg.MAX_ROWS
+            assert e["gain"] >= doc["min_gain"] >= 1.0
+        clear_tables()
+        register_table(name, entries)  # its checks: K tiles, key shapes
+    clear_tables()
+
+
+def test_registered_tables_win_over_shipped(tmp_path, monkeypatch):
+    doc = {"format": sg.TABLE_FORMAT, "device": "dev", "min_gain": 1.03, "entries": [
+        {"N": 64, "K": 64, "M": 32, "gain": 1.1, **asdict(SkinnyConfig(block_n=16, block_k=16))},
+        {"N": 64, "K": 64, "M": 16, "gain": 1.1, **asdict(SkinnyConfig(block_n=32, block_k=16))}]}
+    (tmp_path / "dev.json").write_text(json.dumps(doc))
+    monkeypatch.setattr(sg, "SHIPPED_DIR", tmp_path)
+    mine = SkinnyConfig(block_n=64, block_k=64)
+    clear_tables()
+    monkeypatch.setattr(sg, "_shipped_loaded", False)
+    try:
+        register_table("dev", {(64, 64, 32): mine})
+        sg.load_shipped_tables()
+        assert sg._TABLES["dev"] == {(64, 64, 32): mine, (64, 64, 16): SkinnyConfig(block_n=32, block_k=16)}
+        assert registered() == {"dev": 2}
+    finally:
+        clear_tables()
 
 
 # ----- the real compiler for sm_90 (the interpreter never meets it; tests/test_kernels_compile.py's reasoning)

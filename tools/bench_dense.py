@@ -42,6 +42,7 @@ from prompt_tree.config import get_preset, replace  # noqa: E402
 from prompt_tree.loading import random_model, resolve_device_dtype  # noqa: E402
 from prompt_tree.model import DenseOptions  # noqa: E402
 from prompt_tree.plain_model import PlainModel  # noqa: E402
+from prompt_tree.kernels import cuda_graph_path  # noqa: E402
 from prompt_tree.skinny_gemm import registered  # noqa: E402
 
 VARIANTS = ("unfused", "fused", "compiled", "skinny")
@@ -88,10 +89,11 @@ class Step:
         return self.net.logits(hidden) if self.variant == "unfused" else self.net.logits_raw(hidden)
 
     def capture(self) -> None:
-        """Warm up on a side stream (Triton and inductor compile there), then capture one step."""
+        """Warm up on a side stream on the capture's launch path (Triton and inductor compile there; the skinny
+        GEMM runs only on that path), then capture one step."""
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
+        with torch.cuda.stream(stream), cuda_graph_path():
             for _ in range(2):
                 self()
         torch.cuda.current_stream().wait_stream(stream)

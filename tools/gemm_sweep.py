@@ -1,7 +1,8 @@
 """Decode's GEMMs alone: cuBLAS (F.linear) against prompt_tree.skinny_gemm over its launch configurations (and,
-with --inductor, torch.compile's max-autotune choice), on the real projection shapes at small batches.
+with --inductor, torch.compile's max-autotune choice), on the real projection shapes at small batches: every decode graph bucket up to 128 rows.
 
-    python tools/gemm_sweep.py /tmp/gemm.json                     # GPU: llama3-8b and codellama-7b, M 32 and 128
+    python tools/gemm_sweep.py /tmp/gemm.json                     # GPU: llama3-8b and codellama-7b, M 1-128
+    python tools/gemm_sweep.py /tmp/gemm.json --table-out prompt_tree/gemm_tables/<device>.json  # + the table
     python tools/gemm_sweep.py /tmp/gemm.json --inductor          # + inductor max-autotune (slow: it compiles)
 
 Each (shape, M, variant) is timed as a CUDA graph of calls that cycle through enough copies of the weight that
@@ -31,21 +32,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from prompt_tree.benchmark.limit import measure_ceilings  # noqa: E402
 from prompt_tree.config import get_preset  # noqa: E402
-from prompt_tree.skinny_gemm import SkinnyConfig, block_m_for, skinny_linear  # noqa: E402
+from prompt_tree.engine.options import DEFAULT_GRAPH_BUCKETS  # noqa: E402
+from prompt_tree.skinny_gemm import (CONFIG_FIELDS, MAX_ROWS, SkinnyConfig, block_m_for,  # noqa: E402
+                                     projection_shapes, skinny_linear, table_document)
 
 SET_BYTES = 512 << 20
 FINALISTS = 3  # fastest checked configurations re-timed against cuBLAS ...
 RETIME_ROUNDS = 5  # ... in this many alternating rounds
-CFG_FIELDS = ("block_n", "block_k", "split", "num_stages", "num_warps", "tma")
 SMEM_LIMIT = 200 * 1024  # leave room below the H100/H200's 227 KB per block
 
 
 def shapes(model: str) -> dict[str, tuple[int, int]]:
-    """(N, K) of each decode GEMM of `model`: the fused q/k/v and gate/up as the engine runs them."""
-    c = get_preset(model)
-    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    return {"qkv": (q + 2 * kv, c.hidden_size), "o": (c.hidden_size, q), "gate_up": (2 * c.intermediate_size, c.hidden_size),
-            "down": (c.hidden_size, c.intermediate_size), "lm_head": (c.vocab_size, c.hidden_size)}
+    return projection_shapes(get_preset(model))
 
 
 def configs(K: int, M: int) -> list[SkinnyConfig]:
@@ -92,7 +90,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out")
     ap.add_argument("--models", default="llama3-8b,codellama-7b")
-    ap.add_argument("--batches", default="32,128")
+    # the decode graph buckets the table can serve (it is keyed by exact row count)
+    ap.add_argument("--batches", default=",".join(str(b) for b in DEFAULT_GRAPH_BUCKETS if b <= MAX_ROWS))
+    ap.add_argument("--table-out", default=None,
+                    help="also write the table of clear wins (skinny_gemm.table_document): a file for "
+                         "prompt_tree/gemm_tables/ or --gemm-table")
     ap.add_argument("--inductor", action="store_true", help="also torch.compile(mode='max-autotune-no-cudagraphs')")
     ap.add_argument("--time-budget-s", type=float, default=400.0)
     args = ap.parse_args()
@@ -157,7 +159,7 @@ def main() -> None:
                 ok = sorted((r for r in rows if r["variant"] == "skinny" and r["ok"]), key=lambda r: r["us"])
                 # The fastest of ~100 single timings is biased low: re-time the finalists and cuBLAS in
                 # alternation (RETIME_ROUNDS rounds, median), and let only those rows decide (table_from_sweep).
-                finalists = [SkinnyConfig(**{k: r[k] for k in CFG_FIELDS}) for r in ok[:FINALISTS]]
+                finalists = [SkinnyConfig(**{k: r[k] for k in CONFIG_FIELDS}) for r in ok[:FINALISTS]]
                 times: dict[int, list[float]] = {i: [] for i in range(len(finalists) + 1)}
                 for _ in range(RETIME_ROUNDS if finalists else 0):
                     times[0].append(time_calls(F.linear, weights, x))
@@ -168,7 +170,7 @@ def main() -> None:
                               spread_us=(max(times[0]) - min(times[0])) * 1e6)
                     retimed = [row("skinny", statistics.median(times[i]), ok[i - 1]["max_rel_err"], retimed=True,
                                    spread_us=(max(times[i]) - min(times[i])) * 1e6, ok=True,
-                                   **{k: ok[i - 1][k] for k in CFG_FIELDS}) for i in range(1, len(finalists) + 1)]
+                                   **{k: ok[i - 1][k] for k in CONFIG_FIELDS}) for i in range(1, len(finalists) + 1)]
                     ok = sorted(retimed, key=lambda r: r["us"])
                 top = ok[0] if ok else None
                 entry = {"cublas": cub, "skinny": top,
@@ -189,6 +191,11 @@ def main() -> None:
                     json.dump(report, f, indent=1)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
+    if args.table_out:
+        doc = table_document(report)
+        with open(args.table_out, "w") as f:
+            json.dump(doc, f, indent=1)
+        print(f"table: {len(doc['entries'])} shapes -> {args.table_out}", flush=True)
     print("\nGEMM time of one decode step (every layer's four projections + lm_head), ms")
     print("| model | M | cublas | best skinny per shape | best of both per shape | saving |")
     print("|---|---|---|---|---|---|")

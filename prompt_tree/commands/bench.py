@@ -79,8 +79,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="rewrite e2e.md and the plots from the e2e.json in --out, then exit")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompt tokens")
     p.add_argument("--gemm-table", default=None, metavar="JSON",
-                   help="tools/gemm_sweep.py's output: run the decode GEMMs it found faster than cuBLAS on "
-                        "prompt_tree.skinny_gemm's kernel (DenseOptions.gemm 'auto'); recorded as skinny_gemm")
+                   help="a GEMM table or tools/gemm_sweep.py's output: run the decode GEMMs it found faster than "
+                        "cuBLAS on prompt_tree.skinny_gemm's kernel (DenseOptions.gemm 'auto'), over the tables "
+                        "shipped in prompt_tree/gemm_tables/; 'none': cuBLAS everywhere, the shipped tables off "
+                        "(the baseline). Recorded as skinny_gemm")
 
 
 def _list(text: str, what: str, cast=str) -> tuple:
@@ -187,7 +189,12 @@ def run(args: argparse.Namespace) -> int:
     from prompt_tree.benchmark.e2e import run_benchmark
     from prompt_tree.benchmark.e2e_rows import BenchError, resolve_bench_device
 
-    if args.gemm_table:
+    if args.gemm_table == "none":
+        from prompt_tree.skinny_gemm import clear_tables
+
+        clear_tables()
+        print("--gemm-table none: every GEMM on cuBLAS (the shipped tables are off)", file=sys.stderr)
+    elif args.gemm_table:
         from prompt_tree.skinny_gemm import register_sweep
 
         try:
