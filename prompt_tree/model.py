@@ -55,10 +55,11 @@ class DenseOptions:
     default: use it only where tools/bench_dense.py shows it wins. The first call of each shape compiles (seconds
     to a minute): warm up before capturing a CUDA graph, as the engine does.
     compile_backend: torch.compile's backend ("inductor"; tests may use "aot_eager").
-    gemm: "auto" (a projection with at most 128 rows runs on prompt_tree.skinny_gemm's kernel where a table
-    registered for this device names a configuration for its shape, cuBLAS otherwise) or "cublas" (always
-    F.linear). No table is registered by default, so "auto" is cuBLAS until one is (tools/gemm_sweep.py measures
-    one; `prompt-tree bench --gemm-table` registers it). With compile on, every GEMM is F.linear.
+    gemm: "auto" (on a CUDA graph's launch path, a projection with at most 128 rows runs on
+    prompt_tree.skinny_gemm's kernel where a table shipped or registered for this device names a configuration
+    for its shape, cuBLAS otherwise) or "cublas" (always F.linear). A table ships for the H100 80GB HBM3 only;
+    tools/gemm_sweep.py measures one for another device and `prompt-tree bench --gemm-table` registers it. With
+    compile on, every GEMM is F.linear.
     """
 
     kernels: str = "auto"

@@ -19,6 +19,7 @@ in the order of the fp32 sums. `linear_torch` (F.linear) is the reference of tes
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -219,6 +220,7 @@ SHIPPED_DIR = Path(__file__).with_name("gemm_tables")  # one table_document per 
 _TABLES: dict[str, dict[tuple[int, int, int], SkinnyConfig]] = {}  # device name -> {(N, K, M): config}
 _DEVICE_NAMES: dict[int, str] = {}
 _shipped_loaded = False
+_LOAD_LOCK = threading.Lock()
 
 
 def register_table(device_name: str, entries: dict[tuple[int, int, int], SkinnyConfig]) -> None:
@@ -235,30 +237,47 @@ def register_table(device_name: str, entries: dict[tuple[int, int, int], SkinnyC
 
 
 def clear_tables() -> None:
-    """Forget every table, the shipped ones included (they are not loaded again in this process)."""
+    """Forget every table, the shipped ones included: they are not loaded again in this process (the cuBLAS
+    baseline of `--gemm-table none`) until reset_tables()."""
     global _shipped_loaded
-    _TABLES.clear()
-    _shipped_loaded = True
+    with _LOAD_LOCK:
+        _TABLES.clear()
+        _shipped_loaded = True
+
+
+def reset_tables() -> None:
+    """Forget every table; the shipped ones load again at the next lookup (as in a fresh process)."""
+    global _shipped_loaded
+    with _LOAD_LOCK:
+        _TABLES.clear()
+        _shipped_loaded = False
 
 
 def load_shipped_tables() -> None:
-    """Register the tables shipped in prompt_tree/gemm_tables/ (once per process; config_for calls it). A table
-    registered later (register_table, --gemm-table) replaces a shipped entry of the same shape."""
+    """Register the tables shipped in prompt_tree/gemm_tables/ (once per process; config_for and registered()
+    call it). A table registered before or after (register_table, --gemm-table) wins over a shipped entry of the
+    same shape. A shipped file that does not parse raises, naming it, and is tried again at the next lookup."""
     global _shipped_loaded
     if _shipped_loaded:
         return
-    _shipped_loaded = True
-    shipped: dict[str, dict[tuple[int, int, int], SkinnyConfig]] = {}
-    for path in sorted(SHIPPED_DIR.glob("*.json")):
-        name, entries = read_table_file(path)
-        shipped.setdefault(name, {}).update(entries)
-    for name, entries in shipped.items():  # under what was registered before the first lookup
-        _TABLES[name] = {**entries, **_TABLES.get(name, {})}
+    with _LOAD_LOCK:  # two threads' first lookups: the second waits for the whole table, not half of it
+        if _shipped_loaded:
+            return
+        shipped: dict[str, dict[tuple[int, int, int], SkinnyConfig]] = {}
+        for path in sorted(SHIPPED_DIR.glob("*.json")):
+            name, entries = read_table_file(path)
+            shipped.setdefault(name, {}).update(entries)
+        mine = {name: dict(t) for name, t in _TABLES.items()}
+        for name, entries in shipped.items():
+            register_table(name, entries)  # its checks (K tiles, key shapes) hold for shipped files too
+            register_table(name, mine.get(name, {}))  # what was registered before the first lookup stays on top
+        _shipped_loaded = True
 
 
 def registered() -> dict[str, int]:
-    """Entries registered per device name (benchmarks record it beside their rows). The shipped tables count from
-    the first lookup under graph capture on CUDA, which loads them."""
+    """Entries registered per device name, the shipped tables included (benchmarks record it beside their
+    rows)."""
+    load_shipped_tables()
     return {name: len(t) for name, t in _TABLES.items() if t}
 
 
@@ -353,7 +372,9 @@ def config_for(x: torch.Tensor, w: torch.Tensor) -> SkinnyConfig | None:
 
     Only there: the table was measured inside graphs, where a launch's host time is paid once. Called eagerly
     (prefill, an engine with cuda_graphs=False) one launch costs tens of microseconds of host time against a few
-    for cuBLAS's, more than the one to four microseconds of GPU time it saves per GEMM."""
+    for cuBLAS's, more than the one to four microseconds of GPU time it saves per GEMM. So a warm-up before a
+    capture must run inside cuda_graph_path() to compile the kernel there (an eager warm-up would leave the
+    compilation to the capture), as the engine's model runner and tools/bench_dense.py do."""
     if not x.is_cuda or x.dtype not in (torch.float16, torch.bfloat16) or x.shape[0] > MAX_ROWS:
         return None
     if not (in_graph_path() or torch.cuda.is_current_stream_capturing()):

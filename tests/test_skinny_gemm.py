@@ -22,7 +22,7 @@ from sm90_compile import run_compile_script
 from prompt_tree import skinny_gemm as sg
 from prompt_tree.config import PRESETS
 from prompt_tree.skinny_gemm import (SkinnyConfig, block_m_for, clear_tables, config_for, dense_linear, linear_torch,
-                                     projection_shapes, read_table_file, register_sweep, register_table, registered, skinny_linear,
+                                     projection_shapes, read_table_file, register_sweep, register_table, registered, reset_tables, skinny_linear,
                                      table_document, table_from_sweep)
 
 U32 = 2.0**-24
@@ -68,8 +68,8 @@ def test_strided_rows_and_empty():
     w = torch.randn(24, 64, generator=gen).to(DEVICE)
     _check(skinny_linear(x, w, SkinnyConfig(block_n=16, block_k=32, split=2)), x, w)
     assert skinny_linear(x[:0], w).shape == (0, 24)
-    with pytest.raises(ValueError, match="16-byte aligned"):  # 65 fp32 = 260 bytes a row: no TMA descriptor
-        skinny_linear(torch.randn(5, 70)[:, :64], w, SkinnyConfig(block_n=16, block_k=32, tma=True))
+    with pytest.raises(ValueError, match="16-byte aligned"):  # 70 fp32 = 280 bytes a row: no TMA descriptor
+        skinny_linear(torch.randn(5, 70).to(DEVICE)[:, :64], w, SkinnyConfig(block_n=16, block_k=32, tma=True))
 
 
 def test_bad_arguments_are_named():
@@ -327,13 +327,13 @@ def test_registered_tables_win_over_shipped(tmp_path, monkeypatch):
     (tmp_path / "dev.json").write_text(json.dumps(doc))
     monkeypatch.setattr(sg, "SHIPPED_DIR", tmp_path)
     mine = SkinnyConfig(block_n=64, block_k=64)
-    clear_tables()
-    monkeypatch.setattr(sg, "_shipped_loaded", False)
+    reset_tables()
     try:
         register_table("dev", {(64, 64, 32): mine})
-        sg.load_shipped_tables()
+        assert registered() == {"dev": 2}  # loads the shipped table under the registered one
         assert sg._TABLES["dev"] == {(64, 64, 32): mine, (64, 64, 16): SkinnyConfig(block_n=32, block_k=16)}
-        assert registered() == {"dev": 2}
+        clear_tables()
+        assert registered() == {}  # --gemm-table none: the shipped table stays off
     finally:
         clear_tables()
 
