@@ -22,8 +22,8 @@ from sm90_compile import run_compile_script
 from prompt_tree import skinny_gemm as sg
 from prompt_tree.config import PRESETS
 from prompt_tree.skinny_gemm import (SkinnyConfig, block_m_for, clear_tables, config_for, dense_linear, linear_torch,
-                                     projection_shapes, read_table_file, register_sweep, register_table, registered, reset_tables, skinny_linear,
-                                     table_document, table_from_sweep)
+                                     projection_shapes, read_table_file, register_sweep, register_table, registered,
+                                     reset_tables, skinny_linear, table_document, table_from_sweep)
 
 U32 = 2.0**-24
 # The interpreter runs CPU tensors; with a GPU present the Triton launcher takes only device tensors, so the same

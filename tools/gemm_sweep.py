@@ -1,5 +1,6 @@
 """Decode's GEMMs alone: cuBLAS (F.linear) against prompt_tree.skinny_gemm over its launch configurations (and,
-with --inductor, torch.compile's max-autotune choice), on the real projection shapes at small batches: every decode graph bucket up to 128 rows.
+with --inductor, torch.compile's max-autotune choice), on the real projection shapes at small batches: every
+decode graph bucket up to 128 rows.
 
     python tools/gemm_sweep.py /tmp/gemm.json                     # GPU: llama3-8b and codellama-7b, M 1-128
     python tools/gemm_sweep.py /tmp/gemm.json --table-out prompt_tree/gemm_tables/<device>.json  # + the table
