@@ -10,8 +10,9 @@ layer with the attention callback returning q (the engine's "none" mode), then t
   GEMMs, RoPE on copies, add and norm apart, fp32 logits);
 - fused: LlamaModel with the Triton kernels of prompt_tree.fused_ops (logits_raw: lm_head in the model dtype);
 - compiled: LlamaModel with DenseOptions(compile=True) (inductor; --no-compile skips it);
-- skinny (only with --gemm-table, tools/gemm_sweep.py's output): fused, with the GEMMs that table found faster
-  than cuBLAS on prompt_tree.skinny_gemm's kernel (DenseOptions.gemm "auto"); fused and compiled use cuBLAS.
+- skinny (asked for by name, or added by --gemm-table): fused, with the GEMMs that the tables shipped for this
+  device (prompt_tree/gemm_tables/) or the --gemm-table file found faster than cuBLAS on
+  prompt_tree.skinny_gemm's kernel (DenseOptions.gemm "auto"); fused and compiled use cuBLAS.
 On CUDA each (variant, batch) step is captured in a CUDA graph and replayed; step_ms is the median of --steps
 replays timed one by one with CUDA events. On CPU steps run eagerly, timed with perf_counter.
 
@@ -220,7 +221,7 @@ def parse_args(argv=None):
                    help="comma-separated presets (default: llama3-8b,codellama-7b on a GPU, tiny on CPU)")
     p.add_argument("--batches", default=None,
                    help="comma-separated batch sizes (default: 32,128,512,1024,2048 on a GPU, 1,4 on CPU)")
-    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {','.join(VARIANTS)}")
+    p.add_argument("--variants", default="unfused,fused,compiled", help=f"comma-separated, of {','.join(VARIANTS)}")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     p.add_argument("--compile-backend", default="inductor",
                    help="torch.compile backend of the compiled variant (aot_eager: trace only, for smoke tests)")
@@ -229,7 +230,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--no-graphs", action="store_true", help="time eager steps on CUDA instead of graph replays")
     p.add_argument("--gemm-table", default=None, metavar="JSON",
-                   help="tools/gemm_sweep.py's output: adds the skinny variant")
+                   help="a GEMM table or tools/gemm_sweep.py's output, over the shipped tables: adds the skinny "
+                        "variant")
     p.add_argument("--profile", default="", help="comma-separated batch sizes whose kernels to time with "
                                                    "torch.profiler (CUDA; adds kernels_ms to their rows)")
     args = p.parse_args(argv)
@@ -237,7 +239,7 @@ def parse_args(argv=None):
     gpu = device.type == "cuda"
     args.models = (args.models or ("llama3-8b,codellama-7b" if gpu else "tiny")).split(",")
     args.batches = [int(b) for b in (args.batches or ("32,128,512,1024,2048" if gpu else "1,4")).split(",")]
-    variants = tuple(v for v in args.variants.split(",") if v and (v != "skinny" or args.gemm_table))
+    variants = tuple(v for v in args.variants.split(",") if v)
     if args.gemm_table and "skinny" not in variants:
         variants += ("skinny",)
     bad = [v for v in variants if v not in VARIANTS]
