@@ -66,6 +66,12 @@ class SkinnyConfig:
 CONFIG_FIELDS = tuple(f.name for f in fields(SkinnyConfig))
 
 
+def config_of(row: dict) -> SkinnyConfig:
+    """The configuration named by a sweep row or a table entry (its CONFIG_FIELDS keys; a row without "tma",
+    from a sweep before the TMA kernel, used pointer loads)."""
+    return SkinnyConfig(**{f: bool(row.get(f, False)) if f == "tma" else row[f] for f in CONFIG_FIELDS})
+
+
 def block_m_for(m: int) -> int:
     """The MMA's narrow side for m rows: the next power of two, at least 16 (the tensor cores' smallest), at most
     128 (more rows take several tiles; past a few hundred rows the GEMM is compute-bound and cuBLAS's)."""
@@ -303,8 +309,7 @@ def _wins(report: dict, min_gain: float) -> dict[tuple[int, int, int], tuple[Ski
     for (N, K, M), r in best.items():
         gain = _gain(cublas.get((N, K, M)), r["us"])
         if M <= MAX_ROWS and gain >= min_gain:
-            cfg = SkinnyConfig(**{f: bool(r.get(f, False)) if f == "tma" else r[f] for f in CONFIG_FIELDS})
-            out[(N, K, M)] = (cfg, gain)
+            out[(N, K, M)] = (config_of(r), gain)
     return out
 
 
@@ -330,8 +335,7 @@ def read_table(doc: dict) -> tuple[str, dict[tuple[int, int, int], SkinnyConfig]
         return table_from_sweep(doc)
     if doc.get("format") != TABLE_FORMAT:
         raise ValueError(f"format is {doc.get('format')!r}, not {TABLE_FORMAT!r}")
-    return doc["device"], {(e["N"], e["K"], e["M"]): SkinnyConfig(**{f: e[f] for f in CONFIG_FIELDS})
-                           for e in doc["entries"]}
+    return doc["device"], {(e["N"], e["K"], e["M"]): config_of(e) for e in doc["entries"]}
 
 
 def read_table_file(path: str | Path) -> tuple[str, dict[tuple[int, int, int], SkinnyConfig]]:

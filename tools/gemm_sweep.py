@@ -25,6 +25,7 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from prompt_tree.benchmark.limit import measure_ceilings  # noqa: E402
 from prompt_tree.config import get_preset  # noqa: E402
 from prompt_tree.engine.options import DEFAULT_GRAPH_BUCKETS  # noqa: E402
-from prompt_tree.skinny_gemm import (CONFIG_FIELDS, MAX_ROWS, SkinnyConfig, block_m_for,  # noqa: E402
+from prompt_tree.skinny_gemm import (MAX_ROWS, SkinnyConfig, block_m_for, config_of,  # noqa: E402
                                      projection_shapes, skinny_linear, table_document)
 
 SET_BYTES = 512 << 20
@@ -160,7 +161,7 @@ def main() -> None:
                 ok = sorted((r for r in rows if r["variant"] == "skinny" and r["ok"]), key=lambda r: r["us"])
                 # The fastest of ~100 single timings is biased low: re-time the finalists and cuBLAS in
                 # alternation (RETIME_ROUNDS rounds, median), and let only those rows decide (table_from_sweep).
-                finalists = [SkinnyConfig(**{k: r[k] for k in CONFIG_FIELDS}) for r in ok[:FINALISTS]]
+                finalists = [config_of(r) for r in ok[:FINALISTS]]
                 times: dict[int, list[float]] = {i: [] for i in range(len(finalists) + 1)}
                 for _ in range(RETIME_ROUNDS if finalists else 0):
                     times[0].append(time_calls(F.linear, weights, x))
@@ -171,7 +172,7 @@ def main() -> None:
                               spread_us=(max(times[0]) - min(times[0])) * 1e6)
                     retimed = [row("skinny", statistics.median(times[i]), ok[i - 1]["max_rel_err"], retimed=True,
                                    spread_us=(max(times[i]) - min(times[i])) * 1e6, ok=True,
-                                   **{k: ok[i - 1][k] for k in CONFIG_FIELDS}) for i in range(1, len(finalists) + 1)]
+                                   **asdict(finalists[i - 1])) for i in range(1, len(finalists) + 1)]
                     ok = sorted(retimed, key=lambda r: r["us"])
                 top = ok[0] if ok else None
                 entry = {"cublas": cub, "skinny": top,
