@@ -141,3 +141,16 @@ def test_cuda_capture_survives_a_dead_graph_collected_meanwhile(cuda_engine_fact
             gc.enable()
     for key in eager:
         assert [c.token_ids for c in got[key]] == [c.token_ids for c in eager[key]]
+
+
+def test_cuda_host_gap_profile(cuda_engine_factory):
+    """Every back-to-back replayed step has its launch's host parts; the late steps are a subset of them."""
+    eng = cuda_engine_factory()
+    tree = random_tree(2, max_depth=3)
+    sm = eng.generate(tree, SamplingParams(max_new_tokens=24, temperature=0.8, seed=0, stop=["\n\n"]),
+                      progress=False).summary
+    g = sm.host_gaps
+    assert 0 < g["steps"] <= sm.decode_steps and 0 <= g["late_steps"] <= g["steps"]
+    assert g["late_idle_s"] <= sm.host_seconds + 1e-9
+    assert g["host_s"]["launch"] > 0 and all(v >= 0 for v in g["host_s"].values())
+    assert all(g["late_host_s"][k] <= g["host_s"][k] + 1e-12 for k in g["host_s"])

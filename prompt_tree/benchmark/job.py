@@ -116,7 +116,8 @@ class JobRow:
     prefill_calls: int | None = None
     rebuilds: int | None = None  # decode batches built (joins and compactions; each drains the pipeline)
     rebuild_s: float | None = None  # their host time
-    host_s: float | None = None
+    host_s: float | None = None  # device idle between back-to-back decode steps (host work not hidden)
+    host_gaps: dict | None = None  # those gaps' quantiles and the host's parts at the late steps (host_profile)
     decode_device_s: float | None = None  # the decode steps' device time (CUDA events), summed
     kv_bytes: int | None = None  # the KV pool this run had (pages; budget minus workspace): what occupancy divides by
     max_rows: int | None = None  # the most rows a decode step could have (memory and graph buckets)
@@ -323,6 +324,7 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
                     row.decode_steps, row.prefill_s, row.host_s = sm.decode_steps, sm.prefill_seconds, sm.host_seconds
                     row.prefill_calls, row.rebuilds, row.rebuild_s = sm.prefill_calls, sm.rebuilds, sm.rebuild_seconds
                     row.kv_bytes, row.max_rows = sm.kv_bytes, sm.max_rows
+                    row.host_gaps = sm.host_gaps or None
                     row.budget_bytes, row.workspace_bytes = sm.budget_bytes, sm.workspace_bytes
                     if res.step_log:
                         row.decode_device_s = sum(ms for _, ms in res.step_log) / 1e3

@@ -25,6 +25,7 @@ from ..sampling import SamplingParams
 from ..stops import StopMatcher
 from ..tokenizer import random_model_tokenizer
 from .memory import BatchCost, available_memory, plan_cost
+from .collector import young_collections_only
 from .options import EngineOptions
 from .results import Completion, GenerationResult
 from .run import GenerationRun
@@ -172,6 +173,12 @@ class Engine:
         if params.stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer to decode text; this engine has none (use "
                              "stop_token_ids)")
+        with young_collections_only(not self.options.full_collections):
+            return self._generate(tree_or_plan, params, attention, max_batch_sequences, progress, on_complete,
+                                  length_budget, step_log)
+
+    def _generate(self, tree_or_plan, params: SamplingParams, attention: str, max_batch_sequences: int | None,
+                  progress: bool, on_complete, length_budget, step_log: bool) -> GenerationResult:
         plan = self.plan(tree_or_plan, params)
         results: dict = {}
         for key, s in plan.sequences:

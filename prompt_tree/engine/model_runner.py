@@ -79,6 +79,7 @@ class StepTimes:
     start: object
     end: object
     rows: int  # live rows of the step
+    host: dict | None = None  # the host's work since the previous launch, by part (engine.host_profile)
 
 
 class ModelRunner:
@@ -111,6 +112,7 @@ class ModelRunner:
         self.capture_log: list[tuple[int, float, float, list[str]]] = []
         self._plan = None  # prompt_tree.kernels.TreeAttentionPlan of the current plain-call metadata
         self.times: list[StepTimes] = []
+        self.last_times: StepTimes | None = None  # the timed replay of the latest enqueue, if it was one
         self.record_times = self.device.type == "cuda"
 
     def sync(self) -> None:
@@ -234,8 +236,9 @@ class ModelRunner:
         self.capture_log.append((b.rows, t_warm - t0, t1 - t_warm, compiled))
 
     def release(self) -> None:
-        """Drop this call's graphs, decode buffers and KV pool now, not whenever the collector finds the run's
-        reference cycles (the scheduler points back at its run). The pool once waited there, and the next
+        """Drop this call's graphs, decode buffers and KV pool now, whatever still refers to the run (a traceback
+        holding its frames; before the scheduler's reference to its run was made weak, the run's own cycle, which
+        only a full collection freed). The pool once waited there, and the next
         generate call planned its budget without it: a warm-up run of codellama-7b at 512 new tokens held 64 GiB,
         so the job after it got 47 GiB of KV instead of about 100 (H200). nbytes and the step times stay."""
         self.sync()
@@ -251,6 +254,7 @@ class ModelRunner:
         pass to `outputs`."""
         i = b.flip
         b.flip ^= 1
+        self.last_times = None
         if b.events[i] is not None:
             b.events[i].synchronize()  # staging i was last read by the step before the previous one
         if table_dirty:
@@ -270,6 +274,7 @@ class ModelRunner:
             if times:
                 times.end.record()
                 self.times.append(times)
+                self.last_times = times
         else:
             self._step(b)
         b.host_out[i].copy_(b.out, non_blocking=True)
@@ -297,11 +302,11 @@ class ModelRunner:
     def idle_gaps(self) -> tuple[float, int]:
         """Device idle time between back-to-back decode steps (host work the overlap did not hide), and the
         number of such gaps. CUDA only; (0, 0) elsewhere."""
+        gaps = self.gap_records()
+        return sum(g for g, _ in gaps), len(gaps)
+
+    def gap_records(self) -> list[tuple[float, dict | None]]:
+        """(device idle seconds before the step, its launch's host parts) per back-to-back decode step."""
         self.sync()
-        gaps, n = 0.0, 0
-        for a, c in zip(self.times, self.times[1:]):
-            if a is None or c is None:
-                continue
-            gaps += max(0.0, a.end.elapsed_time(c.start)) / 1e3
-            n += 1
-        return gaps, n
+        return [(max(0.0, a.end.elapsed_time(c.start)) / 1e3, c.host)
+                for a, c in zip(self.times, self.times[1:]) if a is not None and c is not None]

@@ -48,6 +48,9 @@ class EngineOptions:
     graph_buckets: the padded batch sizes, ascending.
     sampler_backend: the token sampler (`prompt_tree.sampler.Sampler`): "auto" (the split Triton kernel on CUDA,
       the torch path elsewhere), "torch", "triton", or "triton-row" (the earlier one-program-per-row kernel).
+    full_collections: let CPython's automatic full garbage collections run during generate (default False: only
+      the young generations are collected there and the caller's thresholds come back after; engine.collector says
+      why).
     """
 
     memory_budget_bytes: int | None = None
@@ -62,6 +65,7 @@ class EngineOptions:
     add_bos: bool | None = None
     graph_buckets: tuple[int, ...] = DEFAULT_GRAPH_BUCKETS
     sampler_backend: str = "auto"
+    full_collections: bool = False
 
     def __post_init__(self):
         def fail(name, why):
@@ -79,7 +83,7 @@ class EngineOptions:
         need_type("batching", isinstance(self.batching, str), "a str")
         if self.batching not in BATCHING:
             fail("batching", f"must be one of {', '.join(map(repr, BATCHING))}")
-        for name in ("cuda_graphs", "overlap"):
+        for name in ("cuda_graphs", "overlap", "full_collections"):
             need_type(name, isinstance(getattr(self, name), bool), "a bool")
         need_type("add_bos", self.add_bos is None or isinstance(self.add_bos, bool), "a bool or None")
         need_type("prefill_chunk_tokens", _is_int(self.prefill_chunk_tokens), "an int")

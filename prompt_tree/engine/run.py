@@ -24,6 +24,7 @@ import torch
 
 from ..sampling import sequence_id
 from .blocks import KVBlocks, OutOfPages, pages_for
+from .host_profile import HostClock, gap_profile
 from .memory import SchedulingError, plan_memory, prefill_rows
 from .results import Completion, GenerationSummary
 from .model_runner import EOS, IDLE, LENGTH, RUNNING, STOP_ID, ModelRunner
@@ -142,6 +143,7 @@ class GenerationRun:
         self.ready: list[Sequence] = []  # have their first token, join the batch at the next rebuild
         self.unfinished = plan.num_sequences
         self._last_t = None
+        self.clock = HostClock()
 
     # ================================================================================================ the loop
 
@@ -158,11 +160,13 @@ class GenerationRun:
                                  f"after the run (nodes {sorted(map(str, self.blocks.node_pages))[:5]})")
 
     def _loop(self) -> None:
-        sched = self.scheduler
+        sched, clock = self.scheduler, self.clock
         while self.unfinished:
+            clock.switch("admit")
             progressed = sched.admit()
             if progressed:
                 self._first_tokens()  # samples whose nodes are all resident already need no prefill
+            clock.switch("other")
             if self.prefill_queue and self._prefill_due():
                 self._prefill_once()
                 progressed = True
@@ -172,9 +176,11 @@ class GenerationRun:
                 progressed = True
             step = None
             if self.batch is not None and self._live_rows():
+                clock.switch("pages")
                 try:
                     self._ensure_pages()
                 except OutOfPages:
+                    clock.switch("other")
                     self._drain()
                     sched.preempt()
                     self._rebuild()
@@ -396,8 +402,13 @@ class GenerationRun:
             self.covered[r] = len(s.pages) * self.page_size
 
     def _enqueue(self):
-        b = self.batch
-        i = self.runner.enqueue(b, self.table, self.kill, self.table_dirty, self._live_rows())
+        b, r = self.batch, self.runner
+        self.clock.switch("launch")
+        i = r.enqueue(b, self.table, self.kill, self.table_dirty, self._live_rows())
+        self.clock.switch("other")
+        parts = self.clock.lap()  # the host's work since the previous launch: what this step may have waited for
+        if r.last_times is not None:
+            r.last_times.host = parts
         self.table_dirty = False
         self.next_gen += self.live
         st = self.stats
@@ -406,7 +417,13 @@ class GenerationRun:
         return b, i
 
     def _process(self, b, i) -> None:
-        """Read a step's outputs and apply them to the host-live rows."""
+        """Read a step's outputs and apply them to the host-live rows (host time: "read", its finishes apart)."""
+        left = self.clock.switch("read")
+        self._read(b, i)
+        self.clock.switch(left)
+
+    def _read(self, b, i) -> None:
+        """_process's body: tokens appended, stop strings matched, sequences finished."""
         toks_np, codes_np, lps_np = self.runner.outputs(b, i)
         rows = self.rows
         n = len(rows)
@@ -462,6 +479,7 @@ class GenerationRun:
             self._finish(s, "length", keep_last=True, cut=False)
 
     def _finish(self, s: Sequence, reason: str, *, keep_last: bool, cut: bool) -> None:
+        left = self.clock.switch("finish")
         ids = s.tokens if keep_last else s.tokens[:-1]
         lps = s.logprobs if keep_last else s.logprobs[:-1]
         text = self.tokenizer.decode(ids) if self.tokenizer is not None else ""
@@ -479,12 +497,14 @@ class GenerationRun:
         self.on_done(Completion(text=text, token_ids=list(ids), finish_reason=reason,
                                 logprobs=list(lps) if self.params.logprobs else None, key=s.key,
                                 sample_index=s.sample))
+        self.clock.switch(left)
 
     # ================================================================================================ summary
 
     def summary(self, wall: float, peak: int) -> GenerationSummary:
         st, r = self.stats, self.runner
-        gaps, _ = r.idle_gaps() if r.record_times else (0.0, 0)
+        records = r.gap_records() if r.record_times else []
+        gaps = sum(g for g, _ in records)
         decode_s = max(0.0, wall - st.prefill_seconds - r.capture_seconds)
         total = wall  # what the user waits for: one-off graph captures included (capture_seconds says how much)
         return GenerationSummary(
@@ -498,7 +518,8 @@ class GenerationRun:
             capture_seconds=r.capture_seconds, captures=r.captures, preemptions=st.preemptions,
             mean_batch=st.decode_rows / st.decode_steps if st.decode_steps else 0.0,
             kv_occupancy=st.occupancy_time / st.occupancy_weight if st.occupancy_weight else 0.0,
-            host_seconds=gaps, max_rows=self.max_rows, capture_log=list(r.capture_log),
+            host_seconds=gaps, host_gaps=gap_profile(records) if records else {},
+            max_rows=self.max_rows, capture_log=list(r.capture_log),
             prefill_compiles=list(st.prefill_compiles), rebuilds=st.rebuilds, rebuild_seconds=st.rebuild_seconds, budget_bytes=self.memory.budget_bytes,
             workspace_bytes=self.memory.workspace_bytes)
 

@@ -23,6 +23,7 @@ sub-batches in lockstep (the earlier engine's policy, kept to compare against).
 """
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from itertools import accumulate
 
@@ -117,7 +118,11 @@ class Scheduler:
     """Which units wait, which are admitted (in admission order), and what they are expected to need."""
 
     def __init__(self, run, units: list[Unit]):
-        self.run = run
+        # A weak reference: the run owns its scheduler. A strong one made the run a reference cycle, so the run
+        # and every Sequence, token list and page list it held were freed only by a full collection (~800k
+        # objects at the GSM8K job's shape, 4 s in one collection on the H100 host) instead of when generate
+        # returns.
+        self.run = weakref.proxy(run)
         self.waiting: deque[Unit] = deque(units)
         self.admitted: list[Unit] = []
         self.static = run.opts.batching == "static"
