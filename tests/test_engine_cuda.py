@@ -154,3 +154,11 @@ def test_cuda_host_gap_profile(cuda_engine_factory):
     assert g["late_idle_s"] <= sm.host_seconds + 1e-9
     assert g["host_s"]["launch"] > 0 and all(v >= 0 for v in g["host_s"].values())
     assert all(g["late_host_s"][k] <= g["host_s"][k] + 1e-12 for k in g["host_s"])
+
+
+def test_cuda_graph_run_is_freed_by_reference_counting(cuda_engine_factory):
+    """As tests/test_collector.py checks on CPU, with CUDA graphs and the host-gap records on."""
+    from test_collector import run_objects_left_in_cycles
+
+    left = run_objects_left_in_cycles(cuda_engine_factory())
+    assert left == [], f"{len(left)} run objects were in reference cycles: {sorted(set(left))}"

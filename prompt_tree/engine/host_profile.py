@@ -2,7 +2,8 @@
 
 The device idles before step j when the host's work since it launched step j-1 took longer than step j-1 ran.
 That work is the read of an earlier step's tokens (stop strings, finishes, on_complete), admission and first
-tokens, new KV pages, and the launch itself. `HostClock` sums those parts between two launches; the runner keeps
+tokens, new KV pages, and the launch itself; the time the host spends waiting for the device (a step's outputs,
+the first-token sampling) is its own part, `wait`, since it is not host work. `HostClock` sums those parts between two launches; the runner keeps
 each launch's parts beside its CUDA events; `gap_profile` then says how long the gaps were and, over the launches
 that came late, which parts their time went to. Rebuilds, prefill calls and graph captures break the chain (their
 own columns count them), so they are in no gap.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-PARTS = ("read", "finish", "admit", "pages", "launch", "other")
+PARTS = ("read", "finish", "admit", "pages", "launch", "wait", "other")
 # A gap shorter than this is the launch latency of a graph replay, not a stall (~10-20 us on H100).
 LATE_GAP_S = 0.5e-3
 
@@ -21,14 +22,15 @@ class HostClock:
     charges the time since the last switch to the part it leaves (so a finish inside a read counts once, as a
     finish), and `lap` returns the sums and starts over."""
 
-    def __init__(self):
+    def __init__(self, now=time.perf_counter):
+        self.now = now  # the time source (seconds); a test gives a fake one
         self.parts = dict.fromkeys(PARTS, 0.0)
         self.part = "other"
-        self.t = time.perf_counter()
+        self.t = now()
 
     def switch(self, part: str) -> str:
         """Enter `part`; returns the part left (to switch back to)."""
-        now = time.perf_counter()
+        now = self.now()
         self.parts[self.part] += now - self.t
         self.t = now
         left, self.part = self.part, part

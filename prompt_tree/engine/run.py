@@ -273,9 +273,11 @@ class GenerationRun:
         for lo in range(0, len(ready), per):
             part = ready[lo:lo + per]
             hidden = torch.stack([self.first_hidden[s.first_node] for s in part])
+            left = self.clock.switch("wait")  # device work, behind the step in flight on the same stream
             with triton_compiles(self.stats.prefill_compiles):
                 toks, lps, codes = self.runner.first_tokens(hidden, [s.seq_id for s in part],
                                                             [s.limit for s in part])
+            self.clock.switch(left)
             for s, t, lp, c in zip(part, toks, lps, codes):
                 s.state = SeqState.READY
                 self._accept(s, t, lp, c, row=None)
@@ -424,7 +426,9 @@ class GenerationRun:
 
     def _read(self, b, i) -> None:
         """_process's body: tokens appended, stop strings matched, sequences finished."""
+        self.clock.switch("wait")
         toks_np, codes_np, lps_np = self.runner.outputs(b, i)
+        self.clock.switch("read")
         rows = self.rows
         n = len(rows)
         ran = int(np.count_nonzero(codes_np != IDLE))  # rows the device computed a token for (extras included)
