@@ -6,9 +6,9 @@ time the oldest generation has grown by a quarter, so their number grows with th
 walks the whole heap while the device waits for the next step. Reproduced on the development CPU (2 cores,
 Python 3.11) with the GSM8K job's shape (128 problems x 1,024 samples, APPS stop strings, lengths lognormal around
 60 capped at 160, tiny model, no attention): 28 full collections took 12.2-12.8 s of the call's host time (two
-runs), the longest 0.79-0.82 s, with 1.09M tracked objects at the end; the same loop with this module took 12.9 s less. The GPU host's
-Python 3.12 ran fewer: 11 full collections, 2.0 s, in the whole H100 job process (docs/benchmarks.md, seventeenth
-session), whose wall time this did not move.
+runs), the longest 0.79-0.82 s, with 1.09M tracked objects at the end; the same loop with this module took
+12.9 s less. The GPU host's Python 3.12 ran fewer: 11 full collections, 2.0 s, in the whole H100 job process
+(docs/benchmarks.md, seventeenth session), whose wall time this did not move.
 
 What changes. Inside `young_collections_only()` the oldest generation's threshold is set out of reach; the first
 two generations are collected as before, so a cycle made and dropped within a few steps dies as it did. A cycle

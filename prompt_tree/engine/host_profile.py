@@ -1,12 +1,12 @@
 """Where the host's time between two decode launches goes, and which of it the device waited for.
 
 The device idles before step j when the host's work since it launched step j-1 took longer than step j-1 ran.
-That work is the read of an earlier step's tokens (stop strings, finishes, on_complete), admission and first
-tokens, new KV pages, and the launch itself; the time the host spends waiting for the device (a step's outputs,
-the first-token sampling) is its own part, `wait`, since it is not host work. `HostClock` sums those parts between two launches; the runner keeps
-each launch's parts beside its CUDA events; `gap_profile` then says how long the gaps were and, over the launches
-that came late, which parts their time went to. Rebuilds, prefill calls and graph captures break the chain (their
-own columns count them), so they are in no gap.
+That work is the read of an earlier step's tokens (stop strings, finishes, on_complete), admission, new KV
+pages, and the launch itself; the time the host spends waiting for the device (a step's outputs, the first-token
+sampling) is its own part, `wait`, since it is not host work. `HostClock` sums those parts between two launches;
+the runner keeps each launch's parts beside its CUDA events; `gap_profile` then says how long the gaps were and,
+over the launches that came late, which parts their time went to. Rebuilds, prefill calls and graph captures
+break the chain (their own columns count them), so they are in no gap.
 """
 from __future__ import annotations
 
