@@ -419,14 +419,9 @@ class GenerationRun:
         return b, i
 
     def _process(self, b, i) -> None:
-        """Read a step's outputs and apply them to the host-live rows (host time: "read", its finishes apart)."""
-        left = self.clock.switch("read")
-        self._read(b, i)
-        self.clock.switch(left)
-
-    def _read(self, b, i) -> None:
-        """_process's body: tokens appended, stop strings matched, sequences finished."""
-        self.clock.switch("wait")
+        """Read a step's outputs and apply them to the host-live rows (host time: "wait" for the outputs, then
+        "read", its finishes apart)."""
+        left = self.clock.switch("wait")
         toks_np, codes_np, lps_np = self.runner.outputs(b, i)
         self.clock.switch("read")
         rows = self.rows
@@ -462,6 +457,7 @@ class GenerationRun:
             self.stats.occupancy_time += dt * used / max(1, self.memory.kv_tokens)
             self.stats.occupancy_weight += dt
         self._last_t = now
+        self.clock.switch(left)
 
     # ================================================================================================ finishing
 
