@@ -238,6 +238,68 @@ def test_a_slice_of_a_unit_joins_when_the_whole_unit_does_not_fit(monkeypatch):
     assert sliced.summary.preemptions == 0  # the slice was sized to fit, not admitted on hope
 
 
+def test_first_tokens_beside_a_running_batch_never_wait_for_its_step(monkeypatch):
+    """A slice admitted while the batch decodes has its nodes resident already, so its first tokens are sampled
+    between two decode steps. Reading them at once made the host wait for the step in flight (on the GPU: the
+    next step launched late, 12 s of device idle time in the GSM8K job). They are taken only once the step
+    enqueued after them has been read, or with the pipeline drained; a prefill call syncs by itself. The
+    samples are the unconstrained run's, also with the host and device in lockstep."""
+    from prompt_tree.engine import model_runner
+    from prompt_tree.engine.run import GenerationRun
+
+    tree = PromptTree()
+    shots = tree.root.add([256] + list(range(1, 20)), key="shots")
+    for p in range(3):
+        shots.add([7 + p, 9, 11], key=f"p{p}").add([], samples=32, key=f"p{p}/s")
+    params = SamplingParams(max_new_tokens=30, temperature=0.8, seed=4, logprobs=True)
+    budget = lengths(8, 30)
+    ref = engine().generate(tree, params, progress=False, length_budget=budget)
+    kw = dict(memory_budget_bytes=tight_budget(110, tree), prefill_chunk_tokens=64, max_batch_sequences=64,
+              watermark=0.0)
+    runs, taken, in_prefill, read = [], [], [False], [0]
+    start, result, prefill = (model_runner.ModelRunner.start_first_tokens, model_runner.FirstTokens.result,
+                              GenerationRun._prefill_once)
+    outputs = model_runner.ModelRunner.outputs
+    init = GenerationRun.__init__
+
+    def watched_init(self, *a, **k):
+        init(self, *a, **k)
+        runs.append(self)
+
+    def watched_start(self, *a, **k):
+        started = start(self, *a, **k)
+        started.before = runs[-1].stats.decode_steps  # the first step enqueued after it
+        return started
+
+    def watched_result(self):
+        run = runs[-1]
+        taken.append((self.before, read[0], run.stats.decode_steps, in_prefill[0]))
+        return result(self)
+
+    def watched_outputs(self, *a):
+        read[0] += 1  # one call per decode step read
+        return outputs(self, *a)
+
+    def watched_prefill(self):
+        in_prefill[0] = True
+        try:
+            prefill(self)
+        finally:
+            in_prefill[0] = False
+
+    monkeypatch.setattr(GenerationRun, "__init__", watched_init)
+    monkeypatch.setattr(model_runner.ModelRunner, "start_first_tokens", watched_start)
+    monkeypatch.setattr(model_runner.FirstTokens, "result", watched_result)
+    monkeypatch.setattr(GenerationRun, "_prefill_once", watched_prefill)
+    monkeypatch.setattr(model_runner.ModelRunner, "outputs", watched_outputs)
+    got = engine(**kw).generate(tree, params, progress=False, length_budget=budget)
+    same(ref, got)
+    beside = [t for t in taken if not t[3]]
+    assert beside and all(read > before or read == enqueued for before, read, enqueued, _ in beside), taken
+    assert any(before < read < enqueued for before, read, enqueued, _ in beside), taken  # a step was in flight
+    same(ref, engine(overlap=False, **kw).generate(tree, params, progress=False, length_budget=budget))
+
+
 def test_worth_padding_keeps_a_small_slice_out_of_a_larger_bucket():
     from prompt_tree.engine.scheduler import STEP_FIXED_ROWS, worth_padding
 

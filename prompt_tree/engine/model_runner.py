@@ -42,6 +42,26 @@ def finish_codes(tokens: torch.Tensor, generated: torch.Tensor, eos: torch.Tenso
     return torch.where(is_stop, STOP_ID, code).to(torch.int32)
 
 
+@dataclass
+class FirstTokens:
+    """First tokens in flight (`ModelRunner.start_first_tokens`)."""
+
+    host: torch.Tensor  # [3, N] int32, pinned on CUDA: tokens, finish codes, logprobs' float32 bits
+    event: object  # torch.cuda.Event recorded after the copy down (None on CPU: the values are there)
+    staged: torch.Tensor  # [2, N] int64 pinned ids and limits, kept until the copy up has run
+
+    def done(self) -> bool:
+        """Whether `result` would return without waiting."""
+        return self.event is None or self.event.query()
+
+    def result(self) -> tuple[list[int], list[float], list[int]]:
+        """-> (tokens, logprobs, finish codes), waiting for the device if need be."""
+        if self.event is not None:
+            self.event.synchronize()
+        out = self.host.numpy()
+        return out[0].tolist(), out[2].view("float32").tolist(), out[1].tolist()
+
+
 class DecodeBatch:
     """Static device buffers of one padded decode batch (one graph bucket), and its host staging.
 
@@ -162,14 +182,27 @@ class ModelRunner:
             self._plan = None  # its buffers go: the next call has other metadata
         return hidden[t(logit_rows)] if logit_rows else hidden[:0]
 
-    def first_tokens(self, hidden: torch.Tensor, seq_ids: list[int], limits: list[int]):
-        """Token 0 of sequences from their first node's last hidden state [N, hidden] -> host lists
-        (tokens, logprobs, finish codes)."""
-        ids = torch.tensor(seq_ids, dtype=torch.int64, device=self.device)
-        lim = torch.tensor(limits, dtype=torch.int64, device=self.device)
+    def start_first_tokens(self, hidden: torch.Tensor, seq_ids: list[int], limits: list[int]) -> "FirstTokens":
+        """Token 0 of sequences from their first node's last hidden state [N, hidden], enqueued behind the step in
+        flight without waiting for it: the ids and limits go up from pinned memory, the [3, N] outputs (token,
+        finish code, logprob bits, as a decode step's) come down into pinned memory, and an event marks them
+        read. A synchronous call here held the host until the step in flight ended, so the next step launched
+        late by the rest of the host's work (the GSM8K job: 56% of its steps, 12.4 s of device idle time)."""
+        pin = self.device.type == "cuda"
+        meta = torch.tensor([seq_ids, limits], dtype=torch.int64)  # [2, N]
+        if pin:
+            meta = meta.pin_memory()
+        ids, lim = meta.to(self.device, non_blocking=True)
         tok, lp = self.sampler(self.logits(hidden), ids, torch.zeros_like(ids))
         code = finish_codes(tok, torch.ones_like(tok), self.eos, self.stop_ids, lim)
-        return tok.tolist(), lp.float().tolist(), code.tolist()
+        out = torch.stack([tok.to(torch.int32), code, lp.float().view(torch.int32)])
+        host = torch.empty(out.shape, dtype=torch.int32, pin_memory=pin)
+        host.copy_(out, non_blocking=True)
+        event = None
+        if pin:
+            event = torch.cuda.Event()
+            event.record()
+        return FirstTokens(host, event, meta)
 
     # ----- decode
 

@@ -16,6 +16,7 @@ ranks of a tensor-parallel group, which see the same tokens, make the same model
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 import time
 from dataclasses import dataclass
 
@@ -141,6 +142,9 @@ class GenerationRun:
         self.dead_rows = 0
         self.pending = None  # (batch, staging index) of the enqueued step not yet read
         self.ready: list[Sequence] = []  # have their first token, join the batch at the next rebuild
+        # (steps enqueued before, sequences, runner.FirstTokens): first tokens started, not yet accepted
+        self.first_pending: deque = deque()
+        self.steps_read = 0  # decode steps whose outputs the host has read
         self.unfinished = plan.num_sequences
         self._last_t = None
         self.clock = HostClock()
@@ -170,6 +174,8 @@ class GenerationRun:
             if self.prefill_queue and self._prefill_due():
                 self._prefill_once()
                 progressed = True
+            if self.first_pending and (self.batch is None or not self._live_rows()):
+                self._take_first_tokens(wait=True)  # no step to overlap them with, and they make the next batch
             if self._want_rebuild():
                 self._drain()
                 self._rebuild()
@@ -206,6 +212,7 @@ class GenerationRun:
         if self.pending is not None:
             self._process(*self.pending)
             self.pending = None
+        self._take_first_tokens(wait=True)
 
     # ================================================================================================ prefill
 
@@ -260,11 +267,13 @@ class GenerationRun:
         self.stats.prefill_tokens += len(ids)
         self._first_tokens()
         self.runner.sync()
+        self._take_first_tokens(wait=True)
         self.stats.prefill_seconds += time.perf_counter() - t0
         self.runner.mark_break()
 
     def _first_tokens(self) -> None:
-        """Token 0 of every PREFILLING sequence whose path is prefilled, from its first node's last hidden."""
+        """Start token 0 of every PREFILLING sequence whose path is prefilled, from its first node's last hidden
+        (they are READY from here on; `_take_first_tokens` appends their tokens when the device has them)."""
         ready = [s for s in self.scheduler.prefilling()
                  if all(k in self.blocks.prefilled for k in s.path)]
         if not ready:
@@ -273,13 +282,24 @@ class GenerationRun:
         for lo in range(0, len(ready), per):
             part = ready[lo:lo + per]
             hidden = torch.stack([self.first_hidden[s.first_node] for s in part])
-            left = self.clock.switch("wait")  # device work, behind the step in flight on the same stream
             with triton_compiles(self.stats.prefill_compiles):
-                toks, lps, codes = self.runner.first_tokens(hidden, [s.seq_id for s in part],
-                                                            [s.limit for s in part])
+                started = self.runner.start_first_tokens(hidden, [s.seq_id for s in part], [s.limit for s in part])
+            for s in part:
+                s.state = SeqState.READY
+            self.first_pending.append((self.stats.decode_steps, part, started))  # ahead of that step
+
+    def _take_first_tokens(self, wait: bool) -> None:
+        """Accept the first tokens started before the last step read (the stream ran them before that step, so
+        they are there), or all of them if `wait`. Which ones is decided by step counts, never by polling the
+        device, so the ranks of a tensor-parallel group take the same ones. A sequence joins `ready` (the next
+        rebuild's rows) only here; a rebuild, a preemption and the end of the loop come after a waiting call
+        (`_drain`), so a preempted sequence never has a first token in flight."""
+        while self.first_pending and (wait or self.first_pending[0][0] < self.steps_read):
+            _, part, started = self.first_pending.popleft()
+            left = self.clock.switch("wait")
+            toks, lps, codes = started.result()
             self.clock.switch(left)
             for s, t, lp, c in zip(part, toks, lps, codes):
-                s.state = SeqState.READY
                 self._accept(s, t, lp, c, row=None)
                 if s.state is SeqState.READY:
                     self.ready.append(s)
@@ -457,6 +477,8 @@ class GenerationRun:
             self.stats.occupancy_time += dt * used / max(1, self.memory.kv_tokens)
             self.stats.occupancy_weight += dt
         self._last_t = now
+        self.steps_read += 1
+        self._take_first_tokens(wait=False)
         self.clock.switch(left)
 
     # ================================================================================================ finishing
