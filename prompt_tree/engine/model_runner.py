@@ -50,10 +50,6 @@ class FirstTokens:
     event: object  # torch.cuda.Event recorded after the copy down (None on CPU: the values are there)
     staged: torch.Tensor  # [2, N] int64 pinned ids and limits, kept until the copy up has run
 
-    def done(self) -> bool:
-        """Whether `result` would return without waiting."""
-        return self.event is None or self.event.query()
-
     def result(self) -> tuple[list[int], list[float], list[int]]:
         """-> (tokens, logprobs, finish codes), waiting for the device if need be."""
         if self.event is not None:
@@ -182,11 +178,11 @@ class ModelRunner:
             self._plan = None  # its buffers go: the next call has other metadata
         return hidden[t(logit_rows)] if logit_rows else hidden[:0]
 
-    def start_first_tokens(self, hidden: torch.Tensor, seq_ids: list[int], limits: list[int]) -> "FirstTokens":
+    def start_first_tokens(self, hidden: torch.Tensor, seq_ids: list[int], limits: list[int]) -> FirstTokens:
         """Token 0 of sequences from their first node's last hidden state [N, hidden], enqueued behind the step in
         flight without waiting for it: the ids and limits go up from pinned memory, the [3, N] outputs (token,
         finish code, logprob bits, as a decode step's) come down into pinned memory, and an event marks them
-        read. A synchronous call here held the host until the step in flight ended, so the next step launched
+        there. A synchronous call here held the host until the step in flight ended, so the next step launched
         late by the rest of the host's work (the GSM8K job: 56% of its steps, 12.4 s of device idle time)."""
         pin = self.device.type == "cuda"
         meta = torch.tensor([seq_ids, limits], dtype=torch.int64)  # [2, N]

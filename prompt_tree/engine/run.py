@@ -16,8 +16,8 @@ ranks of a tensor-parallel group, which see the same tokens, make the same model
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
