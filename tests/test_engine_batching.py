@@ -38,6 +38,15 @@ def problems_tree(seed: int, problems: int = 6, samples: int = 4) -> PromptTree:
     return tree
 
 
+def shots_tree(problems: int, samples: int) -> PromptTree:
+    """A 20-token shared block, `problems` 3-token problems under it, `samples` samples each."""
+    tree = PromptTree()
+    shots = tree.root.add([256] + list(range(1, 20)), key="shots")
+    for p in range(problems):
+        shots.add([7 + p, 9, 11], key=f"p{p}").add([], samples=samples, key=f"p{p}/s")
+    return tree
+
+
 def same(a, b, logprobs: bool = True) -> None:
     assert list(a) == list(b)
     for key in a:
@@ -219,10 +228,7 @@ def test_a_slice_of_a_unit_joins_when_the_whole_unit_does_not_fit(monkeypatch):
     samples. Whole-unit admission (MIN_SLICE above any unit) keeps one problem per wave: 90 steps of 32 rows."""
     from prompt_tree.engine import scheduler
 
-    tree = PromptTree()
-    shots = tree.root.add([256] + list(range(1, 20)), key="shots")
-    for p in range(3):
-        shots.add([7 + p, 9, 11], key=f"p{p}").add([], samples=32, key=f"p{p}/s")
+    tree = shots_tree(3, 32)
     params = SamplingParams(max_new_tokens=30, temperature=0.8, seed=4)
     ref = engine().generate(tree, params, progress=False)
     # a sample's own 30 tokens take 2 pages of 16: one problem 64 pages and its nodes, 110 pages about 1.6 problems
@@ -247,10 +253,7 @@ def test_first_tokens_beside_a_running_batch_never_wait_for_its_step(monkeypatch
     from prompt_tree.engine import model_runner
     from prompt_tree.engine.run import GenerationRun
 
-    tree = PromptTree()
-    shots = tree.root.add([256] + list(range(1, 20)), key="shots")
-    for p in range(3):
-        shots.add([7 + p, 9, 11], key=f"p{p}").add([], samples=32, key=f"p{p}/s")
+    tree = shots_tree(3, 32)
     params = SamplingParams(max_new_tokens=30, temperature=0.8, seed=4, logprobs=True)
     budget = lengths(8, 30)
     ref = engine().generate(tree, params, progress=False, length_budget=budget)
@@ -335,10 +338,7 @@ def test_padded_steps_admit_no_slice_that_would_mostly_pad(monkeypatch):
     from prompt_tree.engine.run import GenerationRun
     from prompt_tree.sampler import Sampler
 
-    tree = PromptTree()
-    shots = tree.root.add([256] + list(range(1, 20)), key="shots")
-    for p in range(4):
-        shots.add([7 + p, 9, 11], key=f"p{p}").add([], samples=64, key=f"p{p}/s")
+    tree = shots_tree(4, 64)
     params = SamplingParams(max_new_tokens=100, temperature=0)
     # 7 pages of 16 tokens per sample's 100, 6 for the nodes: room for 212 rows (long samples, so that the KV and
     # not the workspace of 256 rows bounds the budget)
@@ -376,10 +376,7 @@ def test_padded_admission_counts_rows_across_units():
     from prompt_tree.sampler import Sampler
 
     assert STEP_FIXED_ROWS == 160  # 768 / 928 lies between 900 / 1184 and 1000 / 1184
-    tree = PromptTree()
-    shots = tree.root.add([256] + list(range(1, 20)), key="shots")
-    for p in range(8):
-        shots.add([7 + p, 9, 11], key=f"p{p}").add([], samples=128, key=f"p{p}/s")
+    tree = shots_tree(8, 128)
     params = SamplingParams(max_new_tokens=100, temperature=0)
     admitted = {}
     for room in (1000, 900):
