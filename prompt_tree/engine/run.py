@@ -542,6 +542,6 @@ class GenerationRun:
             kv_occupancy=st.occupancy_time / st.occupancy_weight if st.occupancy_weight else 0.0,
             host_seconds=gaps, host_gaps=gap_profile(records) if records else {},
             max_rows=self.max_rows, capture_log=list(r.capture_log),
-            prefill_compiles=list(st.prefill_compiles), rebuilds=st.rebuilds, rebuild_seconds=st.rebuild_seconds, budget_bytes=self.memory.budget_bytes,
-            workspace_bytes=self.memory.workspace_bytes)
+            prefill_compiles=list(st.prefill_compiles), rebuilds=st.rebuilds, rebuild_seconds=st.rebuild_seconds,
+            budget_bytes=self.memory.budget_bytes, workspace_bytes=self.memory.workspace_bytes)
 

@@ -319,7 +319,8 @@ class Scheduler:
             if k in keep or not blocks.resident(k):  # (dropped already, below an earlier one)
                 continue
             # k and its resident descendants, the deepest first
-            for d in sorted((d for d in blocks.node_pages if k in run.node_path[d]), key=lambda d: -len(run.node_path[d])):
+            below = (d for d in blocks.node_pages if k in run.node_path[d])
+            for d in sorted(below, key=lambda d: -len(run.node_path[d])):
                 blocks.drop_node(d)
                 if d in run.prefill_queue:
                     run.prefill_queue.remove(d)
