@@ -154,6 +154,23 @@ def test_cuda_host_gap_profile(cuda_engine_factory):
     assert g["late_idle_s"] <= sm.host_seconds + 1e-9
     assert g["host_s"]["launch"] > 0 and all(v >= 0 for v in g["host_s"].values())
     assert all(g["late_host_s"][k] <= g["host_s"][k] + 1e-12 for k in g["host_s"])
+    assert g["between_s"] >= 0
+
+
+def test_cuda_first_tokens_beside_the_batch_are_work_between_steps_not_idle(cuda_engine_factory):
+    """Slices admitted while the batch decodes get their first tokens sampled between two decode steps (the
+    configuration of test_engine_batching's first-token test, where that happens between back-to-back steps):
+    device work, timed and given as `between_s`, and taken out of the idle the gap meter reports."""
+    from test_engine_batching import lengths, shots_tree, tight_budget
+
+    tree = shots_tree(3, 32)
+    eng = cuda_engine_factory(memory_budget_bytes=tight_budget(110, tree), prefill_chunk_tokens=64,
+                              max_batch_sequences=64, watermark=0.0)
+    sm = eng.generate(tree, SamplingParams(max_new_tokens=30, temperature=0.8, seed=4), progress=False,
+                      length_budget=lengths(8, 30)).summary
+    g = sm.host_gaps
+    assert 0 < g["between_s"] < sm.seconds
+    assert 0 <= g["late_idle_s"] <= sm.host_seconds + 1e-9
 
 
 def test_cuda_graph_run_is_freed_by_reference_counting(cuda_engine_factory):

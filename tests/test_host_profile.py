@@ -32,9 +32,12 @@ def test_gap_profile_quantiles_and_late_parts():
     def parts(read):
         return dict.fromkeys(PARTS, 0.0) | {"read": read, "finish": 1.0}
 
-    records = [(0.0, parts(0.1)), (1e-5, parts(0.2)), (0.002, parts(0.3)), (0.010, parts(0.4)), (1e-4, None)]
+    # (idle, host parts, device work between the two steps): the work is given apart, never as idle or lateness
+    records = [(0.0, parts(0.1), 0.0), (1e-5, parts(0.2), 3e-4), (0.002, parts(0.3), 0.0), (0.010, parts(0.4), 0.0),
+               (1e-4, None, 5e-4)]
     p = gap_profile(records)
     assert p["steps"] == 5 and p["late_steps"] == 2 and p["late_idle_s"] == pytest.approx(0.012)
+    assert p["between_s"] == pytest.approx(8e-4)
     assert p["max_ms"] == pytest.approx(10.0) and p["p50_ms"] == pytest.approx(0.1)
     assert p["host_s"]["read"] == pytest.approx(1.0) and p["host_s"]["finish"] == 4.0
     assert p["late_host_s"]["read"] == pytest.approx(0.7) and p["late_host_s"]["finish"] == 2.0

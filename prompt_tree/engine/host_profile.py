@@ -6,7 +6,9 @@ pages, and the launch itself; the time the host spends waiting for the device (a
 sampling) is its own part, `wait`, since it is not host work. `HostClock` sums those parts between two launches;
 the runner keeps each launch's parts beside its CUDA events; `gap_profile` then says how long the gaps were and,
 over the launches that came late, which parts their time went to. Rebuilds, prefill calls and graph captures
-break the chain (their own columns count them), so they are in no gap.
+break the chain (their own columns count them), so they are in no gap. Device work enqueued between two steps
+(the first tokens of slices admitted beside the batch) runs in the gap; it is timed and taken out of the idle,
+and given apart as `between_s`.
 """
 from __future__ import annotations
 
@@ -46,15 +48,17 @@ def _quantile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else 0.0
 
 
-def gap_profile(records: list[tuple[float, dict | None]]) -> dict:
-    """records: (device idle seconds before a step, the host parts of its launch or None), one per back-to-back
-    step. -> gap quantiles in ms, the late steps' count and idle seconds, and per part the host seconds over all
-    steps and over the late ones."""
-    gaps = sorted(g for g, _ in records)
-    late = [(g, p) for g, p in records if g >= LATE_GAP_S]
+def gap_profile(records: list[tuple[float, dict | None, float]]) -> dict:
+    """records: (device idle seconds before a step, the host parts of its launch or None, device seconds of work
+    enqueued between it and the step before), one per back-to-back step. -> gap quantiles in ms, the late steps'
+    count and idle seconds, the work between steps (`between_s`), and per part the host seconds over all steps
+    and over the late ones."""
+    gaps = sorted(g for g, _, _ in records)
+    late = [(g, p) for g, p, _ in records if g >= LATE_GAP_S]
     out = {"steps": len(records), "p50_ms": _quantile(gaps, 0.5) * 1e3, "p90_ms": _quantile(gaps, 0.9) * 1e3,
            "p99_ms": _quantile(gaps, 0.99) * 1e3, "max_ms": (gaps[-1] if gaps else 0.0) * 1e3,
-           "late_steps": len(late), "late_idle_s": sum(g for g, _ in late)}
-    for name, rows in (("host_s", records), ("late_host_s", late)):
+           "late_steps": len(late), "late_idle_s": sum(g for g, _ in late),
+           "between_s": sum(w for _, _, w in records)}
+    for name, rows in (("host_s", [(g, p) for g, p, _ in records]), ("late_host_s", late)):
         out[name] = {k: sum(p[k] for _, p in rows if p is not None) for k in PARTS}
     return out

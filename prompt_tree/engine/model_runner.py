@@ -96,6 +96,9 @@ class StepTimes:
     end: object
     rows: int  # live rows of the step
     host: dict | None = None  # the host's work since the previous launch, by part (engine.host_profile)
+    # (start, end) events of device work enqueued since the previous step (first tokens): it runs in the gap
+    # before this step, so the gap less its time is what the device idled
+    between: tuple = ()
 
 
 class ModelRunner:
@@ -129,6 +132,7 @@ class ModelRunner:
         self._plan = None  # prompt_tree.kernels.TreeAttentionPlan of the current plain-call metadata
         self.times: list[StepTimes] = []
         self.last_times: StepTimes | None = None  # the timed replay of the latest enqueue, if it was one
+        self._between: list = []  # StepTimes.between of the next step
         self.record_times = self.device.type == "cuda"
 
     def sync(self) -> None:
@@ -188,12 +192,15 @@ class ModelRunner:
         meta = torch.tensor([seq_ids, limits], dtype=torch.int64)  # [2, N]
         if pin:
             meta = meta.pin_memory()
+        timed = self._timed_event() if self.record_times else None
         ids, lim = meta.to(self.device, non_blocking=True)
         tok, lp = self.sampler(self.logits(hidden), ids, torch.zeros_like(ids))
         code = finish_codes(tok, torch.ones_like(tok), self.eos, self.stop_ids, lim)
         out = torch.stack([tok.to(torch.int32), code, lp.float().view(torch.int32)])
         host = torch.empty(out.shape, dtype=torch.int32, pin_memory=pin)
         host.copy_(out, non_blocking=True)
+        if timed is not None:
+            self._between.append((timed, self._timed_event()))
         event = None
         if pin:
             event = torch.cuda.Event()
@@ -284,6 +291,7 @@ class ModelRunner:
         i = b.flip
         b.flip ^= 1
         self.last_times = None
+        between, self._between = tuple(self._between), []  # a step that is not timed (a capture) drops them
         if b.events[i] is not None:
             b.events[i].synchronize()  # staging i was last read by the step before the previous one
         if table_dirty:
@@ -295,8 +303,8 @@ class ModelRunner:
             self.capture(b)  # runs this step eagerly, then captures it for the next ones
             self.mark_break()
         elif self.use_graphs:
-            times = StepTimes(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
-                              live_rows) if self.record_times else None
+            times = StepTimes(self._timed_event(record=False), self._timed_event(record=False), live_rows,
+                              between=between) if self.record_times else None
             if times:
                 times.start.record()
             b.graph.replay()
@@ -332,10 +340,22 @@ class ModelRunner:
         """Device idle time between back-to-back decode steps (host work the overlap did not hide), and the
         number of such gaps. CUDA only; (0, 0) elsewhere."""
         gaps = self.gap_records()
-        return sum(g for g, _ in gaps), len(gaps)
+        return sum(g for g, _, _ in gaps), len(gaps)
 
-    def gap_records(self) -> list[tuple[float, dict | None]]:
-        """(device idle seconds before the step, its launch's host parts) per back-to-back decode step."""
+    def gap_records(self) -> list[tuple[float, dict | None, float]]:
+        """(device idle seconds before the step, its launch's host parts, device seconds of the work enqueued
+        between the two steps) per back-to-back decode step. The idle is the gap less that work."""
         self.sync()
-        return [(max(0.0, a.end.elapsed_time(c.start)) / 1e3, c.host)
-                for a, c in zip(self.times, self.times[1:]) if a is not None and c is not None]
+        out = []
+        for a, c in zip(self.times, self.times[1:]):
+            if a is not None and c is not None:
+                work = sum(s.elapsed_time(e) for s, e in c.between) / 1e3
+                out.append((max(0.0, a.end.elapsed_time(c.start) / 1e3 - work), c.host, work))
+        return out
+
+    @staticmethod
+    def _timed_event(record: bool = True):
+        e = torch.cuda.Event(enable_timing=True)
+        if record:
+            e.record()
+        return e

@@ -58,8 +58,9 @@ class GenerationSummary:
     mean_batch: float = 0.0
     kv_occupancy: float = 0.0
     host_seconds: float = 0.0  # host time per run spent NOT overlapped with device work (waiting excluded)
-    # the device's idle gaps between back-to-back steps: quantiles, late steps, host seconds by part over all
-    # steps and over the late ones (engine.host_profile.gap_profile; CUDA only, {} elsewhere)
+    # the device's idle gaps between back-to-back steps: quantiles, late steps, the device work between steps
+    # (between_s), host seconds by part over all steps and over the late ones (engine.host_profile.gap_profile;
+    # CUDA only, {} elsewhere)
     host_gaps: dict = field(default_factory=dict)
     bos_rule: str = ""
     max_rows: int = 0  # the most rows a decode step could have (memory and graph buckets)

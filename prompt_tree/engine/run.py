@@ -526,7 +526,7 @@ class GenerationRun:
     def summary(self, wall: float, peak: int) -> GenerationSummary:
         st, r = self.stats, self.runner
         records = r.gap_records() if r.record_times else []
-        gaps = sum(g for g, _ in records)
+        gaps = sum(g for g, _, _ in records)
         decode_s = max(0.0, wall - st.prefill_seconds - r.capture_seconds)
         total = wall  # what the user waits for: one-off graph captures included (capture_seconds says how much)
         return GenerationSummary(
