@@ -7,8 +7,8 @@ sampling) is its own part, `wait`, since it is not host work. `HostClock` sums t
 the runner keeps each launch's parts beside its CUDA events; `gap_profile` then says how long the gaps were and,
 over the launches that came late, which parts their time went to. Rebuilds, prefill calls and graph captures
 break the chain (their own columns count them), so they are in no gap. Device work enqueued between two steps
-(the first tokens of slices admitted beside the batch) runs in the gap; it is timed and taken out of the idle,
-and given apart as `between_s`.
+(the first tokens of slices admitted beside the batch) runs in the gap; queued behind a step in flight, it is
+timed, taken out of the idle and given apart as `between_s`.
 """
 from __future__ import annotations
 

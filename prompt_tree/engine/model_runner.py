@@ -96,8 +96,8 @@ class StepTimes:
     end: object
     rows: int  # live rows of the step
     host: dict | None = None  # the host's work since the previous launch, by part (engine.host_profile)
-    # (start, end) events of device work enqueued since the previous step (first tokens): it runs in the gap
-    # before this step, so the gap less its time is what the device idled
+    # (start, end) events of device work enqueued since the previous step behind work still in flight (first
+    # tokens): it runs in the gap before this step, so the gap less its time is what the device idled
     between: tuple = ()
 
 
@@ -192,7 +192,12 @@ class ModelRunner:
         meta = torch.tensor([seq_ids, limits], dtype=torch.int64)  # [2, N]
         if pin:
             meta = meta.pin_memory()
-        timed = self._timed_event() if self.record_times else None
+        # Timed only when queued behind work in flight: its kernels then run back to back and the window is device
+        # work. Launched onto an idle stream (the host late) they run as the host launches them, and the window
+        # is mostly the device waiting for the host, which the gap should count as idle. A measurement only: no
+        # decision reads it, so tensor-parallel ranks may differ here.
+        busy = self.record_times and not torch.cuda.current_stream(self.device).query()
+        timed = self._timed_event() if busy else None
         ids, lim = meta.to(self.device, non_blocking=True)
         tok, lp = self.sampler(self.logits(hidden), ids, torch.zeros_like(ids))
         code = finish_codes(tok, torch.ones_like(tok), self.eos, self.stop_ids, lim)
