@@ -196,20 +196,22 @@ class ModelRunner:
         # work. Launched onto an idle stream (the host late) they run as the host launches them, and the window
         # is mostly the device waiting for the host, which the gap should count as idle. A measurement only: no
         # decision reads it, so tensor-parallel ranks may differ here.
-        busy = self.record_times and not torch.cuda.current_stream(self.device).query()
-        timed = self._timed_event() if busy else None
+        start = None
+        if self.record_times and not torch.cuda.current_stream(self.device).query():
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
         ids, lim = meta.to(self.device, non_blocking=True)
         tok, lp = self.sampler(self.logits(hidden), ids, torch.zeros_like(ids))
         code = finish_codes(tok, torch.ones_like(tok), self.eos, self.stop_ids, lim)
         out = torch.stack([tok.to(torch.int32), code, lp.float().view(torch.int32)])
         host = torch.empty(out.shape, dtype=torch.int32, pin_memory=pin)
         host.copy_(out, non_blocking=True)
-        if timed is not None:
-            self._between.append((timed, self._timed_event()))
         event = None
-        if pin:
-            event = torch.cuda.Event()
+        if pin:  # marks the outputs there; when timed, also the window's end
+            event = torch.cuda.Event(enable_timing=start is not None)
             event.record()
+        if start is not None:
+            self._between.append((start, event))
         return FirstTokens(host, event, meta)
 
     # ----- decode
@@ -308,8 +310,8 @@ class ModelRunner:
             self.capture(b)  # runs this step eagerly, then captures it for the next ones
             self.mark_break()
         elif self.use_graphs:
-            times = StepTimes(self._timed_event(record=False), self._timed_event(record=False), live_rows,
-                              between=between) if self.record_times else None
+            times = StepTimes(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True),
+                              live_rows, between=between) if self.record_times else None
             if times:
                 times.start.record()
             b.graph.replay()
@@ -357,10 +359,3 @@ class ModelRunner:
                 work = sum(s.elapsed_time(e) for s, e in c.between) / 1e3
                 out.append((max(0.0, a.end.elapsed_time(c.start) / 1e3 - work), c.host, work))
         return out
-
-    @staticmethod
-    def _timed_event(record: bool = True):
-        e = torch.cuda.Event(enable_timing=True)
-        if record:
-            e.record()
-        return e
