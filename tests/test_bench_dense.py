@@ -1,23 +1,18 @@
 """tools/bench_dense.py runs end to end on CPU (the tiny preset): rows, fields, the floor's arithmetic, the table."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 
 import pytest
 
 from prompt_tree.config import PRESETS
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.tool_modules import load_tool
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_dense", os.path.join(REPO, "tools", "bench_dense.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("bench_dense")
 
 
 def test_bench_dense_smoke_on_tiny(tmp_path, capsys):

@@ -2,20 +2,14 @@
 batch does (the probe's timings compare equal work only if they do; the timings themselves need a GPU)."""
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import pytest
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.tool_modules import load_tool
 
 
 def _probe():
-    spec = importlib.util.spec_from_file_location("microbatch_probe", os.path.join(REPO, "tools", "microbatch_probe.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("microbatch_probe")
 
 
 @pytest.mark.parametrize("hkv", [1, 4])

@@ -95,6 +95,20 @@ def test_shared_segments_equal_the_plain_scan(trial):
     assert [tuple(s) for s in shared_segments(paths, runs.__getitem__)] == scan_segments(paths, runs.__getitem__)
 
 
+@pytest.mark.parametrize("trial", range(20))
+def test_shared_segments_take_maximal_runs_of_any_row_order(trial):
+    """Not only plan order: equal paths as distinct objects, a node read again after other rows, rows of other
+    depths (and none) between readers of one node: every maximal run at each depth is one segment."""
+    rng = random.Random(1000 + trial)
+    names = [f"n{i}" for i in range(4)]
+    runs = {k: [(rng.randrange(1000), rng.randint(1, 9)) for _ in range(rng.choice([1, 2]))] for k in names}
+    paths = []
+    for _ in range(rng.randint(0, 40)):
+        path = tuple(rng.choice(names[:2] if a == 0 else names) for a in range(rng.randint(0, 4)))
+        paths.extend([tuple(list(path)) if rng.random() < 0.5 else path for _ in range(rng.randint(1, 4))])
+    assert [tuple(s) for s in shared_segments(paths, runs.__getitem__)] == scan_segments(paths, runs.__getitem__)
+
+
 def test_decode_meta_takes_the_engine_page_table():
     rng = random.Random(5)
     n, bucket, cap_pages, ps = 11, 16, 4, 16

@@ -18,20 +18,31 @@ from prompt_tree.kernels import Segment, build_tree_meta
 
 def shared_segments(paths: Sequence[Sequence], node_runs: Callable) -> list[Segment]:
     """paths[r]: the nodes query-sequence r reads as shared KV, outermost first (a node's readers consecutive).
-    node_runs(key) -> [(first slot, tokens), ...]. One segment per (maximal run of readers, node run)."""
+    node_runs(key) -> [(first slot, tokens), ...]. One segment per (maximal run of readers, node run), depth by
+    depth, in row order."""
+    # Consecutive rows with equal paths (a node's samples: thousands of rows, one path object) collapse into one
+    # run first, so the per-depth work below is over runs, not rows: the host part of a decode-batch rebuild,
+    # which the device waits for (tools/rebuild_host.py).
+    runs: list[list] = []  # [lo, hi, path]
+    for r, p in enumerate(paths):
+        if runs and (p is runs[-1][2] or p == runs[-1][2]):
+            runs[-1][1] = r + 1
+        else:
+            runs.append([r, r + 1, p])
     segs: list[Segment] = []
-    depth = max((len(p) for p in paths), default=0)
-    n = len(paths)
-    for a in range(depth):
-        # the node each row reads at depth a (-1: none), as small ints, so the runs come from one numpy diff
-        ids: dict = {}
-        col = np.fromiter((ids.setdefault(p[a], len(ids)) if a < len(p) else -1 for p in paths), np.int64, n)
-        bounds = (np.flatnonzero(np.diff(col)) + 1).tolist()
-        keys = list(ids)
-        for lo, hi in zip([0, *bounds], [*bounds, n]):
-            if col[lo] >= 0:
-                for start, length in node_runs(keys[col[lo]]):
-                    segs.append(Segment(start, length, lo, hi))
+    for a in range(max((len(p) for _, _, p in runs), default=0)):
+        i = 0
+        while i < len(runs):
+            lo, _, p = runs[i]
+            i += 1
+            if a >= len(p):
+                continue
+            node = p[a]
+            while i < len(runs) and a < len(runs[i][2]) and runs[i][2][a] == node:
+                i += 1
+            hi = runs[i - 1][1]
+            for start, length in node_runs(node):
+                segs.append(Segment(start, length, lo, hi))
     return segs
 
 
