@@ -3,8 +3,8 @@ run boundaries, capacity overflow as its own error, and which Triton kernels com
 
 The engine rebuilds a batch's metadata from its numpy page table (thousands of rows): that path must give the
 very buffer the per-row page lists give (those are checked against naive attention in tests/test_kernels_paged.py
-and tests/test_kernels_capacity.py), and the vectorized run search of shared_segments must find the segments a
-plain scan finds.
+and tests/test_kernels_capacity.py), and shared_segments, which scans runs of equal paths rather than rows, must find
+the segments a plain scan finds.
 """
 from __future__ import annotations
 
