@@ -347,10 +347,8 @@ class GenerationRun:
         while True:
             rows = [s for s in self.rows if s.state is SeqState.RUNNING] + self.ready
             try:  # pages for each row's first fed position (the metadata copies the page lists)
-                ps = self.page_size
-                for s in rows:  # (the test first: most rows hold their pages already, and a call per row costs)
-                    if len(s.pages) < pages_for(len(s.tokens), ps):
-                        self.blocks.ensure_suffix(s, len(s.tokens))
+                for s in rows:
+                    self.blocks.ensure_suffix(s, s.generated)
                 break
             except OutOfPages:
                 self.scheduler.preempt()
@@ -368,7 +366,7 @@ class GenerationRun:
         b = self.runner.batch(bucket, self.capacity_pages)
         # Column arrays in one pass each, and the page table scattered from one flat array: at the GSM8K job's
         # ~4,000 rows, per-row numpy writes were most of a rebuild's host time, which the device waits for.
-        gens = [len(s.tokens) for s in rows]  # = s.generated
+        gens = [s.generated for s in rows]
         n_pages = np.fromiter((len(s.pages) for s in rows), np.int64, n)
         self.next_gen = np.array(gens, dtype=np.int64)
         self.covered = n_pages * self.page_size
@@ -376,10 +374,9 @@ class GenerationRun:
         self.live = np.ones(n, dtype=bool)
         self.row_of = {s.index: r for r, s in enumerate(rows)}
         self.table = np.zeros((bucket, self.capacity_pages), dtype=np.int32)  # unused columns: the scratch page
-        flat = np.fromiter(itertools.chain.from_iterable(s.pages for s in rows), np.int32, int(n_pages.sum()))
-        row_idx = np.repeat(np.arange(n), n_pages)
-        col_idx = np.arange(len(flat)) - np.repeat(np.cumsum(n_pages) - n_pages, n_pages)
-        self.table[row_idx, col_idx] = flat
+        held = np.arange(self.capacity_pages) < n_pages[:, None]  # [n, capacity_pages]: row-major, as flat is
+        self.table[:n][held] = np.fromiter(itertools.chain.from_iterable(s.pages for s in rows), np.int32,
+                                           int(n_pages.sum()))
         # Built once on the host and copied into the bucket's metadata in one transfer. A composition that
         # outgrows the bucket's capacity (even with unsplit shared segments) gets a larger one, and the bucket a
         # new capture.
