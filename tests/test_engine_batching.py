@@ -115,6 +115,55 @@ def test_preemption_under_a_tiny_budget_loses_and_redoes_nothing_finished():
     assert got.summary.sub_batches > 1
 
 
+@pytest.mark.parametrize("padded", [False, True])
+def test_admission_figures_equal_a_pass_over_the_admitted_sequences(monkeypatch, padded):
+    """An admission attempt takes the pages held and the worst case from the block manager's suffix count, not
+    from a pass over the admitted sequences. Checked against that pass at every attempt of runs that preempt,
+    admit slices and finish unevenly: the same pages held, the same worst case (so no sequence holds more than
+    capacity_pages), no page on a waiting sequence (a unit adds capacity_pages a sequence), the same counts.
+    (The static policy admits only into an empty batch, where every figure is 0.)"""
+    import numpy as np
+
+    from prompt_tree.engine import scheduler as sched_mod
+    from prompt_tree.engine.run import GenerationRun
+    from prompt_tree.engine.sequence import SeqState
+
+    attempts = []
+    made = sched_mod._Admitted.__init__
+
+    def checked(self, scheduler):
+        made(self, scheduler)
+        run, active = scheduler.run, scheduler.active
+        assert self.held == sum(len(s.pages) for s in active)
+        assert self.worst == sum(max(0, run.capacity_pages - len(s.pages)) for s in active)
+        assert all(len(s.pages) <= run.capacity_pages for s in active)
+        assert not any(s.pages for s in run.seqs if s.state is SeqState.WAITING)
+        slow = np.bincount([s.generated for s in active], minlength=scheduler.lengths.max_new + 1)
+        assert np.array_equal(self.counts(), slow)
+        attempts.append(len(active))
+
+    monkeypatch.setattr(sched_mod._Admitted, "__init__", checked)
+    if padded:
+        init = GenerationRun.__init__
+
+        def padded_init(self, *args, **kwargs):
+            init(self, *args, **kwargs)
+            self.scheduler.padded = self.opts.bucket
+
+        monkeypatch.setattr(GenerationRun, "__init__", padded_init)
+    tree = problems_tree(7, problems=6, samples=6)
+    params = SamplingParams(max_new_tokens=40, temperature=0.8, seed=9)
+
+    def budget(key, s):
+        return 2 if key.split("/")[0] in ("p0", "p1", "p2") else 40
+
+    small = engine(memory_budget_bytes=tight_budget(30, tree, rows=39), prefill_chunk_tokens=64,
+                   max_batch_sequences=64, watermark=0.0)
+    got = small.generate(tree, params, progress=False, length_budget=budget)
+    assert len(attempts) > 3 and max(attempts) > 0  # attempts made beside running sequences
+    assert got.summary.preemptions > 0  # pages released by preemption, then held again
+
+
 # A problem tree shrunk from a fuzzer's failing case: (key, parent, prompt ids, samples), and length budgets
 ORPHAN_NODES = [
     ("shots", None, [256, 182, 14, 117, 15, 199, 186, 33, 217, 156, 174, 48, 79, 49, 140, 177, 0, 79, 44, 31, 189,

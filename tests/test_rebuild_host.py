@@ -33,3 +33,13 @@ def test_the_timed_rebuild_is_the_stated_composition_and_its_mirrors_match_the_r
     assert np.array_equal(run.batch.gen.cpu().numpy()[:15], run.next_gen)
     assert run.batch.live.cpu().tolist() == [True] * 15 + [False] * (run.batch.rows - 15)
     assert torch.equal(run.batch.meta.buffer, first)
+
+
+def test_the_timed_admission_attempts_admit_nothing_and_leave_the_pages_as_they_were():
+    with torch.inference_mode():
+        run = _tool().build_run(problems=4, samples=80, generated=20, max_rows=160)
+        assert len(run.rows) == 160 and len(run.scheduler.waiting) == 2  # two problems decode, two wait
+        ms = _tool().admit_cases(run, generated=20, repeats=2)
+    assert set(ms) == {"full", "pages"} and all(v > 0 for v in ms.values())
+    assert len(run.scheduler.active) == 160 - 64 and len(run.scheduler.waiting) == 2
+    run.blocks.check()  # the pages held aside for the "pages" case are back in the pool

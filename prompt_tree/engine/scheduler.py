@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
-from itertools import accumulate
 
 import numpy as np
 
@@ -114,6 +113,36 @@ class LengthModel:
         return table
 
 
+class _Admitted:
+    """The admitted sequences as one admission attempt sees them, each figure computed once and only if asked.
+
+    held and worst come from the block manager's count of suffix pages, not a pass over the sequences: every
+    suffix page belongs to an admitted sequence (finishing and preemption release a sequence's pages as it
+    leaves), and none holds more than capacity_pages (the page table's width). The counts per generated length
+    still need that pass, so an attempt that stops at a full batch never makes it: at the GSM8K job's 4,096
+    rows the three passes were most of the loop's `admit` time, one attempt after every step that finished a
+    sample (8.7 ms a step on the H100 host, docs/benchmarks/h100_s20)."""
+
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler = scheduler
+        run = scheduler.run
+        self.held = run.blocks.suffix_pages  # the pages the admitted ones hold now (peak_pages)
+        # every admitted one at max_new_tokens (what the static policy reserves)
+        self.worst = run.capacity_pages * len(scheduler.active) - self.held
+        self._counts: np.ndarray | None = None
+
+    def counts(self) -> np.ndarray:
+        """[max_new + 1] the admitted sequences per generated count (peak_pages; continuous: the length model
+        learns from them, censor)."""
+        if self._counts is None:
+            sched = self.scheduler
+            gens = np.fromiter((len(s.tokens) for s in sched.active), np.int64, len(sched.active))
+            self._counts = np.bincount(gens, minlength=sched.lengths.max_new + 1)
+            if not sched.static:
+                sched.lengths.censor(self._counts)
+        return self._counts
+
+
 class Scheduler:
     """Which units wait, which are admitted (in admission order), and what they are expected to need."""
 
@@ -144,10 +173,6 @@ class Scheduler:
 
     # ----- what sequences are expected to take
 
-    def _worst_pages(self, s) -> int:
-        """Pages s would still add at max_new_tokens (the worst case the static policy reserves)."""
-        return max(0, self.run.capacity_pages - len(s.pages))
-
     def peak_pages(self, counts: np.ndarray, held: int) -> int:
         """Pages beyond the `held` ones that sequences (counts[g]: how many have generated g tokens) are expected
         to hold at once at the worst step to come (see the module docstring)."""
@@ -170,28 +195,24 @@ class Scheduler:
         self.dirty = False
         if self.static and self.active:
             return False
-        # the admitted sequences per generated count (continuous: peak_pages, and the length estimate)
-        counts = np.bincount([s.generated for s in self.active], minlength=self.lengths.max_new + 1)
-        if not self.static:
-            self.lengths.censor(counts)
+        now = _Admitted(self)
         cap = None
         if self.padded is not None:
-            fit = self._walk(counts, dry=True)
+            fit = self._walk(now, dry=True)
             # (nothing fits with nothing running: the real walk says why)
             cap = worth_padding(len(self.active), fit, self.padded) if fit or self.active else None
-        return self._walk(counts, dry=False, cap=cap) > 0
+        return self._walk(now, dry=False, cap=cap) > 0
 
-    def _walk(self, counts: np.ndarray, dry: bool, cap: int | None = None) -> int:
+    def _walk(self, now: _Admitted, dry: bool, cap: int | None = None) -> int:
         """Walk the waiting units in order, taking from each the most sequences that fit (a slice of at least
         MIN_SLICE beside running ones), at most `cap` in all; returns how many were taken. dry: count only,
         changing nothing: the pages the counted units' new nodes would take, and the nodes they would pin, are
-        kept aside as it goes, as admitting them would (the real walk checks every unit again). counts: the
-        admitted sequences per generated count (admit's; copied, as the walk adds the units it takes)."""
+        kept aside as it goes, as admitting them would (the real walk checks every unit again). now: the
+        admitted sequences before the walk (their counts are copied, as the walk adds the units it takes)."""
         run, blocks = self.run, self.run.blocks
-        counts = counts.copy()
-        worst = sum(self._worst_pages(s) for s in self.active)  # every admitted one at max_new (static reserves it)
-        # the pages the admitted ones hold now (peak_pages)
-        held = sum(len(s.pages) for s in self.active)
+        counts = None  # taken from `now` at the first unit with room: a full batch costs no pass over it
+        held = now.held
+        worst = now.worst
         watermark = int(run.opts.watermark * blocks.pool.usable_pages)
         taken = 0
         placed, counted = 0, set()  # dry: the pages the counted units' nodes would take, and those nodes
@@ -212,14 +233,14 @@ class Scheduler:
             if room <= 0 or (rows and min(len(seqs), room) < least):
                 break
             seqs = seqs[:room]
+            if counts is None:
+                counts = now.counts().copy()
             nodes = self._nodes_of(seqs)
             node_pages = sum(blocks.node_pages_needed(k, len(run.plan.node_tokens[k]))
                              for k in nodes if k not in counted)
             spare = blocks.free_pages + self._evictable_pages(counted.union(nodes)) - placed
-            # worst_upto[n]: pages the first n would still add at max_new_tokens
-            worst_upto = list(accumulate((self._worst_pages(s) for s in seqs), initial=0))
             if rows:
-                n = self._largest_fit(worst_upto, counts, held, worst, spare - node_pages, watermark)
+                n = self._largest_fit(len(seqs), counts, held, worst, spare - node_pages, watermark)
                 if n < least:
                     break
             else:  # nothing admitted: take what can start (static: what its reservation allows)
@@ -234,7 +255,7 @@ class Scheduler:
                 seqs = seqs[:n]
                 nodes = self._nodes_of(seqs)
             counts[0] += n
-            worst += worst_upto[n]
+            worst += n * run.capacity_pages  # a waiting sequence holds no page
             taken += n
             if dry:
                 placed += sum(blocks.node_pages_needed(k, len(run.plan.node_tokens[k]))
@@ -256,14 +277,14 @@ class Scheduler:
             self._admit(u, seqs, nodes)
         return taken
 
-    def _fits(self, worst_upto: list, n: int, counts: np.ndarray, held: int, worst: int, spare: int,
-              watermark: int) -> bool:
+    def _fits(self, n: int, counts: np.ndarray, held: int, worst: int, spare: int, watermark: int) -> bool:
         """Whether the first n of a unit's waiting sequences may join the running ones: their expected peak
         (static: their reservations) leaves the watermark free. The watermark is headroom for lengths longer than
         expected; a slice that fits even with every admitted sequence at max_new_tokens needs none (else a pool
-        sized to the whole plan would keep its last units waiting for headroom it can never use). worst_upto[n]:
-        the first n's pages at max_new_tokens; spare: free and evictable pages less the unit's new nodes."""
-        unit_worst = worst_upto[n]
+        sized to the whole plan would keep its last units waiting for headroom it can never use). A waiting
+        sequence holds no page, so n of them add n * capacity_pages at max_new_tokens; spare: free and
+        evictable pages less the unit's new nodes."""
+        unit_worst = n * self.run.capacity_pages
         if spare - worst - unit_worst >= 0:
             return True
         if self.static:  # every sequence reserves max_new_tokens
@@ -274,18 +295,18 @@ class Scheduler:
             need = self.peak_pages(with_unit, held)
         return spare - need >= watermark
 
-    def _largest_fit(self, worst_upto, counts, held, worst, spare, watermark) -> int:
-        """The most of a unit's sequences (a prefix) that fit (`_fits` is monotone in n): all, else a slice found by
-        bisection. Admitting a slice, not waiting for room for the whole unit, is what keeps memory full when a
-        unit is a large share of the pool: with problems of 128 samples of 512 tokens and room for about 1.5 of
-        them, whole-unit admission ran 128 rows where 190 fit (codellama-7b, fixed lengths, H200)."""
-        total = len(worst_upto) - 1
-        if self._fits(worst_upto, total, counts, held, worst, spare, watermark):
+    def _largest_fit(self, total, counts, held, worst, spare, watermark) -> int:
+        """The most of a unit's `total` waiting sequences (a prefix) that fit (`_fits` is monotone in n): all,
+        else a slice found by bisection. Admitting a slice, not waiting for room for the whole unit, is what keeps
+        memory full when a unit is a large share of the pool: with problems of 128 samples of 512 tokens and room
+        for about 1.5 of them, whole-unit admission ran 128 rows where 190 fit (codellama-7b, fixed lengths,
+        H200)."""
+        if self._fits(total, counts, held, worst, spare, watermark):
             return total
         lo, hi = 0, total  # fits(lo), not fits(hi)
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if self._fits(worst_upto, mid, counts, held, worst, spare, watermark):
+            if self._fits(mid, counts, held, worst, spare, watermark):
                 lo = mid
             else:
                 hi = mid
