@@ -4,6 +4,7 @@ import os
 import random
 import time
 import uuid
+from fractions import Fraction
 
 import pytest
 
@@ -32,6 +33,13 @@ def sandbox(request):
     ("0.334", "0.333333333", False),
     ("1e6", "1000000.0000001", True),
     ("1000000", "1000001", False),  # integers: exact
+    ("1000000000.0", "1000000006", False),  # an integer answer printed as a float: its exact value
+    ("5e+17", "500000000500000000", False),
+    ("500000000500000000.0", "500000000500000000", True),
+    ("5.0", "5", True),
+    ("5e0", "5", True),
+    ("1000001", "1000000.5", True),  # a real answer: the tolerance, whichever token is the integer
+    ("inf", "5", False),
     ("007", "7", False),
     ("YES", "yes", False),
     ("nan", "nan", True),  # identical strings
@@ -46,7 +54,8 @@ def test_stdout_matches_table(actual, expected, ok):
 
 
 def _slow_stdout_matches(actual: str, expected: str) -> bool:
-    """Obviously-right restatement: line by line, then token by token, ints exact, else |a-b| <= tol*max(1,|a|,|b|)."""
+    """Obviously-right restatement: line by line, then token by token; an integer answer exactly (as a string
+    against an integer token, as a number against any other), else |a-b| <= tol*max(1,|a|,|b|)."""
     got = [t for line in actual.splitlines() for t in line.strip().split()]
     want = [t for line in expected.splitlines() for t in line.strip().split()]
     if len(got) != len(want):
@@ -54,8 +63,15 @@ def _slow_stdout_matches(actual: str, expected: str) -> bool:
     for a, b in zip(got, want):
         if a == b:
             continue
-        if a.lstrip("+-").isdigit() and b.lstrip("+-").isdigit():
-            return False
+        if b.lstrip("+-").isdigit():  # an integer answer: an integer token must be the same string, any other
+            if a.lstrip("+-").isdigit():  # exactly its value
+                return False
+            try:
+                if Fraction(a) != int(b):
+                    return False
+            except ValueError:
+                return False
+            continue
         try:
             x, y = float(a), float(b)
         except ValueError:
@@ -67,7 +83,8 @@ def _slow_stdout_matches(actual: str, expected: str) -> bool:
 
 def test_stdout_matches_against_reference_on_random_outputs():
     rng = random.Random(0)
-    tokens = ["0", "1", "-1", "12", "12.0", "12.0000001", "12.001", "0.5", "5e-1", "abc", "ABC", "1e-7", "0.0"]
+    tokens = ["0", "1", "-1", "12", "12.0", "12.0000001", "12.001", "0.5", "5e-1", "abc", "ABC", "1e-7", "0.0",
+              "1.2e1", "-0", "1000000006", "1000000000.0", "1e9"]
     seps = [" ", "\n", "  ", "\t", " \n "]
     for _ in range(3000):
         def text():

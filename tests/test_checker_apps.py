@@ -125,3 +125,28 @@ def test_token_stream_equals_whole_output_comparison_on_random_chunkings():
             stream.feed(data[pos:pos + step])
             pos += step
         assert stream.matches() == stdout_matches(data.decode("utf-8", errors="replace"), expected), (actual, expected)
+
+
+def test_a_token_past_the_limit_never_agrees_and_is_not_carried():
+    """token_limit: an output token longer than max(4096, 2 x the longest expected one) never agrees, in both
+    forms of the rule; the stream stops carrying it at once (a 16 MiB token without a space was copied chunk by
+    chunk, 3.6 s of host CPU a test)."""
+    from prompt_tree.tasks.compare import token_limit
+
+    assert token_limit(["5"]) == 4096 and token_limit(["x" * 3000]) == 6000
+    at, past = "5." + "0" * 4094, "5." + "0" * 4095  # 4096 and 4097 characters, both exactly 5
+    for output, expected, ok in ((at + "\n", "5", True), (past + "\n", "5", False), ("1 " + at, "1 5", True),
+                                 ("1 " + past, "1 5", False)):
+        rng = random.Random(len(output))
+        for _ in range(5):
+            stream, data, pos = TokenStream(expected), output.encode(), 0
+            while pos < len(data):
+                step = rng.randint(1, 3000)
+                stream.feed(data[pos:pos + step])
+                pos += step
+            assert stream.matches() == stdout_matches(output, expected) == ok, (len(output), expected)
+    stream = TokenStream("5")
+    for _ in range(256):
+        stream.feed(b"7" * 65536)  # 16 MiB without whitespace
+        assert len(stream._carry) <= 4096
+    assert not stream.matches()

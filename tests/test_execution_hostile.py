@@ -211,6 +211,108 @@ print(" ".join(out), os.getuid())
     assert res.results == [True, True], res.details
 
 
+def test_calls_past_the_other_seals_are_refused(sealed):
+    """The seccomp filter (prompt_tree.tasks.sandbox.syscall_filter): memory outside RLIMIT_AS (memfd, SysV
+    shared memory, message queues, semaphore sets), the kernel keyring, io_uring, bpf, perf, userfaultfd,
+    inotify, and every socket family but AF_UNIX / AF_INET / AF_INET6. A semaphore set of 32,000 once pinned
+    about 2 MiB of kernel memory per call, outside every limit. What stays allowed still works."""
+    from prompt_tree.tasks.sandbox.syscall_filter import DENIED
+    import platform
+
+    denied = DENIED.get(platform.machine())
+    if denied is None:
+        pytest.skip(f"no seccomp filter for {platform.machine()}")
+    code = f"""
+import ctypes, os, socket
+libc = ctypes.CDLL(None, use_errno=True)
+out = []
+for name, nr in sorted({denied!r}.items()):
+    ctypes.set_errno(0)
+    r = libc.syscall(nr, 0, 32000, 0o1600, 0, 0, 0)
+    out.append(name + ("=blocked" if r == -1 and ctypes.get_errno() == 1 else "=LEAK"))
+def sock(family, kind=socket.SOCK_STREAM, pair=False):
+    try:
+        s = socket.socketpair(family, kind) if pair else [socket.socket(family, kind)]
+        [x.close() for x in s]
+        return "made"
+    except PermissionError:
+        return "blocked"
+    except OSError as e:
+        return "other:" + str(e.errno)
+out += ["vsock=" + sock(40), "netlink=" + sock(16, socket.SOCK_RAW), "packet=" + sock(17, socket.SOCK_RAW),
+        "unix=" + sock(socket.AF_UNIX), "inet=" + sock(socket.AF_INET), "inet6=" + sock(socket.AF_INET6),
+        "unixpair=" + sock(socket.AF_UNIX, pair=True), "inetpair=" + sock(socket.AF_INET, pair=True)]
+print(" ".join(out))
+"""
+    want = [f"{name}=blocked" for name in sorted(denied)] + [
+        "vsock=blocked", "netlink=blocked", "packet=blocked", "unix=made", "inet=made", "inet6=made",
+        "unixpair=made", "inetpair=blocked"]
+    res, _ = judge(stdin_problem([""], [" ".join(want)]), code, sealed)
+    assert res.results == [True], res.details
+
+
+_KEYCTL = {"x86_64": 250, "aarch64": 219}
+_ADD_KEY = {"x86_64": 248, "aarch64": 217}
+
+
+def test_the_harness_keyring_and_host_proc_state_stay_out_of_reach(sealed):
+    """Keyrings are not namespaced: a sandbox inherited the session keyring of the process that started the
+    zygote, and possession (not the uid) grants access, so a program read a key the harness held there. Now the
+    sandbox joins a fresh session keyring, the keyring calls are filtered, and /proc/keys and the other procfs
+    files with host-wide state read empty. A fresh process plays the harness: it joins a session keyring, plants
+    a key, and only then starts its zygote (this process's zygote may predate any keyring)."""
+    import json
+    import platform
+    import subprocess
+    import sys
+
+    from prompt_tree.tasks.sandbox.seal import PROC_MASKED
+
+    arch = platform.machine()
+    if arch not in _KEYCTL:
+        pytest.skip(f"keyctl's number unknown for {arch}")
+    secret = f"pt_secret_{uuid.uuid4().hex[:8]}"
+    program = f"""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+buf = ctypes.create_string_buffer(4096)
+found = []
+for ring in (-3, -4, -5):  # session, user session, user keyrings: search each for the key by its description
+    serial = libc.syscall({_KEYCTL[arch]}, 10, ctypes.c_long(ring), b"user", {secret.encode()!r}, 0)
+    if serial > 0 and libc.syscall({_KEYCTL[arch]}, 11, serial, buf, 4096) > 0:
+        found.append(buf.value.decode())
+shown = []  # masked files that still show something (a file the kernel lacks or keeps to root shows nothing)
+for name in {PROC_MASKED!r}:
+    try:
+        with open("/proc/" + name, "rb") as f:
+            data = f.read(1 << 16)
+        if data:
+            shown.append(name + ("(the key)" if {secret.encode()!r} in data else ""))
+    except OSError:
+        pass
+print("found:", *found, "shown:", *shown)
+"""
+    harness = f"""
+import ctypes, json, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.syscall({_KEYCTL[arch]}, 1, None) < 0:  # KEYCTL_JOIN_SESSION_KEYRING: a new anonymous one
+    print(json.dumps("no keyring")); sys.exit()
+if libc.syscall({_ADD_KEY[arch]}, b"user", {secret.encode()!r}, b"the harness's token", 19, ctypes.c_long(-3)) < 0:
+    print(json.dumps("no key")); sys.exit()
+from prompt_tree.tasks.checker import check
+from prompt_tree.tasks.problem import Problem
+res = check(Problem("k", "q", inputs=[""], outputs=["found: shown:"]), {program!r}, timeout=4.0,
+            isolation={sealed!r})
+print(json.dumps([res.results, res.details]))
+"""
+    out = subprocess.run([sys.executable, "-c", harness], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=REPO), cwd=REPO)
+    got = json.loads(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else out.stderr[-2000:]
+    if got in ("no keyring", "no key"):
+        pytest.skip(f"this kernel gives no session keyring to plant a key in ({got})")
+    assert got[0] == [True], got
+
+
 # ---------------------------------------------------------------- filling the disk, crashing the job
 def test_disk_fill_is_bounded_by_the_private_tmpfs(sealed):
     name = f"pt_fill_{uuid.uuid4().hex[:8]}"
@@ -281,6 +383,75 @@ def test_flooding_the_control_channel(sealed):
             "def f(x):\n    return x\n")
     res, elapsed = judge(p, code, sealed)
     assert not res.passed and elapsed < 8, res.details
+
+
+def test_a_call_based_body_that_disarms_its_runner_still_times_out(sealed):
+    """The module body runs in the warm runner, so it can replace the runner's wait loop (never kill the child)
+    and its CPU limit: a 2 s call then passed under a 1 s limit. The host times each call itself, from sending
+    the test to the kernel's stamp on the report."""
+    code = """
+import sys, os, time
+runner = sys._getframe(1).f_locals["self"]
+def wait_for_ever(pid, deadline, i):
+    os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+    return False, False
+runner._wait = wait_for_ever
+enter = runner._enter_child
+runner._enter_child = lambda keep, cpu_s: enter(keep, 10_000)
+def f(x):
+    t = time.time()
+    while time.time() - t < 2.0:
+        pass
+    return x
+"""
+    p = Problem("c", "q", fn_name="f", inputs=[[1], [2]], outputs=[1, 2])
+    res, elapsed = judge(p, code, sealed, timeout=1.0)
+    assert res.results == [-1, -1] and all(d.startswith("timeout") for d in res.details), res.details
+    # a call that ends in time still passes through the same check
+    fast = code.replace("< 2.0", "< 0.2")
+    res, _ = judge(p, fast, sealed, timeout=1.0)
+    assert res.results == [True, True], res.details
+
+
+def test_a_huge_call_result_is_a_wrong_answer_not_the_hosts_problem(any_mode):
+    """A call-based result is parsed in the host process, so its size is capped by the expected value's (four
+    times its encoding plus 64 KiB): 16 MiB of nested empty lists once cost the host 34 s and 3 GiB a test."""
+    code = """
+import os
+def f(x):
+    n = (16 << 20) // 3
+    data = ('{"status":"ok","value":[' + "[]," * n + "[]]}").encode()
+    v = memoryview(data)
+    while v:
+        v = v[os.write(3, v):]
+    os._exit(0)
+"""
+    p = Problem("c", "q", fn_name="f", inputs=[[1], [2]], outputs=[[[]], [[]]])
+    res, elapsed = judge(p, code, any_mode, timeout=2.0)
+    assert res.results == [False, False] and elapsed < 6, (res.details, elapsed)
+    assert all("size cap" in d for d in res.details), res.details
+
+
+def test_a_report_read_late_by_a_busy_host_is_not_silence(sealed):
+    """The host's reading thread may be held up (the GIL, a loaded machine) past a test's backstop while the
+    runner's report already waits on the socket: it is read, not taken for a silent sandbox."""
+    from prompt_tree.tasks.sandbox.host import BACKSTOP_S, WarmSandbox
+
+    with WarmSandbox("print(input())", "stdin", None, 0.5, isolation=sealed,
+                     config=SandboxConfig(isolation=sealed)) as box:
+        assert box.start().ok
+        stalls = []
+
+        def slow_reader(chunk):  # the first chunk of output holds this thread past the test's deadline
+            if not stalls:
+                stalls.append(chunk)
+                time.sleep(0.5 + BACKSTOP_S + 0.5)
+
+        run = box.run_stdin(0, b"hello\n", 0.5, slow_reader, 1 << 20)
+        assert stalls and run.broken is None and run.exit_code == 0 and not run.timed_out, run
+        run = box.run_stdin(1, b"again\n", 0.5, lambda c: None, 1 << 20)
+        assert run.broken is None and run.exit_code == 0
+    assert_zygote_idle(sealed)
 
 
 # ---------------------------------------------------------------- attacks on the warm process

@@ -17,6 +17,20 @@ from prompt_tree.tasks.sandbox.host import TestRun, WarmSandbox
 from prompt_tree.tasks.verdicts import ProcessEnd, call_status_of, call_verdict, short, stdin_verdict
 
 MIN_OUTPUT_CAP = 16 << 20
+# A call-based result is parsed here, so its size is the host's to choose: a value equal to the expected one
+# encodes to about the expected's size (True for 1 or 1.0 for 1 at most triple an element), so four times that
+# plus 64 KiB refuses no right answer. A 64 MiB result of nested empty lists once took 34 s and 3 GiB of this
+# process per test, holding the GIL while other programs' tests timed out.
+RESULT_SLACK_BYTES = 64 << 10
+
+
+def result_cap(expected) -> int:
+    """Bytes a call-based result may have for this expected value (see RESULT_SLACK_BYTES)."""
+    try:
+        size = len(json.dumps(wire.encode_value(expected)))
+    except (wire.Unencodable, ValueError, RecursionError):
+        size = 0
+    return 4 * size + RESULT_SLACK_BYTES
 
 
 def stdin_bytes(test_input) -> bytes:
@@ -83,7 +97,8 @@ def _stdin_test(box: WarmSandbox, problem: Problem, i: int, timeout: float, conf
 
 def _call_test(box: WarmSandbox, problem: Problem, i: int, timeout: float):
     args = wire.encode_value(call_arguments(problem.inputs[i]))
-    run = box.call(i, args, timeout)
+    expected = expected_value(problem.outputs[i])
+    run = box.call(i, args, timeout, result_cap=result_cap(expected))
     if run.broken:
         return _broken_verdict(run)
     end = ProcessEnd(run.exit_code, run.signal, run.timed_out)
@@ -100,4 +115,4 @@ def _call_test(box: WarmSandbox, problem: Problem, i: int, timeout: float):
         except (UnicodeDecodeError, ValueError, RecursionError, wire.ProtocolError):
             result = {"status": "error", "error": "malformed result"}
     status, value, error = call_status_of(end, result)
-    return call_verdict(status, value, error, expected_value(problem.outputs[i]), return_value_matches)
+    return call_verdict(status, value, error, expected, return_value_matches)

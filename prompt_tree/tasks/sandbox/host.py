@@ -36,7 +36,13 @@ BACKSTOP_S = 2.0
 START_TIMEOUT_S = 30.0  # zygote queue + seal, on a machine shared with other jobs
 COMPILE_SLACK_S = 5.0  # compiling (and a module body past its timeout) may take this long before "ready"
 _SILENT = "no answer within the limit"
-RESULT_CAP = 64 << 20  # bytes of one call-based result
+RESULT_CAP = 16 << 20  # bytes of one call-based result at most (callers pass less: check_warm sizes it)
+# Call-based programs run their module body in the runner, so its timers and reports are the program's: a body
+# that replaced the runner's wait loop ran a 5.5 s call to a pass under a 4 s limit. The host therefore also
+# times a call itself, from sending the test to the kernel's timestamp of the report, and a report later than
+# the limit plus this slack is a timeout whatever it says (the slack covers the runner's kill, reap and
+# clean-up after the limit; the timestamp does not depend on how soon a busy host thread reads it).
+CALL_SLACK_S = 0.5
 MAX_FILE_MB = 16  # RLIMIT_FSIZE in the sandbox (the run directory's tmpfs holds several such files)
 GRACE_S = 1.0  # a healthy runner ends within milliseconds of its socket closing; past this it is killed
 _STDERR_TAIL = 4096
@@ -96,6 +102,8 @@ class WarmSandbox:
         self.workdir: str | None = None
         self.broken: str | None = None
         self.warnings: tuple[str, ...] = ()
+        self.last_sent_at = 0.0  # time.time() when the sandbox sent the last packet read (wire.recv_stamped)
+        self._test_sent_at = 0.0  # time.time() when the current test was sent
 
     def __enter__(self) -> WarmSandbox:
         return self
@@ -140,6 +148,7 @@ class WarmSandbox:
             raise SandboxError(f"the sandbox did not start ({self.isolation}): "
                                f"{(msg or {}).get('error') or 'no answer from it'}")
         self.pidfd = fds[0]
+        wire.enable_timestamps(self.sock)
         msg, _ = self._recv(deadline)
         if msg is None or msg.get("ev") != "sealed":
             raise SandboxError(f"the sandbox could not seal itself ({self.isolation}): "
@@ -147,12 +156,15 @@ class WarmSandbox:
         self.warnings = tuple(str(w) for w in msg.get("warnings", ())[:5])
         # From here on the program's own code may have run (call-based module body): nothing it sends is trusted.
         # Compiling takes milliseconds; the module body gets the per-test timeout, as in APPS.
-        t_sealed = time.monotonic()
+        t_sealed, sealed_at = time.monotonic(), self.last_sent_at
         msg, _ = self._recv(t_sealed + COMPILE_SLACK_S + (self.timeout if self.kind == "call" else 0.0))
         # a module body that ran out of time: killed by its own timer (the socket closes) or silent. Either
         # way every test is -1; only the detail depends on this guess, hence the margin for message latency.
         silent = msg is None and time.monotonic() - t_sealed >= 0.9 * self.timeout
         ev = (msg or {}).get("ev")
+        if ev == "ready" and self.kind == "call" and \
+                self.last_sent_at - sealed_at > self.timeout + COMPILE_SLACK_S + CALL_SLACK_S:
+            ev = "import_timeout"  # the body outran its limit and said it did not (see CALL_SLACK_S)
         if ev == "ready":
             return Started(True, warnings=self.warnings)
         self._kill()
@@ -174,7 +186,11 @@ class WarmSandbox:
             return None, []
         self.sock.settimeout(left)
         try:
-            msg, fds = wire.recv_message(self.sock, max_fds=max_fds)
+            if max_fds:
+                msg, fds = wire.recv_message(self.sock, max_fds=max_fds)
+                self.last_sent_at = time.time()
+            else:
+                (msg, self.last_sent_at), fds = wire.recv_stamped(self.sock), []
         except socket.timeout:
             self.broken = self.broken or _SILENT
             return None, []
@@ -213,9 +229,10 @@ class WarmSandbox:
             os.close(err_r)
         return run
 
-    def call(self, index: int, args_wire, timeout: float) -> TestRun:
+    def call(self, index: int, args_wire, timeout: float, result_cap: int = RESULT_CAP) -> TestRun:
         """Call the function with `args_wire` (wire.encode_value of the argument list); run.result holds
-        the child's JSON result."""
+        the child's JSON result. A result over `result_cap` bytes (at most RESULT_CAP) stops the test
+        (stdout_over_cap): the host parses what it reads, so a program must not choose how much."""
         if self.broken:
             return TestRun(broken=self.broken)
         args_fd = os.memfd_create("args", os.MFD_CLOEXEC)
@@ -230,7 +247,7 @@ class WarmSandbox:
         run = TestRun()
         try:
             if sent:
-                self._collect(index, timeout, run, {res_r: "result"}, None, RESULT_CAP)
+                self._collect(index, timeout, run, {res_r: "result"}, None, min(result_cap, RESULT_CAP))
             else:
                 run.broken = self.broken
         finally:
@@ -238,6 +255,7 @@ class WarmSandbox:
         return run
 
     def _send_test(self, index: int, timeout: float, fds: list[int]) -> bool:
+        self._test_sent_at = time.time()
         try:
             wire.send_message(self.sock, {"op": "test", "i": index, "timeout": timeout,
                                           "cpu_s": cpu_limit_for(timeout)}, fds)
@@ -260,16 +278,21 @@ class WarmSandbox:
         result = bytearray()
         kill_sent = False
         report = None
+        last_look = False
         try:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    self.broken = "no report within the time limit"
-                    break
+                    if last_look:
+                        self.broken = "no report within the time limit"
+                        break
+                    # once more without waiting: a report may have come while this thread was held up (a busy
+                    # host, the GIL) and must not be read as silence
+                    last_look, left = True, 0
                 for key, _ in sel.select(timeout=left):
                     fd = key.fd
                     if fd == self.sock.fileno():
-                        msg, _ = self._recv(deadline)
+                        msg, _ = self._recv(time.monotonic() + 1.0)  # readable: a packet (or the end) is there
                         if msg is None:
                             break
                         if msg.get("ev") != "done" or msg.get("i") != index:
@@ -350,6 +373,8 @@ class WarmSandbox:
             self._kill()
             return
         _fill(run, report)
+        if self.kind == "call" and self.last_sent_at - self._test_sent_at > timeout + CALL_SLACK_S:
+            run.timed_out = True  # see CALL_SLACK_S
 
     # ------------------------------------------------------------------ end
     def _kill(self, graceful: bool = False) -> None:

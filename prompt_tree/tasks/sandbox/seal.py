@@ -18,6 +18,9 @@ The steps and why each is there:
   program's processes only, even where every sandbox shares one host uid.
 - `drop_privileges`: capabilities (bounding, ambient, effective, permitted, inheritable) all dropped, no new
   privileges, not dumpable (no ptrace or /proc/PID/mem access between the sandbox's own processes).
+- `new_session_keyring`: a fresh session keyring (the kernel keyring is not namespaced).
+- `mask_proc`: the procfs files that show host-wide state (kernel keys, SysV IPC of the IPC namespace, kernel
+  command line, timers) are covered. Then `prompt_tree.tasks.sandbox.syscall_filter` installs the seccomp filter.
 
 Stdlib only (ctypes for the syscalls Python does not wrap).
 """
@@ -193,6 +196,7 @@ def build_root(view: list[dict], fds: dict[str, int], staging: str, tmp_mb: int,
     # A procfs of the new PID namespace: the program sees its own processes only. Must be mounted by a process
     # of that namespace (this one, its init).
     mount("proc", staging + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mask_proc(staging + "/proc", staging + "/dev/null")
     old = staging + "/.old_root"
     os.makedirs(old, exist_ok=True)
     pivot_root(staging, old)
@@ -203,6 +207,27 @@ def build_root(view: list[dict], fds: dict[str, int], staging: str, tmp_mb: int,
         mount(None, target[len(staging):], None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     os.chdir(SANDBOX_TMP)
+
+
+# procfs files with host-wide state that a PID namespace does not filter: the kernel keys the reader possesses
+# or may view (their descriptions), per-user key quotas, kernel memory, timers and the scheduler's state of
+# every CPU, the kernel's command line
+PROC_MASKED = ("keys", "key-users", "kcore", "timer_list", "sched_debug", "cmdline")
+
+
+def mask_proc(proc: str, null: str) -> None:
+    """Cover PROC_MASKED under the procfs mounted at `proc` with read-only binds of `null` (a /dev/null that a
+    read finds empty), as container runtimes do; a file this kernel does not have is skipped."""
+    fd = os.open(null, os.O_PATH | os.O_CLOEXEC)
+    try:
+        for name in PROC_MASKED:
+            target = f"{proc}/{name}"
+            if not os.path.exists(target):
+                continue
+            mount(f"/proc/self/fd/{fd}", target, None, MS_BIND)
+            mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC | _kept_flags(target))
+    finally:
+        os.close(fd)
 
 
 def forbid_new_user_namespaces() -> None:
@@ -258,45 +283,23 @@ def drop_privileges() -> None:
     prctl(PR_SET_DUMPABLE, 0)
 
 
-# seccomp: memory that no rlimit bounds. RLIMIT_AS counts mappings only; a memfd (or a SysV segment, or a
-# message queue) holds pages without mapping them, up to RLIMIT_FSIZE per file times open files times
-# processes. The filter makes these calls fail with EPERM; nothing the runner or a Python program needs.
-_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
-_SYSCALLS = {"x86_64": {"memfd_create": 319, "memfd_secret": 447, "shmget": 29, "msgget": 68},
-             "aarch64": {"memfd_create": 279, "memfd_secret": 447, "shmget": 194, "msgget": 186}}
-_X32_BIT = 0x40000000
-_SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
-_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
-_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x06
+# keyctl(2): the keyring is not namespaced; see new_session_keyring
+_KEYCTL_SYSCALL = {"x86_64": 250, "aarch64": 219, "ppc64le": 311, "s390x": 280, "riscv64": 219}
+_KEYCTL_JOIN_SESSION_KEYRING = 1
 
 
-def forbid_unbounded_memory() -> bool:
-    """Install the seccomp filter above (needs no_new_privs; inherited by every child). Returns False where
-    the architecture is not covered (the calls then stay allowed)."""
-    arch = platform.machine()
-    if arch not in _AUDIT_ARCH:
-        return False
-
-    class Filter(ctypes.Structure):
-        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
-
-    class Program(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(Filter))]
-
-    deny = _SECCOMP_RET_ERRNO | 1  # EPERM
-    blocked = list(_SYSCALLS[arch].values())
-    # [0] arch; [1] another arch (i386 calls on x86_64) -> deny; [2] nr; [3] x32 numbering -> deny;
-    # [4..] each blocked nr -> deny; then allow; then deny
-    n = len(blocked)
-    insns = [(_BPF_LD_W_ABS, 0, 0, 4), (_BPF_JEQ_K, 1, 0, _AUDIT_ARCH[arch]), (_BPF_RET_K, 0, 0, deny),
-             (_BPF_LD_W_ABS, 0, 0, 0), (_BPF_JGE_K, n + 1, 0, _X32_BIT if arch == "x86_64" else 0xFFFFFFFF)]
-    for i, nr in enumerate(blocked):
-        insns.append((_BPF_JEQ_K, n - i, 0, nr))
-    insns += [(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW), (_BPF_RET_K, 0, 0, deny)]
-    table = (Filter * len(insns))(*[Filter(*x) for x in insns])
-    prog = Program(len(insns), table)
-    _check(_libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(prog), 0, 0), "seccomp filter")
-    return True
+def new_session_keyring() -> None:
+    """Join a fresh anonymous session keyring. Keyrings are not namespaced: a sandbox inherits its creator's
+    session keyring, and possessing it (not the uid) is what grants access to the keys in it, so a program
+    could read what the harness's login kept there. The syscall filter then takes the keyring calls away
+    (syscall_filter); this makes the sandbox possess nothing even where that filter is missing."""
+    number = _KEYCTL_SYSCALL.get(platform.machine())
+    if number is None:
+        raise SealError(0, f"keyctl: syscall number unknown for {platform.machine()}")
+    if _libc.syscall(number, _KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
+        err = ctypes.get_errno()
+        if err != 38:  # ENOSYS: a kernel without keys has nothing to leak
+            _check(-1, "join a new session keyring")
 
 
 def hold_devnull_stdio() -> None:

@@ -20,6 +20,8 @@ import array
 import json
 import os
 import socket
+import struct
+import time
 
 MAX_MESSAGE = 1 << 16  # bytes per control packet; results and inputs travel in pipes and memfds, not here
 MAX_FDS = 4
@@ -65,6 +67,39 @@ def recv_message(sock: socket.socket, max_fds: int = 0):
         for fd in fds:
             _close(fd)
         raise
+
+
+# SO_TIMESTAMPNS / SCM_TIMESTAMPNS (asm-generic value: x86_64, aarch64, riscv64, ppc64le and s390x share it)
+_SO_TIMESTAMPNS = 35
+_STAMP = struct.Struct("qq")  # struct timespec
+
+
+def enable_timestamps(sock: socket.socket) -> bool:
+    """Ask the kernel to stamp every packet `sock` receives with the time its sender sent it (for `recv_stamped`).
+    False where the option is refused (the receiver then stamps packets with its own clock)."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        return True
+    except OSError:
+        return False
+
+
+def recv_stamped(sock: socket.socket):
+    """(message dict or None at end of stream, when it was sent): a packet as `recv_message` reads it without
+    descriptors, with the kernel's timestamp of its sending (time.time()'s clock) where `enable_timestamps`
+    worked, else the time it was read here. The kernel stamps a unix-socket packet as the sender sends it, so
+    a receiver that is slow to read (a busy host thread) still learns when the report was made."""
+    data, ancillary, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, socket.CMSG_SPACE(_STAMP.size))
+    sent = None
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= _STAMP.size:
+            seconds, nanoseconds = _STAMP.unpack_from(payload)
+            sent = seconds + nanoseconds * 1e-9
+    if sent is None:
+        sent = time.time()
+    if not data:
+        return None, sent
+    return decode_message(data, truncated=bool(flags & socket.MSG_TRUNC)), sent
 
 
 def decode_message(data: bytes, truncated: bool = False) -> dict:

@@ -32,7 +32,7 @@ import socket
 import sys
 import traceback
 
-from prompt_tree.tasks.sandbox import seal, wire
+from prompt_tree.tasks.sandbox import seal, syscall_filter, wire
 from prompt_tree.tasks.sandbox.config import sandbox_view, world_unreachable
 from prompt_tree.tasks.sandbox.preamble import preamble_namespace
 from prompt_tree.tasks.sandbox.processes import count_own_processes
@@ -244,10 +244,11 @@ def _init(req, ctrl, source_fd, go_r, fds, cfg, names) -> None:
                                 f"user namespaces of its own")
             seal.set_hostname()
             seal.apply_limits(limits, limits["nproc"])
+            seal.new_session_keyring()
             seal.drop_privileges()
-            if not seal.forbid_unbounded_memory():
-                warnings.append("no seccomp filter for this architecture: memfd_create, shmget and msgget "
-                                "stay allowed (memory outside RLIMIT_AS)")
+            if not syscall_filter.install():
+                warnings.append("no seccomp filter for this architecture: memfd_create, the SysV IPC calls, "
+                                "the keyring calls and every socket family stay allowed")
             _minimal_environment(seal.SANDBOX_TMP)
             source = _read_source(source_fd)
         except BaseException as exc:  # noqa: B902
@@ -296,7 +297,8 @@ def _fallback_child(req, ctrl, source_fd, cfg, names) -> None:
     seal.set_subreaper()
     seal.prctl(seal.PR_SET_NO_NEW_PRIVS, 1)
     seal.prctl(seal.PR_SET_DUMPABLE, 0)
-    seal.forbid_unbounded_memory()
+    seal.new_session_keyring()
+    syscall_filter.install()
     _minimal_environment(req["workdir"])
     source = _read_source(source_fd)
     pidfd = os.pidfd_open(os.getpid())
