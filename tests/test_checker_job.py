@@ -128,3 +128,19 @@ def test_absurd_sizes_are_refused_with_the_numbers(tmp_path, capsys):
     with pytest.raises(RunSizeError, match="GiB"):
         check_run_size(10, 10, 512, available=1 << 16)
     check_run_size(120, 128, 512, available=8 << 30)  # the paper's run fits in 8 GiB
+
+
+def test_force_with_a_prompt_too_long_for_the_context_deletes_nothing(tmp_path, capsys):
+    """--force deletes the old run only once the new one can start: a --max-new-tokens that no prompt fits in
+    the context used to empty the old run's files before the error."""
+    out = str(tmp_path / "run")
+    base = ["apps", "--limit", "1", "--samples", "1", "--out", out] + FAST
+    assert main(base + ["--max-new-tokens", "4"]) == 0
+    before = {name: open(f"{out}/{name}").read() for name in ("generations.jsonl", "verdicts.jsonl", "summary.json")}
+    capsys.readouterr()
+    assert main(base + ["--max-new-tokens", "4090", "--force"]) == 2
+    err = capsys.readouterr().err
+    assert "context" in err and "Traceback" not in err, err
+    assert {name: open(f"{out}/{name}").read() for name in before} == before  # nothing deleted
+    assert main(base + ["--max-new-tokens", "6", "--force"]) == 0  # a run that fits still starts afresh
+    assert open(f"{out}/generations.jsonl").read() != before["generations.jsonl"]

@@ -121,14 +121,32 @@ def run_apps(
     examples = draw_examples(config, problems) if from_file is None else None
     run_lock = RunLock(config.out)  # one writer per run directory, until this invocation ends
     try:
-        if config.force and from_file is None and engine is None:
-            engine = load_engine(config)  # --force deletes old results: first make sure the new model loads
-        return _run_locked(config, problems, by_id, from_file, wanted, params, examples, engine, check_fn, log)
+        planned = None
+        if config.force and from_file is None:
+            # --force deletes old results: first make sure the new run can start, i.e. the model loads and the
+            # plan of every sample (what the deletion leaves missing) builds: its prompts tokenize and fit
+            # max_new_tokens in the model's context. A prompt too long for --max-new-tokens once emptied the
+            # old run before the error.
+            engine = engine if engine is not None else load_engine(config)
+            everything = {}
+            for pid, i in wanted:
+                everything.setdefault(pid, []).append(i)
+            planned = (everything,) + plan_samples(config, params, problems, everything, engine, examples)
+        return _run_locked(config, problems, by_id, from_file, wanted, params, examples, engine, check_fn, log,
+                           planned)
     finally:
         run_lock.release()
 
 
-def _run_locked(config, problems, by_id, from_file, wanted, params, examples, engine, check_fn, log) -> RunReport:
+def plan_samples(config, params, problems, missing: dict, engine, examples) -> tuple:
+    """(plan, keymap) of the samples `missing` lists ({problem id: [sample index]}): the tree of their
+    prompts, tokenized by the engine and checked against its context (Engine.plan)."""
+    tree, keymap = build_sample_tree(problems, missing, config, examples)
+    return engine.plan(tree.flatten(engine.tokenizer, add_bos=config.bos), params), keymap
+
+
+def _run_locked(config, problems, by_id, from_file, wanted, params, examples, engine, check_fn, log,
+                planned=None) -> RunReport:
     from prompt_tree.tasks.extract import extract_code
 
     if os.path.isdir(config.out):  # records of a torchrun run's groups (prompt_tree.tasks.dp_runner) count as done too
@@ -159,7 +177,7 @@ def _run_locked(config, problems, by_id, from_file, wanted, params, examples, en
                     executor.submit(rec)
         else:
             gen_info = generate_missing(config, params, problems, wanted, store, executor, engine, extract_code,
-                                         report, log, examples=examples)
+                                         report, log, examples=examples, planned=planned)
         t_gen_end = time.perf_counter()
         executor.wait()
         ok = True
@@ -187,7 +205,9 @@ def _run_locked(config, problems, by_id, from_file, wanted, params, examples, en
 
 
 def generate_missing(config, params, problems, wanted, store, executor, engine, extract_code, report, log,
-                      examples=None) -> dict:
+                      examples=None, planned=None) -> dict:
+    """Generate the samples of `wanted` that the store lacks, submitting each to the executor as it ends.
+    planned: (missing, plan, keymap) built beforehand (run_apps with --force), used if it plans these samples."""
     missing: dict[str, list[int]] = {}
     for pid, i in wanted:
         if (pid, i) not in store.generations:
@@ -198,8 +218,10 @@ def generate_missing(config, params, problems, wanted, store, executor, engine, 
     if engine is None:
         engine = load_engine(config)
     load_s = time.perf_counter() - t0
-    tree, keymap = build_sample_tree(problems, missing, config, examples)
-    plan = engine.plan(tree.flatten(engine.tokenizer, add_bos=config.bos), params)
+    if planned is not None and planned[0] == missing:
+        plan, keymap = planned[1:]
+    else:
+        plan, keymap = plan_samples(config, params, problems, missing, engine, examples)
     recorded = store.config.get("tokenization")
     if recorded is not None and plan.tokenization != recorded:
         raise RuntimeError(f"the engine's tokenizer tokenizes by {plan.tokenization!r}, but the run (config.json) "
