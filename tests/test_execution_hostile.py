@@ -454,6 +454,26 @@ def test_a_report_read_late_by_a_busy_host_is_not_silence(sealed):
     assert_zygote_idle(sealed)
 
 
+def test_each_sandbox_is_one_session_its_processes_cannot_leave(sealed):
+    """CPU is shared between sessions first where the kernel's autogroup is on, so each sandbox is a session of
+    its own (led by its init, pid 1 inside) and no process in it may start another: one program's 27 spinning
+    processes, in the zygote's session, timed a neighbour out on 10 of 10 tests (docs/benchmarks/cpu_s22)."""
+    code = """
+import os
+child = os.fork()
+if child == 0:
+    try:
+        os.setsid()
+        os._exit(3)
+    except PermissionError:
+        os._exit(4)
+_, status = os.waitpid(child, 0)
+print(os.getsid(0), os.waitstatus_to_exitcode(status))
+"""
+    res, _ = judge(stdin_problem([""], ["1 4"]), code, sealed)
+    assert res.results == [True], res.details
+
+
 # ---------------------------------------------------------------- attacks on the warm process
 def test_killing_the_warm_process_fails_the_rest(any_mode):
     code = "import os, sys\nif sys.stdin.read() == 'kill':\n    os.kill(os.getppid(), 9)\nprint('ok')\n"

@@ -17,6 +17,9 @@ already take away:
   AF_UNIX, `socket` also for AF_INET and AF_INET6 (a program may make a socket; with no interface, nothing
   answers). Every other family fails: AF_VSOCK is not namespaced and reaches the host's port space; AF_NETLINK
   talks to the kernel; the packet families need capabilities anyway.
+- `setsid`: each sandbox is one session (the zygote makes it so), and where the kernel's autogroup is on, CPU
+  is shared between sessions first. A program whose processes each made a session of their own would get one
+  share per process and starve the programs beside it.
 - kernel attack surface and host-wide quotas: `io_uring_*`, `bpf`, `perf_event_open`, `userfaultfd`.
   `inotify_init`, `inotify_init1` and `fanotify_init` are there because inotify instances count against the
   host user's quota (128 by default). Where every sandbox maps to the caller's uid, one program could exhaust it
@@ -42,12 +45,12 @@ DENIED = {
                "keyctl": 250, "add_key": 248, "request_key": 249,
                "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
                "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
-               "inotify_init": 253, "inotify_init1": 294, "fanotify_init": 300},
+               "inotify_init": 253, "inotify_init1": 294, "fanotify_init": 300, "setsid": 112},
     "aarch64": {"memfd_create": 279, "memfd_secret": 447, "shmget": 194, "msgget": 186, "semget": 190,
                 "keyctl": 219, "add_key": 217, "request_key": 218,
                 "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
                 "bpf": 280, "perf_event_open": 241, "userfaultfd": 282,
-                "inotify_init1": 26, "fanotify_init": 262},
+                "inotify_init1": 26, "fanotify_init": 262, "setsid": 157},
 }
 SOCKET_CALLS = {"x86_64": {"socket": 41, "socketpair": 53}, "aarch64": {"socket": 198, "socketpair": 199}}
 SOCKET_FAMILIES = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)  # what `socket` may make
