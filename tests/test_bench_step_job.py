@@ -284,3 +284,98 @@ def test_gemm_table_is_registered_and_recorded(tmp_path, capsys, which):
     else:
         assert "every GEMM on cuBLAS" in capsys.readouterr().err
         assert recorded == {}
+
+
+@pytest.fixture
+def no_runs(monkeypatch):
+    """Fail the test if the step or job workload runs or a model is built."""
+    from prompt_tree.engine import Engine
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a workload ran or a model was built")
+
+    monkeypatch.setattr(step, "run_step_benchmark", refuse)
+    monkeypatch.setattr(job, "run_job_benchmark", refuse)
+    monkeypatch.setattr(Engine, "random", classmethod(refuse))
+
+
+def _plan(err: str, workload: str) -> list[str]:
+    head = f"plan   {workload} "
+    return [line[len(head):] for line in err.splitlines() if line.startswith(head)]
+
+
+def test_bench_dry_run_of_step_and_job_lists_their_rows_and_writes_nothing(tmp_path, capsys, no_runs):
+    """--dry-run promises no weights and no runs: step and job print their rows as a run would take them (they
+    used to run for real and write step.json / job.json)."""
+    from prompt_tree.cli import main
+
+    out = tmp_path / "out"
+    argv = ["bench", "--dry-run", "--models", "tiny", "--device", "cpu", "--dtype", "fp32", "--out", str(out),
+            "--workloads", "step,job", "--batches", "2,4", "--prefixes", "16", "--modes", "tree", "--steps", "3",
+            "--sampler-backends", "auto,torch", "--logits", "flat,peaked", "--lengths", "fixed",
+            "--engines", "continuous-tree,ideal", "--problems", "2", "--samples", "3"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert not out.exists()
+    assert "step: 10 rows, each 3 timed decode steps" in err
+    row = "tiny batch 2 prefix 16 tree"
+    sampled = [f"{row} sampled (torch)", f"{row} sampled (torch, peaked logits)"]  # auto is torch on a CPU
+    assert _plan(err, "step")[:5] == [f"{row} greedy", *sampled, *sampled]
+    assert "job apps: few-shot 2400 -> 2 problems x ~500 -> 3 samples" in err
+    row = "tiny apps 2 x 3 fixed lengths"
+    assert _plan(err, "job") == [f"{row} continuous-tree", f"{row} ideal", f"{row} continuous-tree, peaked logits",
+                                 f"{row} ideal, peaked logits"]
+
+
+def test_bench_dry_run_lists_the_rows_a_step_run_measures(tmp_path, capsys, monkeypatch):
+    """The plan mirrors run_step_benchmark's loops: the same rows in the same order as the run of the same flags."""
+    from prompt_tree.cli import main
+
+    argv = ["bench", "--models", "tiny", "--device", "cpu", "--dtype", "fp32", "--out", str(tmp_path),
+            "--workloads", "step", "--batches", "2", "--prefixes", "8", "--modes", "tree,none", "--steps", "2",
+            "--sampler-backends", "auto,torch", "--logits", "flat,peaked"]
+    assert main([*argv, "--dry-run"]) == 0
+    plan = _plan(capsys.readouterr().err, "step")
+    given = {}
+    monkeypatch.setattr(step, "run_step_benchmark", lambda **kw: given.update(kw))
+    assert main(argv) == 0  # the run's arguments, then the run itself with a short suffix (128 is slow here)
+    monkeypatch.undo()
+    rows = step.run_step_benchmark(**{**given, "suffix": 4, "log": lambda *a: None})["rows"]
+    ran = []
+    for r in rows:
+        tags = [t for t in (r["sampler"], "peaked logits" if r["logits"] == "peaked" else None) if t]
+        ran.append(f"tiny batch {r['batch']} prefix {r['prefix']} {r['mode']} {r['sampling']}"
+                   + (f" ({', '.join(tags)})" if tags else ""))
+    assert plan == ran and len(ran) == 2 * 5
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--workloads", "step", "--steps", "0"], "--steps must be >= 1, got 0"),
+    (["--workloads", "step", "--steps", "-2"], "--steps must be >= 1, got -2"),
+    (["--workloads", "job", "--problems", "0"], "--problems must be >= 1, got 0"),
+    (["--workloads", "job", "--samples", "-1"], "--samples must be >= 1, got -1"),
+    (["--workloads", "step", "--time-budget-s", "0"], "--time-budget-s must be positive seconds, got 0.0"),
+    (["--workloads", "step", "--ceilings", "0,1"], "--ceilings takes two positive numbers"),
+    (["--workloads", "bogus"], "--workloads: 'bogus' is not one of 1, 2a, 2b, step, job"),
+    # every workload's flags are checked before the first one runs
+    (["--workloads", "step,job", "--engines", "ideal"], "ideal needs continuous-tree"),
+])
+def test_bench_refuses_bad_values_before_anything_runs(tmp_path, capsys, no_runs, flags, message):
+    from prompt_tree.cli import main
+
+    base = ["bench", "--models", "tiny", "--device", "cpu", "--dtype", "fp32", "--out", str(tmp_path / "out")]
+    assert main([*base, *flags]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("prompt-tree bench: ") and message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bench_refuses_a_sampler_backend_the_device_cannot_run_before_any_row(tmp_path, capsys, no_runs, monkeypatch):
+    from prompt_tree.cli import main
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # the tests' interpreter runs triton on a CPU
+    argv = ["bench", "--models", "tiny", "--device", "cpu", "--dtype", "fp32", "--out", str(tmp_path / "out"),
+            "--workloads", "step", "--sampler-backends", "torch,triton"]
+    assert main(argv) == 2
+    assert "--sampler-backends: Sampler: backend 'triton'" in capsys.readouterr().err

@@ -192,13 +192,20 @@ def write(results: dict, out: str) -> None:
         fh.write("\n".join(lines) + "\n")
 
 
+def sampling_variants(samplings, sampler_backends, logits) -> list[tuple[str, str, str]]:
+    """(sampling, backend, logit shape) of one (model, prefix, batch, mode) cell's rows, in run order: each sampled
+    row once per backend and logit shape, greedy rows once, with the default backend on flat logits (argmax reads
+    the row once whatever its shape)."""
+    return [(sm, b, lg) for sm in samplings for b in (sampler_backends if sm == "sampled" else ("auto",))
+            for lg in (logits if sm == "sampled" else ("flat",))]
+
+
 def run_step_benchmark(models, batches, prefixes, modes, samplings, out: str, device: str = "cuda",
                        dtype: str = "bf16", time_budget_s: float | None = None, ceilings: Ceilings | None = None,
                        memory_budget_bytes: int | None = None, steps: int = STEPS, suffix: int = SUFFIX,
                        sampler_backends: tuple[str, ...] = ("auto",), logits: tuple[str, ...] = ("flat",),
                        log=print) -> dict:
-    """sampler_backends, logits: each sampled row is measured once per backend and logit shape (bench_logits);
-    greedy rows once, with the default backend on flat logits (argmax reads the row once whatever its shape)."""
+    """sampler_backends, logits: the variants of each cell's rows (sampling_variants; bench_logits)."""
     import triton
 
     dev = torch.device(device)
@@ -219,10 +226,7 @@ def run_step_benchmark(models, batches, prefixes, modes, samplings, out: str, de
         for prefix in prefixes:
             for batch in batches:
                 for mode in modes:
-                    for sampling, backend, shape in [
-                            (sm, b, lg) for sm in samplings
-                            for b in (sampler_backends if sm == "sampled" else ("auto",))
-                            for lg in (logits if sm == "sampled" else ("flat",))]:
+                    for sampling, backend, shape in sampling_variants(samplings, sampler_backends, logits):
                         row = StepRow(name, batch, prefix, mode, sampling, suffix=suffix, logits=shape,
                                       sampler=resolve_backend(backend, dev) if sampling == "sampled" else None)
                         if time_budget_s is not None and time.monotonic() - start > time_budget_s:

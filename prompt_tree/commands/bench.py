@@ -74,7 +74,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ceilings", default=None, metavar="TBS,TFLOPS",
                    help="assume copy bandwidth (TB/s) and matmul rate (TFLOP/s) instead of measuring them")
     p.add_argument("--dry-run", action="store_true",
-                   help="no weights, no runs: print the rows in order with predicted memory and seconds")
+                   help="no weights, no runs, no files: print the rows in order (those of workloads 1, 2a and 2b "
+                        "with predicted memory and seconds)")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite e2e.md and the plots from the e2e.json in --out, then exit")
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompt tokens")
@@ -121,7 +122,7 @@ def _shapes(overrides: dict, new_tokens: int | None, problems_2a: int | None) ->
 def config_from_args(args: argparse.Namespace):
     """A checked BenchConfig from the parsed flags (ValueError with the flag's name for bad input)."""
     from prompt_tree.benchmark.limit import Ceilings
-    from prompt_tree.benchmark.e2e_rows import BenchConfig
+    from prompt_tree.benchmark.e2e_rows import WORKLOADS, BenchConfig
     from prompt_tree.benchmark.workloads import BATCHES, PREFIXES
 
     overrides: dict = {}
@@ -140,16 +141,25 @@ def config_from_args(args: argparse.Namespace):
                 overrides[key] = {**overrides[key], **changes}
             else:
                 overrides[key] = changes
-    for name in ("problems_2a", "new_tokens"):
+    # every count flag here, whichever workload reads it: a bad value is refused before anything runs (--steps 0
+    # used to become the default silently)
+    for name in ("problems_2a", "new_tokens", "steps", "problems", "samples"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.time_budget_s is not None and not args.time_budget_s > 0:
+        raise ValueError(f"--time-budget-s must be positive seconds, got {args.time_budget_s}")
+    workloads = _list(args.workloads, "workloads")
+    known = (*WORKLOADS, *EXTRA_WORKLOADS)
+    bad = [w for w in workloads if w not in known]
+    if bad:  # here, not in BenchConfig: it knows the decode grid's workloads only
+        raise ValueError(f"--workloads: {bad[0]!r} is not one of {', '.join(known)}")
     shapes, new_1 = _shapes(overrides, args.new_tokens, args.problems_2a)
     ceilings = None
     if args.ceilings is not None:
         parts = _list(args.ceilings, "ceilings", float)
-        if len(parts) != 2:
-            raise ValueError(f"--ceilings takes TB/s,TFLOP/s, got {args.ceilings!r}")
+        if len(parts) != 2 or not all(x > 0 for x in parts):
+            raise ValueError(f"--ceilings takes two positive numbers, TB/s,TFLOP/s, got {args.ceilings!r}")
         ceilings = Ceilings(parts[0] * 1e12, parts[1] * 1e12)
     if args.memory_budget_gib is not None and not args.memory_budget_gib > 0:
         raise ValueError(f"--memory-budget-gib must be positive, got {args.memory_budget_gib}")
@@ -157,7 +167,7 @@ def config_from_args(args: argparse.Namespace):
     default_models = QUICK["models"] if quick else ("llama3-8b", "codellama-7b")
     return BenchConfig(
         models=_list(args.models, "models") if args.models is not None else default_models,
-        workloads=tuple(w for w in _list(args.workloads, "workloads") if w not in EXTRA_WORKLOADS) or ("1",),
+        workloads=tuple(w for w in workloads if w not in EXTRA_WORKLOADS) or ("1",),
         prefixes=(_list(args.prefixes, "prefixes", int) if args.prefixes is not None
                   else QUICK["prefixes"] if quick else PREFIXES),
         batches=(_list(args.batches, "batches", int) if args.batches is not None
@@ -207,12 +217,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         bench = config_from_args(args)
         asked = _list(args.workloads, "workloads")
-        if any(w in EXTRA_WORKLOADS for w in asked):
+        extras = [w for w in asked if w in EXTRA_WORKLOADS]
+        if extras:
             resolve_bench_device(bench)  # BenchError (a ValueError) naming the way out, as the decode grid's
-        for w in asked:
-            if w in EXTRA_WORKLOADS:
-                _run_extra(w, args, bench)
-        if all(w in EXTRA_WORKLOADS for w in asked):
+        # every workload's flags checked before the first one runs (a bad --engines used to wait for step's end)
+        planned = [(w, _extra_arguments(w, args, bench)) for w in extras]
+        for w, kwargs in planned:
+            if bench.dry_run:
+                _print_extra_plan(w, kwargs)
+            else:
+                _run_extra(w, kwargs)
+        if len(extras) == len(asked):
             return 0
     except ValueError as e:
         print(f"prompt-tree bench: {e}", file=sys.stderr)
@@ -235,29 +250,34 @@ def _logit_shapes(args: argparse.Namespace) -> tuple[str, ...]:
     return shapes
 
 
-def _run_extra(workload: str, args: argparse.Namespace, bench) -> None:
-    """The step and job workloads (their own JSON files in --out)."""
+def _extra_arguments(workload: str, args: argparse.Namespace, bench) -> dict:
+    """The keyword arguments of step.run_step_benchmark or job.run_job_benchmark, checked (ValueError naming the
+    flag); nothing is built or run here."""
     if workload == "step":
         from prompt_tree.benchmark import step
+        from prompt_tree.sampler import BACKENDS, resolve_backend
 
-        models = bench.models
         modes = tuple(m for m in bench.modes if m in step.MODES) or step.MODES
         samplings = _list(args.sampling, "sampling")
         bad = [x for x in samplings if x not in step.SAMPLINGS]
         if bad:
             raise ValueError(f"--sampling: {bad[0]!r} is not one of {', '.join(step.SAMPLINGS)}")
-        from prompt_tree.sampler import BACKENDS
         backends = tuple(args.sampler_backends.split(","))
         bad = [x for x in backends if x not in BACKENDS]
         if bad:
             raise ValueError(f"--sampler-backends: {bad[0]!r} is not one of {', '.join(BACKENDS)}")
-        logit_shapes = _logit_shapes(args)
-        step.run_step_benchmark(models, bench.batches if args.batches else step.BATCHES,
-                                bench.prefixes if args.prefixes else step.PREFIXES, modes, samplings, bench.out,
-                                bench.device, bench.dtype, bench.time_budget_s, bench.ceilings,
-                                bench.memory_budget_bytes, steps=args.steps or step.STEPS,
-                                sampler_backends=backends, logits=logit_shapes)
-        return
+        if "sampled" in samplings:
+            for b in backends:  # one this device cannot run (triton on a CPU) fails now, not after the rows before it
+                try:
+                    resolve_backend(b, bench.device)
+                except ValueError as e:
+                    raise ValueError(f"--sampler-backends: {e}") from None
+        return dict(models=bench.models, batches=bench.batches if args.batches else step.BATCHES,
+                    prefixes=bench.prefixes if args.prefixes else step.PREFIXES, modes=modes, samplings=samplings,
+                    out=bench.out, device=bench.device, dtype=bench.dtype, time_budget_s=bench.time_budget_s,
+                    ceilings=bench.ceilings, memory_budget_bytes=bench.memory_budget_bytes,
+                    steps=step.STEPS if args.steps is None else args.steps, sampler_backends=backends,
+                    logits=_logit_shapes(args))
     from prompt_tree.benchmark import job
 
     shapes = _list(args.job_shapes, "job-shapes")
@@ -270,17 +290,63 @@ def _run_extra(workload: str, args: argparse.Namespace, bench) -> None:
             raise ValueError(f"--{name}: {bad[0]!r} is not one of {', '.join(allowed)}")
     if "ideal" in engines and "continuous-tree" not in engines:
         raise ValueError("--engines: ideal needs continuous-tree in the same run (its measured step times)")
-    for name in ("problems", "samples"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise ValueError(f"--{name} must be >= 1, got {v}")
     engines = tuple(e for e in engines if e != "ideal") + (("ideal",) if "ideal" in engines else ())
-    logit_shapes = _logit_shapes(args)
 
     def models_of(shape):
         return bench.models if args.models is not None else job.DEFAULT_MODELS[shape]
 
-    job.run_job_benchmark(shapes, models_of, lengths, engines, bench.out, bench.device, bench.dtype,
-                          problems=args.problems, samples=args.samples, max_new=args.new_tokens,
-                          memory_budget_bytes=bench.memory_budget_bytes, time_budget_s=bench.time_budget_s,
-                          seed=args.seed, logits=logit_shapes)
+    return dict(shapes=shapes, models_of=models_of, lengths=lengths, engines=engines, out=bench.out,
+                device=bench.device, dtype=bench.dtype, problems=args.problems, samples=args.samples,
+                max_new=args.new_tokens, memory_budget_bytes=bench.memory_budget_bytes,
+                time_budget_s=bench.time_budget_s, seed=args.seed, logits=_logit_shapes(args))
+
+
+def _run_extra(workload: str, kwargs: dict) -> None:
+    """The step and job workloads (their own JSON files in --out)."""
+    if workload == "step":
+        from prompt_tree.benchmark import step
+
+        step.run_step_benchmark(**kwargs)
+    else:
+        from prompt_tree.benchmark import job
+
+        job.run_job_benchmark(**kwargs)
+
+
+def _print_extra_plan(workload: str, kw: dict) -> None:
+    """--dry-run of the step and job workloads: their rows in the order a run takes them, on stderr as the decode
+    grid's plan; no weights, no runs, no files. The row order mirrors run_step_benchmark's and run_job_benchmark's
+    loops, which a change there must follow (a test compares the step plan with a run's rows)."""
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    if workload == "step":
+        from prompt_tree.benchmark.step import SUFFIX, WARMUP_STEPS, sampling_variants
+        from prompt_tree.sampler import resolve_backend
+
+        rows = [(name, batch, prefix, mode, sm, b, lg) for name in kw["models"] for prefix in kw["prefixes"]
+                for batch in kw["batches"] for mode in kw["modes"]
+                for sm, b, lg in sampling_variants(kw["samplings"], kw["sampler_backends"], kw["logits"])]
+        log(f"step: {len(rows)} rows, each {kw['steps']} timed decode steps after {WARMUP_STEPS} warm-up ones, "
+            f"{SUFFIX} tokens generated per sequence; a run writes {os.path.join(kw['out'], 'step.json')} and step.md")
+        for name, batch, prefix, mode, sm, b, lg in rows:
+            tags = [t for t in (resolve_backend(b, kw["device"]) if sm == "sampled" else None,
+                                "peaked logits" if lg == "peaked" else None) if t]
+            tagged = f"{sm} ({', '.join(tags)})" if tags else sm  # as step.md names the row
+            log(f"plan   step {name} batch {batch} prefix {prefix} {mode} {tagged}")
+        return
+    from prompt_tree.benchmark.job import SHAPES
+
+    path = os.path.join(kw["out"], "job.json")
+    log(f"job: a run writes {path}, job.md and its plots (measured rows already in {path} are kept, not run again)")
+    for shape_name in kw["shapes"]:
+        s = SHAPES[shape_name]
+        problems, samples = kw["problems"] or s.problems, kw["samples"] or s.samples
+        log(f"job {shape_name}: few-shot {s.few_shot} -> {problems} problems x ~{s.problem} -> {samples} samples, at "
+            f"most {kw['max_new'] or s.max_new} new tokens each")
+        for model in kw["models_of"](shape_name):
+            for kind in kw["lengths"]:
+                for lg in kw["logits"]:
+                    for engine in kw["engines"]:
+                        peaked = ", peaked logits" if lg == "peaked" else ""
+                        log(f"plan   job {model} {shape_name} {problems} x {samples} {kind} lengths {engine}{peaked}")

@@ -1,6 +1,7 @@
 """Execution benchmark: the warm sealed sandbox against its baselines, all in one run (CPU; never a timed test).
 
-    python -m prompt_tree.tasks.bench_exec                 # 2 runs, writes docs/benchmarks/execution.{json,md,png}
+    python -m prompt_tree.tasks.bench_exec                 # 2 runs, writes runs/bench-exec/execution.{json,md,png}
+    prompt-tree bench-exec --out docs/benchmarks/execution  # the committed numbers, from the checkout
     prompt-tree bench-exec --runs 1 --no-main-job --out /tmp/exec
 
 Programs (prompt_tree.tasks.bench_programs): every embedded problem's reference solution and its wrong-answer,
@@ -28,6 +29,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -48,10 +50,13 @@ from prompt_tree.tasks.sandbox.detect import resolve_isolation
 from prompt_tree.tasks.sandbox.zygote_host import live_zygote_pids
 from prompt_tree.tasks.verdicts import ProcessEnd, call_status_of, call_verdict, stdin_verdict
 
-# the directory that holds the prompt_tree package: in a checkout, the repository (its docs/ take the results)
+# the directory that holds the prompt_tree package: the floor's workers and the main job import it from there
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOOP_EVERY = 11
 METHODS = ("floor", "bare", "per-test", "warm", "warm+dedupe")
+# Under the current directory (runs/ is where `prompt-tree apps` writes too, and git ignores it): the committed
+# docs/benchmarks/execution.* are rewritten only when --out names them.
+DEFAULT_OUT = os.path.join("runs", "bench-exec", "execution")
 PYTHON = os.path.realpath(sys.executable)  # not a pyenv shim: ~0.1 s of bash per start
 
 
@@ -401,15 +406,72 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ", ".join(METHODS))
     p.add_argument("--limit", type=int, default=None, help="first N embedded problems only (default: all)")
     p.add_argument("--no-main-job", action="store_true", help="skip timing the embedded default main job")
-    p.add_argument("--out", default=os.path.join(REPO_ROOT, "docs", "benchmarks", "execution"),
-                   help="output path without extension: .json, .md and .png are written (default: %(default)s)")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help="output path without extension: .json, .md and .png are written (default: %(default)s, "
+                        "under the current directory; --out docs/benchmarks/execution in a checkout rewrites the "
+                        "committed results)")
+
+
+class _BadArgument(ValueError):
+    """A flag's value that bench-exec refuses before it measures or writes anything; the message names the flag."""
+
+
+def _methods(text: str) -> list[str]:
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    if not methods:
+        raise _BadArgument(f"--methods is empty; choose from {', '.join(METHODS)}")
+    for m in methods:
+        if m not in METHODS:
+            raise _BadArgument(f"--methods: {m!r} is not one of {', '.join(METHODS)}")
+        if methods.count(m) > 1:  # the summary keeps one row per method
+            raise _BadArgument(f"--methods: {m!r} is given twice")
+    return methods
+
+
+def _check_out(out: str) -> None:
+    """Make --out's directory, and prove it takes files, now: the files are written after minutes of runs, which
+    a bad path would otherwise lose (an access() check is not enough: root may 'write' /proc and /sys)."""
+    if not os.path.basename(out) or os.path.isdir(out):
+        raise _BadArgument(f"--out {out!r} names a directory; pass a path without extension such as "
+                           f"{os.path.join(out, 'execution')!r} (.json, .md and .png are added)")
+    for ext in (".json", ".md", ".png"):
+        if os.path.isdir(out + ext):
+            raise _BadArgument(f"--out {out!r}: {out + ext!r} is a directory; pass another --out path")
+    parent = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(parent, exist_ok=True)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise _BadArgument(f"--out {out!r}: cannot write into {parent!r} ({e.strerror or e}); pass another --out "
+                           f"path") from None
+
+
+def _check_args(args: argparse.Namespace) -> list[str]:
+    """The methods, every flag checked (_BadArgument naming it); --out's directory made last, so that nothing is
+    written for a command refused."""
+    methods = _methods(args.methods)
+    for name, value in (("runs", args.runs), ("workers", args.workers), ("limit", args.limit)):
+        if value is not None and value < 1:  # --limit 0 crashed on no programs; --workers 0 meant the cores
+            raise _BadArgument(f"--{name} must be >= 1, got {value}")
+    _check_out(args.out)
+    return methods
+
+
+def _command(args: argparse.Namespace, methods: list[str]) -> str:
+    """The command that repeats this run, every flag explicit (sys.argv was `prompt-tree bench-exec`'s or
+    `python -m`'s, and recorded the one as the other)."""
+    flags = [("--runs", args.runs), ("--workers", args.workers), ("--methods", ",".join(methods)),
+             ("--limit", args.limit), ("--out", args.out)]
+    given = [f"{flag} {shlex.quote(str(value))}" for flag, value in flags if value is not None]
+    return " ".join(["prompt-tree bench-exec", *given, *(["--no-main-job"] if args.no_main_job else [])])
 
 
 def run(args: argparse.Namespace) -> int:
-    methods = [m for m in args.methods.split(",") if m]
-    bad = [m for m in methods if m not in METHODS]
-    if bad or args.runs < 1:
-        print(f"bench-exec: error: unknown method(s) {bad} (choose from {METHODS}) or --runs < 1", file=sys.stderr)
+    try:
+        methods = _check_args(args)
+    except _BadArgument as e:
+        print(f"prompt-tree bench-exec: error: {e}", file=sys.stderr)
         return 2
     workers = args.workers or usable_cores()
     problems = load_problems(limit=args.limit)
@@ -417,7 +479,7 @@ def run(args: argparse.Namespace) -> int:
     log = lambda s: print(s, flush=True)  # noqa: E731
     result = {"cpu_model": cpu_model(), "cores": usable_cores(), "workers": workers, "python": sys.version.split()[0],
               "isolation": resolve_isolation(SandboxConfig()), "date": time.strftime("%Y-%m-%d %H:%M"),
-              "command": "python -m prompt_tree.tasks.bench_exec " + " ".join(sys.argv[1:]),
+              "command": _command(args, methods),
               "programs": len(programs), "tests": sum(p.problem.num_tests for p in programs),
               "load_average_before": os.getloadavg()[0], "runs": [], "main_jobs": []}
     for k in range(args.runs):
