@@ -55,6 +55,11 @@ def test_main_job_on_the_tiny_model(tmp_path, capsys):
     again = json.load(open(f"{out}/summary.json"))
     assert again["this_invocation"]["generated"] == 0 and again["this_invocation"]["executed"] == 0
     assert again["metrics"] == summary["metrics"]
+    # ... and the invocation that generated keeps its throughput in the history
+    first, second = again["invocations"]
+    assert first["generation"] == summary["generation"] and first["generation"]["tokens_per_s"] > 0
+    assert second["this_invocation"]["generated"] == 0 and "generation" not in second
+    assert first["timings"] == summary["timings"] and second["timings"] == again["timings"]
 
     # a different setting into the same directory is refused, naming the field
     assert main(["apps", "--limit", "3", "--samples", "4", "--max-new-tokens", "16", "--out", out, *FAST]) == 2

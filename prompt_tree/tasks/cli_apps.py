@@ -133,6 +133,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         preflight(config, generating=config.generations is None)  # before any model, rank or run directory
+        over = [k for k in config.k if k > config.samples]
+        if over and config.generations is None:  # (a generations file sets its own count)
+            print(f"prompt-tree apps: warning: --k {','.join(map(str, over))} exceeds --samples {config.samples}: "
+                  f"pass@k needs at least k samples per problem, so {'these are' if len(over) > 1 else 'it is'} "
+                  f"reported as '-' (raise --samples or lower --k)", file=sys.stderr)
         ctx = init_distributed(config.tp, config.device)  # None: one process, as without torchrun
         if ctx is None:
             report = run_apps(config)

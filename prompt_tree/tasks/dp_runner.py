@@ -37,7 +37,7 @@ from prompt_tree.tasks.node_files import node_records, read_leftovers, remove_gr
 from prompt_tree.tasks.results import RunLock, RunStore, fold_parts
 from prompt_tree.tasks.run_config import (RunConfig, RunConfigError, draw_examples, preflight, run_identity, sampling_params,
                                select_problems)
-from prompt_tree.tasks.run_summary import RunReport, build_summary, export_programs, format_report
+from prompt_tree.tasks.run_summary import RunReport, add_history, build_summary, export_programs, format_report
 from prompt_tree.tasks.runner import build_sample_tree, engine_options, generate_missing
 from prompt_tree.tasks.verdict_pool import VerdictPool, default_check
 
@@ -249,7 +249,7 @@ def _run_apps_distributed(config: RunConfig, ctx, held: list, *, check_fn: Calla
                                       "resumed_generations": resumed[0], "resumed_verdicts": resumed[1]}
         summary["parallel"] = {"world_size": lay.world_size, "tp": lay.tp, "dp": lay.dp, "groups": groups,
                                "group_files": "--node-dir" if node_dir is not None else "--out"}
-        store.write_summary(summary)
+        store.write_summary(add_history(summary, store.read_summary()))
     finally:
         store.close()
     export_programs(config, problems, store, wanted, log)

@@ -367,6 +367,16 @@ class RunStore:
         return (len(self._add(gens, self.generations, self._gen_out if write else None)),
                 len(self._add(vers, self.verdicts, self._ver_out if write else None)))
 
+    def read_summary(self) -> dict | None:
+        """summary.json as the last invocation that finished wrote it; None if there is none (or it is unreadable:
+        it is rewritten from the records at the end of every invocation)."""
+        try:
+            with open(self.summary_path) as f:
+                summary = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return summary if isinstance(summary, dict) else None
+
     def write_summary(self, summary: dict) -> None:
         write_json_atomic(self.summary_path, summary)
 

@@ -26,7 +26,8 @@ from prompt_tree.tasks.run_config import (  # noqa: F401 - RunConfig and RunConf
     RunConfig, RunConfigError, check_model, draw_examples, preflight, run_identity, sampling_params, select_problems,
 )
 from prompt_tree.tasks.run_limits import check_run_size
-from prompt_tree.tasks.run_summary import RunReport, build_summary, export_programs, format_report, jsonable_dict
+from prompt_tree.tasks.run_summary import (RunReport, add_history, build_summary, export_programs, format_report,
+                                           jsonable_dict)
 from prompt_tree.tasks.verdict_pool import VerdictPool, default_check
 
 SAMPLE_KEY_SEP = "#"
@@ -197,7 +198,7 @@ def _run_locked(config, problems, by_id, from_file, wanted, params, examples, en
                                   "duplicates": executor.duplicates,
                                   "resumed_generations": report.resumed_generations,
                                   "resumed_verdicts": report.resumed_verdicts}
-    store.write_summary(summary)
+    store.write_summary(add_history(summary, store.read_summary()))
     report.summary = summary
     export_programs(config, problems, store, wanted, log)
     log(format_report(summary))
