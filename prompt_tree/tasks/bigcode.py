@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Mapping, Sequence
 
 from prompt_tree.tasks.problem import Problem
@@ -47,8 +48,11 @@ def export_path_problem(path: str) -> str | None:
         parent = up
     if not os.path.isdir(parent):
         return f"{parent!r} is a file, not a directory; pass a path in a directory"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"directory {parent!r} is not writable; pass a path in a directory you can write"
+    try:  # a real write: access() lets root "write" anywhere, /proc and /sys included, and the run then failed
+        with tempfile.TemporaryFile(dir=parent):  # at its very end
+            pass
+    except OSError as e:
+        return f"directory {parent!r} is not writable ({e.strerror or e}); pass a path in a directory you can write"
     return None
 
 

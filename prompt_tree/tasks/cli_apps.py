@@ -125,7 +125,24 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     )
 
 
+def _plain_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line of the command's own (the default format, a file path, a line number and the source
+    line that warned, read like a traceback: a skipped malformed record looked like a crash)."""
+    print(f"prompt-tree apps: warning: {message}", file=file or sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
+    import warnings
+
+    shown = warnings.showwarning
+    warnings.showwarning = _plain_warning
+    try:
+        return _run(args)
+    finally:
+        warnings.showwarning = shown
+
+
+def _run(args: argparse.Namespace) -> int:
     from prompt_tree.parallel.env import PEER_FAILED_EXIT, RankFailedError, init_distributed, run_guarded
     from prompt_tree.tasks.bigcode import GenerationsFileError
     from prompt_tree.tasks.results import RunDirError

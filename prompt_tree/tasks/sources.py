@@ -239,14 +239,20 @@ def _names_split(filename: str, split: str) -> bool:
 
 def _read_file(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        records = _read_jsonl(path)
-    elif suffix == ".json":
-        records = _read_json(path)
-    elif suffix == ".parquet":
-        records = _read_parquet(path)
-    else:
-        raise ProblemFormatError(f"{path}: unknown file type {suffix!r}; expected one of {', '.join(_DATA_SUFFIXES)}")
+    try:
+        if suffix == ".jsonl":
+            records = _read_jsonl(path)
+        elif suffix == ".json":
+            records = _read_json(path)
+        elif suffix == ".parquet":
+            records = _read_parquet(path)
+        else:
+            raise ProblemFormatError(f"{path}: unknown file type {suffix!r}; expected one of "
+                                     f"{', '.join(_DATA_SUFFIXES)}")
+    except UnicodeDecodeError as e:  # the bare codec message named neither the file nor what to do
+        raise ProblemFormatError(f"{path}: not UTF-8 text ({e}); convert it to UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise ProblemFormatError(f"{path}: not valid JSON ({e})") from None
     return records
 
 
@@ -316,7 +322,7 @@ def read_source_records(source: str | os.PathLike, split: str = "test") -> tuple
     if path.exists():
         return str(path), _read_local(path, split)
     text = str(source)
-    looks_like_file = path.suffix.lower() in _DATA_SUFFIXES or text.startswith((".", "/", "~"))
+    looks_like_file = path.suffix.lower() in _DATA_SUFFIXES or text.startswith((".", "/", "~")) or text.endswith("/")
     if text.count("/") == 1 and not looks_like_file:
         return f"hub dataset {text} [{split}]", _read_hub(text, split)
     raise FileNotFoundError(
