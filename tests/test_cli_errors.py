@@ -128,6 +128,27 @@ def test_generate_still_works(tmp_path, capsys):
     assert len(out.read_text().splitlines()) == 2
 
 
+def test_generate_refuses_to_write_over_its_own_tree(tmp_path, capsys, no_model_built):
+    tree = _text_tree(tmp_path / "t.json")
+    before = open(tree).read()
+    argv = ["generate", "--model", "tiny", "--tree", tree, "--out", tree, "--max-new-tokens", "2", "--no-progress"]
+    assert main(argv) == 2
+    assert "is the --tree file" in _err(capsys) and open(tree).read() == before
+
+
+def test_engine_arguments_of_the_wrong_kind_fail_before_any_work():
+    from prompt_tree.engine import Engine
+    from prompt_tree.tree import PromptTree
+
+    with pytest.raises(TypeError, match="seed must be an int"):
+        Engine.random("tiny", seed="a")
+    tree = PromptTree()
+    tree.root.add("hi", samples=1)
+    for name in ("on_complete", "length_budget"):
+        with pytest.raises(TypeError, match=f"{name} must be a callable"):
+            Engine.random("tiny").generate(tree, progress=False, **{name: 5})
+
+
 # ------------------------------------------------------------------ 4. --samples on a tree that is not a dict
 
 

@@ -128,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_batch_sequences is not None and args.max_batch_sequences < 1:
         return _fail(f"--max-batch-sequences must be >= 1, or left out to fit batches to memory "
                      f"(got {args.max_batch_sequences})")
+    if os.path.exists(args.out) and os.path.samefile(args.out, args.tree):
+        return _fail(f"--out {args.out!r} is the --tree file: the completions would replace the tree; pass another "
+                     f"--out")
     why = _check_out(args.out)
     if why:
         return _fail(why)

@@ -83,6 +83,8 @@ class Engine:
     def random(cls, preset="tiny", seed: int = 0, device=None, dtype=None, tokenizer=None, **options) -> "Engine":
         """Random weights of a preset (name or ModelConfig). The "tiny" preset gets the byte tokenizer; other
         presets have none unless given (prompts must then be token ids and texts are empty)."""
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise TypeError(f"seed must be an int (the random weights' seed), not {type(seed).__name__}")
         config = get_preset(preset) if isinstance(preset, str) else preset
         model = random_model(config, seed=seed, device=device, dtype=dtype)
         if tokenizer is None:
@@ -165,6 +167,9 @@ class Engine:
         if max_batch_sequences is not None and (not isinstance(max_batch_sequences, int)
                                                 or isinstance(max_batch_sequences, bool) or max_batch_sequences < 1):
             raise ValueError(f"max_batch_sequences must be a positive int, got {max_batch_sequences!r}")
+        for name, fn in (("on_complete", on_complete), ("length_budget", length_budget)):
+            if fn is not None and not callable(fn):  # else it fails at the first completion, work already done
+                raise TypeError(f"{name} must be a callable or None, not {type(fn).__name__}")
         vocab = self.config.vocab_size
         outside = [t for t in params.stop_token_ids if t >= vocab]
         if outside:
