@@ -245,3 +245,16 @@ def test_few_shot_source_is_used_recorded_and_resumed(tmp_path, capsys):
     assert "resuming" in capsys.readouterr().out
     summary = json.loads((old / "summary.json").read_text())
     assert summary["this_invocation"]["generated"] == 0
+
+
+def test_a_result_looked_up_by_a_node_without_samples_says_so():
+    from prompt_tree.engine import Engine
+    from prompt_tree.sampling import SamplingParams
+    from prompt_tree.tree import PromptTree
+
+    tree = PromptTree()
+    tree.root.add("x", key="z").add("y", samples=1, key="w")
+    result = Engine.random("tiny").generate(tree, SamplingParams(max_new_tokens=2), progress=False)
+    assert len(result["w"]) == 1
+    with pytest.raises(KeyError, match="not the key of a node that asked for samples.*keys here: 'w'"):
+        result["z"]

@@ -86,7 +86,12 @@ class GenerationResult(Mapping):
         self.step_log = step_log  # [(live rows, device ms)] per replayed decode step (generate(step_log=True))
 
     def __getitem__(self, key) -> list[Completion]:
-        return self._completions[key]
+        try:
+            return self._completions[key]
+        except KeyError:
+            some = ", ".join(repr(k) for k in list(self._completions)[:5])
+            raise KeyError(f"{key!r} is not the key of a node that asked for samples (a node with samples=0 has "
+                           f"none); keys here: {some}{', ...' if len(self._completions) > 5 else ''}") from None
 
     def __iter__(self) -> Iterator:
         return iter(self._completions)
