@@ -384,7 +384,7 @@ def test_time_budget_and_resume(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--modes", "tree,warp"], "unknown mode 'warp'"),
-    (["--workloads", "1,3"], "unknown workload '3'"),
+    (["--workloads", "1,3"], "--workloads: '3' is not one of 1, 2a, 2b, step, job"),
     (["--models", "gpt-5"], "unknown model 'gpt-5'"),
     (["--prefixes", "1k"], "comma-separated numbers"),
     (["--batches", ""], "--batches is empty"),

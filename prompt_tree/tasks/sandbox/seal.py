@@ -154,8 +154,9 @@ def _bind(fd: int, target: str, read_only: bool, extra: int) -> None:
     mount(None, target, None, flags | (MS_RDONLY if read_only else 0))
 
 
-def build_root(view: list[dict], fds: dict[str, int], staging: str, tmp_mb: int, tmp_inodes: int) -> None:
-    """Build the minimal root at `staging` and pivot into it (see the module docstring). view entries:
+def build_root(view: list[dict], fds: dict[str, int], staging: str, tmp_mb: int, tmp_inodes: int) -> list[str]:
+    """Build the minimal root at `staging` and pivot into it (see the module docstring); returns the PROC_MASKED
+    files left uncovered (mask_proc). view entries:
     {"op": "bind", "path"} read-only bind of a file or directory at the same path; {"op": "mask", "path"} an
     empty read-only tmpfs over a directory inside an earlier bind; {"op": "symlink", "path", "target"};
     {"op": "dev", "path"} a device node (bound writable, not read-only: /dev/null must take writes)."""
@@ -196,7 +197,7 @@ def build_root(view: list[dict], fds: dict[str, int], staging: str, tmp_mb: int,
     # A procfs of the new PID namespace: the program sees its own processes only. Must be mounted by a process
     # of that namespace (this one, its init).
     mount("proc", staging + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    mask_proc(staging + "/proc", staging + "/dev/null")
+    unmasked = mask_proc(staging + "/proc", staging + "/dev/null")
     old = staging + "/.old_root"
     os.makedirs(old, exist_ok=True)
     pivot_root(staging, old)
@@ -207,6 +208,7 @@ def build_root(view: list[dict], fds: dict[str, int], staging: str, tmp_mb: int,
         mount(None, target[len(staging):], None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     os.chdir(SANDBOX_TMP)
+    return unmasked
 
 
 # procfs files with host-wide state that a PID namespace does not filter: the kernel keys the reader possesses
@@ -215,19 +217,26 @@ def build_root(view: list[dict], fds: dict[str, int], staging: str, tmp_mb: int,
 PROC_MASKED = ("keys", "key-users", "kcore", "timer_list", "sched_debug", "cmdline")
 
 
-def mask_proc(proc: str, null: str) -> None:
+def mask_proc(proc: str, null: str) -> list[str]:
     """Cover PROC_MASKED under the procfs mounted at `proc` with read-only binds of `null` (a /dev/null that a
-    read finds empty), as container runtimes do; a file this kernel does not have is skipped."""
+    read finds empty), as container runtimes do; a file this kernel does not have is skipped. Returns the names
+    that could not be covered (the caller warns: what they show is host state, not a way out)."""
+    failed = []
     fd = os.open(null, os.O_PATH | os.O_CLOEXEC)
     try:
         for name in PROC_MASKED:
             target = f"{proc}/{name}"
             if not os.path.exists(target):
                 continue
-            mount(f"/proc/self/fd/{fd}", target, None, MS_BIND)
-            mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC | _kept_flags(target))
+            try:
+                mount(f"/proc/self/fd/{fd}", target, None, MS_BIND)
+                mount(None, target, None,
+                      MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NOEXEC | _kept_flags(target))
+            except SealError:
+                failed.append(name)
     finally:
         os.close(fd)
+    return failed
 
 
 def forbid_new_user_namespaces() -> None:
@@ -298,7 +307,9 @@ def new_session_keyring() -> None:
         raise SealError(0, f"keyctl: syscall number unknown for {platform.machine()}")
     if _libc.syscall(number, _KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
         err = ctypes.get_errno()
-        if err != 38:  # ENOSYS: a kernel without keys has nothing to leak
+        # ENOSYS: a kernel without keys has nothing to leak; EPERM / EACCES: an outer seccomp profile (Docker's
+        # default) refuses keyctl, and then the program cannot call it either
+        if err not in (38, 1, 13):
             _check(-1, "join a new session keyring")
 
 

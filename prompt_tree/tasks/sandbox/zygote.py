@@ -240,7 +240,9 @@ def _init(req, ctrl, source_fd, go_r, fds, cfg, names) -> None:
         limits = req["limits"]
         warnings = []
         try:
-            seal.build_root(cfg["view"], fds, cfg["staging"], limits["tmp_mb"], limits["tmp_inodes"])
+            unmasked = seal.build_root(cfg["view"], fds, cfg["staging"], limits["tmp_mb"], limits["tmp_inodes"])
+            if unmasked:
+                warnings.append(f"/proc files not masked (host state the program can read): {', '.join(unmasked)}")
             for fd in fds.values():
                 os.close(fd)
             try:
