@@ -179,6 +179,24 @@ def test_describe_tokenizer_errors_name_the_flag(tmp_path, capsys):
     assert main(["describe", _ids_tree(tmp_path / "ids.json")]) == 0  # token ids need none
 
 
+@pytest.mark.parametrize("flags, says", [
+    (["--max-len", "-1"], "--max-len must be >= 1"), (["--max-children", "0"], "--max-children must be >= 1"),
+    (["--kv-shape", "-1", "8", "128"], "--kv-shape takes LAYERS KV_HEADS HEAD_DIM, each >= 1"),
+])
+def test_describe_refuses_bad_numbers_naming_the_flag(tmp_path, capsys, flags, says):
+    assert main(["describe", _ids_tree(tmp_path / "ids.json")] + flags) == 2
+    assert says in _err(capsys)
+
+
+def test_describe_names_the_tree_file_it_cannot_read(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["describe", str(bad)]) == 2
+    assert repr(str(bad)) in _err(capsys)
+    assert main(["describe", str(tmp_path / "none.json")]) == 2
+    assert "none.json" in _err(capsys)
+
+
 # ------------------------------------------------------------------ 6. apps --out and --export-bigcode
 
 

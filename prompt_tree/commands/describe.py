@@ -62,6 +62,12 @@ def _print(text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     tokenizer = None
+    if args.max_len is not None and args.max_len < 1:
+        return _fail(f"--max-len must be >= 1 tokens, got {args.max_len}")
+    if args.max_children < 1:
+        return _fail(f"--max-children must be >= 1, got {args.max_children}")
+    if args.kv_shape is not None and min(args.kv_shape) < 1:
+        return _fail(f"--kv-shape takes LAYERS KV_HEADS HEAD_DIM, each >= 1, got {' '.join(map(str, args.kv_shape))}")
     try:
         tree = PromptTree.load(args.tree)
         if args.tokenizer is not None:
@@ -76,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
                              f"tree's text prompts")
         plan = tree.flatten(tokenizer, max_len=args.max_len, add_bos=args.bos, chat=args.chat)
     except (OSError, PromptTreeError, ValueError) as e:  # json errors are ValueErrors too
-        return _fail(str(e))
+        message = str(e)
+        if not message.startswith("--"):  # the tree file's own problem (unreadable, not JSON, not a tree)
+            message = f"{args.tree!r}: {message}"
+        return _fail(message)
     bpt = bytes_per_token(*args.kv_shape) if args.kv_shape else None
     _print(tree.describe(plan, max_children=args.max_children, bytes_per_token=bpt))
     return 0
