@@ -242,11 +242,27 @@ def sock(family, kind=socket.SOCK_STREAM, pair=False):
 out += ["vsock=" + sock(40), "netlink=" + sock(16, socket.SOCK_RAW), "packet=" + sock(17, socket.SOCK_RAW),
         "unix=" + sock(socket.AF_UNIX), "inet=" + sock(socket.AF_INET), "inet6=" + sock(socket.AF_INET6),
         "unixpair=" + sock(socket.AF_UNIX, pair=True), "inetpair=" + sock(socket.AF_INET, pair=True)]
+a, b = socket.socketpair()
+for name, opt in (("sndbuf", socket.SO_SNDBUF), ("rcvbuf", socket.SO_RCVBUF), ("sndbufforce", 32)):
+    try:
+        a.setsockopt(socket.SOL_SOCKET, opt, 4 << 20)
+        out.append(name + "=LEAK")
+    except PermissionError:
+        out.append(name + "=blocked")
+a.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)  # other options stay allowed
+r, w = os.pipe()
+try:
+    import fcntl
+    fcntl.fcntl(w, 1031, 1 << 20)  # F_SETPIPE_SZ
+    out.append("pipesize=LEAK")
+except PermissionError:
+    out.append("pipesize=blocked")
 print(" ".join(out))
 """
     want = [f"{name}=blocked" for name in sorted(denied)] + [
         "vsock=blocked", "netlink=blocked", "packet=blocked", "unix=made", "inet=made", "inet6=made",
-        "unixpair=made", "inetpair=blocked"]
+        "unixpair=made", "inetpair=blocked", "sndbuf=blocked", "rcvbuf=blocked", "sndbufforce=blocked",
+        "pipesize=blocked"]
     res, _ = judge(stdin_problem([""], [" ".join(want)]), code, sealed)
     assert res.results == [True], res.details
 
@@ -472,6 +488,72 @@ print(os.getsid(0), os.waitstatus_to_exitcode(status))
 """
     res, _ = judge(stdin_problem([""], ["1 4"]), code, sealed)
     assert res.results == [True], res.details
+
+
+def test_a_huge_int_or_a_forged_report_number_is_this_programs_verdict_only(sealed):
+    """A wrong answer that is an int of 5,000 digits made the detail message raise (json.dumps and repr refuse
+    such ints), and a report whose cpu_s was an int of 400 digits raised OverflowError: either stopped the whole
+    run. Now the first is a wrong answer and the second breaks this program's sandbox."""
+    p = Problem("c", "q", fn_name="f", inputs=[[1], [2]], outputs=[5, 5])
+    res, _ = judge(p, "def f(x):\n    return 10 ** 5000\n", sealed)
+    assert res.results == [False, False] and "<int of about 5000 digits>" in res.details[0], res.details
+    forged = """
+import json
+dumps = json.dumps
+def forged(obj, *a, **k):
+    if isinstance(obj, dict) and obj.get("ev") == "done":
+        obj = dict(obj, cpu_s=10 ** 400)
+    return dumps(obj, *a, **k)
+json.dumps = forged
+def f(x):
+    return 5
+"""
+    res, _ = judge(p, forged, sealed)
+    assert res.results == [-1, -1] and "out of range" in res.details[0], res.details
+
+
+def test_a_stdin_program_that_stops_its_runner_still_times_out(sealed):
+    """The test's child runs as the runner's uid: it stopped the runner with SIGSTOP, slept past the limit,
+    printed, and had a grandchild send SIGCONT: 3.4 s passed under 2 s. The host times every test itself."""
+    code = """
+import os, signal, time
+runner = os.getppid()
+if os.fork() == 0:
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.01)
+    os.kill(runner, signal.SIGCONT)
+    os._exit(0)
+os.kill(runner, signal.SIGSTOP)
+time.sleep(1.6)
+print(42)
+"""
+    res, _ = judge(stdin_problem([""], ["42"]), code, sealed, timeout=1.0)
+    assert res.results == [-1] and res.details[0].startswith("timeout"), res.details
+    res, _ = judge(stdin_problem([""], ["42"]), code.replace("1.6", "0.1"), sealed, timeout=1.0)
+    assert res.results == [True], res.details  # stopping its runner briefly is no offence in itself
+
+
+def test_a_module_body_that_patches_the_clock_still_times_out(sealed):
+    """A call-based body that cancelled its timer and patched time.monotonic reported 6.4 s as in time; the host
+    times the body from the runner's stamped "body" packet, sent before the program's code runs."""
+    code = """
+import signal, time
+signal.setitimer(signal.ITIMER_REAL, 0)
+real = time.monotonic
+t0 = real()
+while real() - t0 < 2.0:
+    pass
+end = real()
+time.monotonic = lambda: real() - (end - t0)
+def f(x):
+    return 5
+"""
+    p = Problem("c", "q", fn_name="f", inputs=[[1], [2]], outputs=[5, 5])
+    res, _ = judge(p, code, sealed, timeout=1.0)
+    assert res.results == [-1, -1] and res.details[0] == "timeout (module body)", res.details
+    res, _ = judge(p, code.replace("< 2.0", "< 0.2"), sealed, timeout=1.0)
+    assert res.results == [True, True], res.details
 
 
 # ---------------------------------------------------------------- attacks on the warm process

@@ -175,6 +175,44 @@ def test_wire_refuses_what_has_no_faithful_form():
             wire.decode_value(forged)
 
 
+def test_a_dict_of_colliding_keys_is_refused_before_it_is_built():
+    """Ints k * (2**61 - 1) all hash to 0: 32,000 such keys took 5.8 s to decode. A dict past 64 keys whose
+    hashes are mostly shared is refused; ordinary dicts of any size decode as before."""
+    from prompt_tree.tasks.sandbox.wire import ProtocolError, decode_value, encode_value
+
+    colliding = {wire.DICT_TAG: [[k * (2**61 - 1), 0] for k in range(1, 2000)]}
+    with pytest.raises(ProtocolError, match="distinct hashes"):
+        decode_value(colliding)
+    few = {k * (2**61 - 1): k for k in range(1, 60)}  # a few collisions are any dict's lot
+    assert decode_value(encode_value(few)) == few
+    many = {k: str(k) for k in range(5000)}
+    assert decode_value(encode_value(many)) == many
+
+
+def test_a_stamped_packet_with_descriptors_is_refused_and_they_are_closed():
+    """The host reads reports through recv_stamped: a packet that carries descriptors breaks the protocol, and
+    the descriptors it installed are closed (with timestamps refused they used to stay open in the host)."""
+    import socket
+
+    for stamped in (True, False):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if stamped:
+            assert wire.enable_timestamps(ours)
+        before = len(os.listdir("/proc/self/fd"))
+        r, w = os.pipe()
+        wire.send_message(theirs, {"ev": "done", "i": 0}, [r, w, r, w])
+        os.close(r)
+        os.close(w)
+        with pytest.raises(wire.ProtocolError, match="descriptors"):
+            wire.recv_stamped(ours)
+        assert len(os.listdir("/proc/self/fd")) == before
+        wire.send_message(theirs, {"ev": "done", "i": 1})
+        msg, sent = wire.recv_stamped(ours)
+        assert msg == {"ev": "done", "i": 1} and abs(sent - time.time()) < 5
+        ours.close()
+        theirs.close()
+
+
 def test_messages_are_framed_and_checked():
     import socket
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -237,3 +275,44 @@ def test_empty_dir_matches_a_fresh_listing_on_random_trees(tmp_path):
                 with open(path, "w") as f:
                     f.write("x")
         assert empty_dir(str(top)) and os.listdir(top) == []
+
+
+def test_a_fresh_session_keyring_possesses_nothing_of_the_old_one():
+    """seal.new_session_keyring on its own (no filter): in a child that planted a key in its session keyring,
+    the key is found before the call and not after it."""
+    import ctypes
+    import platform
+
+    from prompt_tree.tasks.sandbox import seal
+    from prompt_tree.tasks.sandbox.syscall_filter import DENIED, native_arch
+
+    arch = native_arch()
+    if arch is None:
+        pytest.skip(f"no keyctl number for {platform.machine()}")
+    keyctl, add_key = DENIED[arch]["keyctl"], DENIED[arch]["add_key"]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.syscall(keyctl, 1, None) < 0 or \
+                    libc.syscall(add_key, b"user", b"pt_planted", b"s3cret", 6, ctypes.c_long(-3)) < 0:
+                code = 3  # no keyring to plant in here
+            else:
+                def found():
+                    return libc.syscall(keyctl, 10, ctypes.c_long(-3), b"user", b"pt_planted", 0) > 0
+
+                before = found()
+                warning = seal.new_session_keyring()
+                code = 0 if before and not found() and warning is None else 2
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(0)
+    os.close(w)
+    code = os.read(r, 1)[0]
+    os.waitpid(pid, 0)
+    os.close(r)
+    if code == 3:
+        pytest.skip("this kernel gives no session keyring to plant a key in")
+    assert code == 0

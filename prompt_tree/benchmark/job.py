@@ -231,6 +231,19 @@ def write(results: dict, out: str, plots: bool = False) -> None:
         fh.write("\n".join(lines) + "\n")
 
 
+def resolved_shape(shape_name: str, problems: int | None, samples: int | None, max_new: int | None) -> JobShape:
+    """SHAPES[shape_name] with the counts a run was given in place of its own."""
+    shape = SHAPES[shape_name]
+    return JobShape(shape.name, shape.few_shot, shape.problem, problems or shape.problems, samples or shape.samples,
+                    max_new or shape.max_new)
+
+
+def row_groups(lengths, logits) -> list[tuple[str, str]]:
+    """(length distribution, logit shape) of each group of rows one model runs, in run order; each group runs
+    every engine asked for."""
+    return [(k, lg) for k in lengths for lg in logits]
+
+
 def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str = "cuda", dtype: str = "bf16",
                       problems: int | None = None, samples: int | None = None, max_new: int | None = None,
                       memory_budget_bytes: int | None = None, time_budget_s: float | None = None,
@@ -251,16 +264,14 @@ def run_job_benchmark(shapes, models_of, lengths, engines, out: str, device: str
     done = {(r["model"], r["shape"], r["lengths"], r["engine"], r["problems"], r["samples"], r.get("logits", "flat"))
             for r in results["rows"]}
     for shape_name in shapes:
-        shape = SHAPES[shape_name]
-        shape = JobShape(shape.name, shape.few_shot, shape.problem, problems or shape.problems,
-                         samples or shape.samples, max_new or shape.max_new)
+        shape = resolved_shape(shape_name, problems, samples, max_new)
         for model in models_of(shape_name):
             config = get_preset(model)
             tok, tok_name = bench_tokenizer(config.vocab_size)
             results.setdefault("tokenizers", {})[model] = tok_name
             eng_cache = {}
             tree = job_tree(shape, config.vocab_size, seed)
-            for kind, lg in [(k, lg) for k in lengths for lg in logits]:
+            for kind, lg in row_groups(lengths, logits):
                 budget = budgets(shape, kind, seed)
                 mean_budget = statistics.fmean(budget.values())
                 tree_run = None  # (step pairs, KV bytes, max rows) of this row group's continuous-tree run

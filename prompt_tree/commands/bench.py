@@ -315,8 +315,8 @@ def _run_extra(workload: str, kwargs: dict) -> None:
 
 def _print_extra_plan(workload: str, kw: dict) -> None:
     """--dry-run of the step and job workloads: their rows in the order a run takes them, on stderr as the decode
-    grid's plan; no weights, no runs, no files. The row order mirrors run_step_benchmark's and run_job_benchmark's
-    loops, which a change there must follow (a test compares the step plan with a run's rows)."""
+    grid's plan; no weights, no runs, no files. The rows come from the functions the runs loop over
+    (step.sampling_variants; job.resolved_shape, job.row_groups), so the plan follows a change there."""
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
@@ -335,18 +335,16 @@ def _print_extra_plan(workload: str, kw: dict) -> None:
             tagged = f"{sm} ({', '.join(tags)})" if tags else sm  # as step.md names the row
             log(f"plan   step {name} batch {batch} prefix {prefix} {mode} {tagged}")
         return
-    from prompt_tree.benchmark.job import SHAPES
+    from prompt_tree.benchmark.job import resolved_shape, row_groups
 
     path = os.path.join(kw["out"], "job.json")
     log(f"job: a run writes {path}, job.md and its plots (measured rows already in {path} are kept, not run again)")
     for shape_name in kw["shapes"]:
-        s = SHAPES[shape_name]
-        problems, samples = kw["problems"] or s.problems, kw["samples"] or s.samples
-        log(f"job {shape_name}: few-shot {s.few_shot} -> {problems} problems x ~{s.problem} -> {samples} samples, at "
-            f"most {kw['max_new'] or s.max_new} new tokens each")
+        s = resolved_shape(shape_name, kw["problems"], kw["samples"], kw["max_new"])
+        log(f"job {shape_name}: few-shot {s.few_shot} -> {s.problems} problems x ~{s.problem} -> {s.samples} "
+            f"samples, at most {s.max_new} new tokens each")
         for model in kw["models_of"](shape_name):
-            for kind in kw["lengths"]:
-                for lg in kw["logits"]:
-                    for engine in kw["engines"]:
-                        peaked = ", peaked logits" if lg == "peaked" else ""
-                        log(f"plan   job {model} {shape_name} {problems} x {samples} {kind} lengths {engine}{peaked}")
+            for kind, lg in row_groups(kw["lengths"], kw["logits"]):
+                for engine in kw["engines"]:
+                    peaked = ", peaked logits" if lg == "peaked" else ""
+                    log(f"plan   job {model} {shape_name} {s.problems} x {s.samples} {kind} lengths {engine}{peaked}")

@@ -5,11 +5,13 @@ enter the sandbox).
 Standard input (`stdout_matches`, and `TokenStream`, the same rule fed chunk by chunk as output arrives):
 whitespace-separated tokens must agree one to one (line breaks and blank lines do not matter, as after the
 official strip/split steps); two tokens agree if equal as strings; else, where the expected token is an integer
-literal, if the output token is not one and has exactly its value as a decimal number ("5.0" or "5e0" for "5",
-not "1000000000.0" for "1000000006", nor "05" for "5"); else if both parse as floats within 1e-6
-absolute-or-relative (|a-b| <= 1e-6*max(1, |a|, |b|), the tolerance most Codeforces / AtCoder statements set).
-Integer answers compare exactly: the official np.allclose would accept 1000000 for 1000001, which no problem
-means, and a relative tolerance on a float printout of an integer answer let 1e9 pass for 1000000006. The
+literal, if the output token is not one but an ASCII decimal number within 1e-6 of it, absolutely ("5.0",
+"5e0" and "0.9999999999" for "5" and "1": a real-valued answer that happens to be whole; not "1000000000.0" for
+"1000000006", nor "05" for "5"); else if both parse as floats within 1e-6 absolute-or-relative
+(|a-b| <= 1e-6*max(1, |a|, |b|), the tolerance most Codeforces / AtCoder statements set). Integer answers
+compare exactly or within that absolute 1e-6: the official np.allclose would accept 1000000 for 1000001, which
+no problem means, and a relative tolerance on a float printout of an integer answer let 1e9 pass for
+1000000006. The
 official checker also accepts outputs whose lines hold the same tokens in another order (a set comparison);
 this one does not, as that accepts wrong answers. An output token longer than max(4096, twice the longest
 expected token) never agrees (`token_limit`): no answer needs one, and the streaming form would otherwise
@@ -30,19 +32,25 @@ from typing import Any
 
 FLOAT_TOLERANCE = 1e-6  # absolute-or-relative, see the module docstring
 _INT_RE = re.compile(r"[+-]?\d+\Z")
+_DECIMAL_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")  # ASCII: no "1_0", no "٥"
+_INT_TOLERANCE = decimal.Decimal("1e-6")
+_EXACT = decimal.Context(prec=50, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN, traps=[decimal.InvalidOperation])
 
 
 def tokens_match(a: str, b: str) -> bool:
     """Whether output token `a` agrees with expected token `b` (the module docstring's rule)."""
     if a == b:
         return True
-    if _INT_RE.match(b):  # an integer answer: exactly its value (no closeness for 1000000 vs 1000001)
-        if _INT_RE.match(a):
+    if _INT_RE.match(b):  # an integer answer (no relative closeness for 1000000 vs 1000001)
+        if _INT_RE.match(a) or not _DECIMAL_RE.match(a):
             return False
-        try:
-            return decimal.Decimal(a) == int(b)  # exact: "1000000000.0" is not 1000000006
-        except (decimal.InvalidOperation, ValueError):
-            return False
+        # exact decimal arithmetic, correctly rounded (no float: "1000000000.0" is 6 away from 1000000006, and an
+        # int() of over 4300 digits would raise); the context bounds the work of an exponent like 1e999999999
+        with decimal.localcontext(_EXACT) as ctx:
+            try:
+                return abs(ctx.subtract(decimal.Decimal(a), decimal.Decimal(b))) <= _INT_TOLERANCE
+            except decimal.DecimalException:
+                return False
     try:
         x, y = float(a), float(b)
     except ValueError:

@@ -76,11 +76,56 @@ def call_verdict(status: str, value: Any, error: str, expected: Any, matches) ->
     return -1, short("runtime error: " + error)
 
 
+_SHOW_CHARS = 80
+_SHOW_DEPTH = 20
+
+
 def _show(x: Any) -> str:
-    try:
-        return json.dumps(x, default=repr)[:80]
-    except (ValueError, RecursionError):
-        return repr(x)[:80]
+    """At most 80 characters of a call-based value for a detail message, written as JSON would write it, read
+    only as far as they reach. Never raises: json.dumps and repr both refuse an int of more than 4300 digits, and
+    an unreduced factorial returned as a wrong answer once stopped the whole run."""
+    out: list[str] = []
+    size = 0
+
+    def emit(text: str) -> None:
+        nonlocal size
+        out.append(text)
+        size += len(text)
+
+    def walk(v: Any, depth: int) -> None:
+        if size > _SHOW_CHARS:
+            return
+        if depth > _SHOW_DEPTH:
+            emit("...")
+        elif v is None or isinstance(v, bool):
+            emit(json.dumps(v))
+        elif isinstance(v, int):
+            bits = v.bit_length()
+            emit(str(v) if bits < 4000 else f"<int of about {int(bits * 0.30103)} digits>")
+        elif isinstance(v, float):
+            emit(json.dumps(v))
+        elif isinstance(v, str):
+            emit(json.dumps(v[:_SHOW_CHARS + 1]))
+        elif isinstance(v, (list, tuple, dict)):
+            items = v.items() if isinstance(v, dict) else v
+            emit("{" if isinstance(v, dict) else "[")
+            for i, item in enumerate(items):
+                if size > _SHOW_CHARS:
+                    break
+                if i:
+                    emit(", ")
+                if isinstance(v, dict):
+                    walk(item[0], depth + 1)
+                    emit(": ")
+                    walk(item[1], depth + 1)
+                else:
+                    walk(item, depth + 1)
+            emit("}" if isinstance(v, dict) else "]")
+        else:  # (the wire gives only the types above)
+            emit(f"<{type(v).__name__}>")
+
+    walk(x, 0)
+    return "".join(out)[:_SHOW_CHARS]
 
 
 def call_status_of(end: ProcessEnd, result: dict | None) -> tuple[str, Any, str]:

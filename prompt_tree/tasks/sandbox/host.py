@@ -37,12 +37,15 @@ START_TIMEOUT_S = 30.0  # zygote queue + seal, on a machine shared with other jo
 COMPILE_SLACK_S = 5.0  # compiling (and a module body past its timeout) may take this long before "ready"
 _SILENT = "no answer within the limit"
 RESULT_CAP = 16 << 20  # bytes of one call-based result at most (callers pass less: check_warm sizes it)
-# Call-based programs run their module body in the runner, so its timers and reports are the program's: a body
-# that replaced the runner's wait loop ran a 5.5 s call to a pass under a 4 s limit. The host therefore also
-# times a call itself, from sending the test to the kernel's timestamp of the report, and a report later than
-# the limit plus this slack is a timeout whatever it says (the slack covers the runner's kill, reap and
-# clean-up after the limit; the timestamp does not depend on how soon a busy host thread reads it).
-CALL_SLACK_S = 0.5
+# The runner's timer is not the host's to trust. Call-based programs run their module body in the runner, so
+# its timers and reports are the program's: a body that replaced the runner's wait loop ran a 5.5 s call to a
+# pass under a 4 s limit. A standard-input test's child runs as the runner's uid and can stop it: one that sent
+# it SIGSTOP, and SIGCONT from a grandchild once it had printed, passed after 3.4 s under 2 s. So the host also
+# times every test itself, from sending it to the kernel's timestamp of the report, and a report later than the
+# limit plus this slack is a timeout whatever it says (the slack covers the runner's kill, reap and clean-up
+# after the limit; the timestamp does not depend on how soon a busy host thread reads it). The module body is
+# timed the same way, from the runner's stamped "body" packet, sent before it runs any of the program's code.
+REPORT_SLACK_S = 0.5
 MAX_FILE_MB = 16  # RLIMIT_FSIZE in the sandbox (the run directory's tmpfs holds several such files)
 GRACE_S = 1.0  # a healthy runner ends within milliseconds of its socket closing; past this it is killed
 _STDERR_TAIL = 4096
@@ -156,15 +159,20 @@ class WarmSandbox:
         self.warnings = tuple(str(w) for w in msg.get("warnings", ())[:5])
         # From here on the program's own code may have run (call-based module body): nothing it sends is trusted.
         # Compiling takes milliseconds; the module body gets the per-test timeout, as in APPS.
-        t_sealed, sealed_at = time.monotonic(), self.last_sent_at
-        msg, _ = self._recv(t_sealed + COMPILE_SLACK_S + (self.timeout if self.kind == "call" else 0.0))
+        t_sealed = time.monotonic()
+        deadline = t_sealed + COMPILE_SLACK_S + (self.timeout if self.kind == "call" else 0.0)
+        msg, _ = self._recv(deadline)
+        body_at = None  # call-based: when the body started, by the kernel's stamp of the runner's "body" packet
+        if self.kind == "call" and (msg or {}).get("ev") == "body":
+            body_at = self.last_sent_at
+            msg, _ = self._recv(deadline)
         # a module body that ran out of time: killed by its own timer (the socket closes) or silent. Either
         # way every test is -1; only the detail depends on this guess, hence the margin for message latency.
         silent = msg is None and time.monotonic() - t_sealed >= 0.9 * self.timeout
         ev = (msg or {}).get("ev")
         if ev == "ready" and self.kind == "call" and \
-                self.last_sent_at - sealed_at > self.timeout + COMPILE_SLACK_S + CALL_SLACK_S:
-            ev = "import_timeout"  # the body outran its limit and said it did not (see CALL_SLACK_S)
+                (body_at is None or self.last_sent_at - body_at > self.timeout + REPORT_SLACK_S):
+            ev = "import_timeout"  # the body outran its limit and said it did not (see REPORT_SLACK_S)
         if ev == "ready":
             return Started(True, warnings=self.warnings)
         self._kill()
@@ -373,8 +381,12 @@ class WarmSandbox:
             self._kill()
             return
         _fill(run, report)
-        if self.kind == "call" and self.last_sent_at - self._test_sent_at > timeout + CALL_SLACK_S:
-            run.timed_out = True  # see CALL_SLACK_S
+        if run.broken:
+            self.broken = run.broken
+            self._kill()
+            return
+        if self.last_sent_at - self._test_sent_at > timeout + REPORT_SLACK_S:
+            run.timed_out = True  # see REPORT_SLACK_S
 
     # ------------------------------------------------------------------ end
     def _kill(self, graceful: bool = False) -> None:
@@ -418,11 +430,23 @@ class WarmSandbox:
             self.uid = None
 
 
+# what a report's numbers may be: the runner may be the program's (call-based), and an int of 400 digits where
+# a float belongs once raised OverflowError out of check() and stopped the whole run
+_REPORT_RANGES = {"exit": (0, 255), "signal": (1, 128), "cpu_s": (0, 1e7), "wall_s": (0, 1e7), "rss_kb": (0, 1 << 40)}
+
+
 def _fill(run: TestRun, report: dict) -> None:
-    """Copy the runner's report into run, taking only well-typed values (the runner may be the program's)."""
+    """Copy the runner's report into run, taking only well-typed values in range (the runner may be the
+    program's); a report with a value out of its range breaks the sandbox (this program's verdicts only)."""
     def num(key, kind, default):
         v = report.get(key)
-        return v if isinstance(v, kind) and not isinstance(v, bool) else default
+        if v is None or isinstance(v, bool) or not isinstance(v, kind):
+            return default
+        lo, hi = _REPORT_RANGES[key]
+        if not lo <= v <= hi:  # (a comparison, never a conversion: it holds for any int, and NaN fails it)
+            run.broken = f"report with {key} out of range"
+            return default
+        return v
 
     run.exit_code = num("exit", int, None)
     run.signal = num("signal", int, None)
@@ -432,7 +456,7 @@ def _fill(run: TestRun, report: dict) -> None:
     run.wall_s = float(num("wall_s", (int, float), 0.0))
     run.max_rss_kb = int(num("rss_kb", int, 0))
     if run.exit_code is None and run.signal is None and not run.timed_out and not run.killed:
-        run.broken = "report without an exit status"
+        run.broken = run.broken or "report without an exit status"
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -2,6 +2,7 @@
 
 Protocol on the control socket (prompt_tree.tasks.sandbox.wire), after the seal:
 
+    runner -> host  {"ev": "body"}   (call-based: compiled, the module body starts; the host times it from here)
     runner -> host  {"ev": "ready"} | {"ev": "compile_error", "error"} | {"ev": "import_error", "error"}
                     | {"ev": "import_timeout"}                                   (call-based: the module body)
     host -> runner  {"op": "test", "i", "timeout", "cpu_s"} + fds
@@ -124,6 +125,10 @@ class Runner:
         module.__dict__.update(self.names)
         module.__file__ = os.path.join(self.workdir, PROGRAM_NAME)
         sys.modules["candidate"] = module
+        # The last word from this process before the program's code can change it: the kernel stamps the packet,
+        # and the host times the body from that stamp (a body that patched time.monotonic once reported 6.4 s
+        # as in time).
+        self._send({"ev": "body"})
         t0 = time.monotonic()
         # The body's wall limit: SIGALRM's default action ends this process (a body that overrides the handler
         # meets the host's backstop instead); the host reads the silence after the limit as a timeout.
@@ -198,7 +203,9 @@ class Runner:
                     return True, False
                 ready, _, _ = select.select([pidfd, self.sock], [], [], left)
                 if pidfd in ready:
-                    return False, False
+                    # past the deadline already: this process was held (SIGSTOP from the test's child) while the
+                    # child ran on; its end in the meantime is still a timeout
+                    return time.monotonic() > deadline, False
                 if self.sock in ready:
                     try:
                         msg, fds = wire.recv_message(self.sock, max_fds=0)

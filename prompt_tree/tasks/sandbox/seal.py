@@ -27,10 +27,13 @@ Stdlib only (ctypes for the syscalls Python does not wrap).
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import platform
 import resource
 import socket
+
+from prompt_tree.tasks.sandbox import syscall_filter
 
 CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x02000000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
@@ -292,25 +295,27 @@ def drop_privileges() -> None:
     prctl(PR_SET_DUMPABLE, 0)
 
 
-# keyctl(2): the keyring is not namespaced; see new_session_keyring
-_KEYCTL_SYSCALL = {"x86_64": 250, "aarch64": 219, "ppc64le": 311, "s390x": 280, "riscv64": 219}
 _KEYCTL_JOIN_SESSION_KEYRING = 1
 
 
-def new_session_keyring() -> None:
-    """Join a fresh anonymous session keyring. Keyrings are not namespaced: a sandbox inherits its creator's
-    session keyring, and possessing it (not the uid) is what grants access to the keys in it, so a program
-    could read what the harness's login kept there. The syscall filter then takes the keyring calls away
-    (syscall_filter); this makes the sandbox possess nothing even where that filter is missing."""
-    number = _KEYCTL_SYSCALL.get(platform.machine())
-    if number is None:
-        raise SealError(0, f"keyctl: syscall number unknown for {platform.machine()}")
-    if _libc.syscall(number, _KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
-        err = ctypes.get_errno()
-        # ENOSYS: a kernel without keys has nothing to leak; EPERM / EACCES: an outer seccomp profile (Docker's
-        # default) refuses keyctl, and then the program cannot call it either
-        if err not in (38, 1, 13):
-            _check(-1, "join a new session keyring")
+def new_session_keyring() -> str | None:
+    """Join a fresh anonymous session keyring; returns None, or a warning where none could be joined. Keyrings
+    are not namespaced: a sandbox inherits its creator's session keyring, and possessing it (not the uid) is
+    what grants access to the keys in it, so a program could read what the harness's login kept there. The
+    syscall filter then takes the keyring calls away (syscall_filter); this makes the sandbox possess nothing
+    even where that filter is missing. Never fatal: without it the filter still refuses the calls."""
+    arch = syscall_filter.native_arch()
+    if arch is None:
+        return f"no fresh session keyring on {platform.machine()} (keyctl's number is not known here)"
+    if _libc.syscall(syscall_filter.DENIED[arch]["keyctl"], _KEYCTL_JOIN_SESSION_KEYRING, None) >= 0:
+        return None
+    err = ctypes.get_errno()
+    if err == errno.ENOSYS:  # a kernel without keys has nothing to leak
+        return None
+    # EPERM / EACCES: an outer seccomp profile (Docker's default) refuses keyctl, so the program cannot call it
+    # either; EDQUOT: the user's key quota (200 by default) is spent, as ~200 sandboxes of one non-root user at
+    # once spend it
+    return f"no fresh session keyring ({errno.errorcode.get(err, err)}): the harness's is possessed, not callable"
 
 
 def hold_devnull_stdio() -> None:

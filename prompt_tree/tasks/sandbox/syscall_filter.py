@@ -20,6 +20,10 @@ already take away:
 - `setsid`: each sandbox is one session (the zygote makes it so), and where the kernel's autogroup is on, CPU
   is shared between sessions first. A program whose processes each made a session of their own would get one
   share per process and starve the programs beside it.
+- buffers that hold kernel memory past the default: `setsockopt(SOL_SOCKET, SO_SNDBUF / SO_RCVBUF / their
+  FORCE forms)` and `fcntl(F_SETPIPE_SZ)`. Socket pairs filled to a raised SO_SNDBUF (8 MiB each where
+  net.core.wmem_max is 4 MiB) pinned about 470 MiB per process outside every limit; at the default (about 208
+  KiB) the 64 descriptors a process may open hold about 13 MiB.
 - kernel attack surface and host-wide quotas: `io_uring_*`, `bpf`, `perf_event_open`, `userfaultfd`.
   `inotify_init`, `inotify_init1` and `fanotify_init` are there because inotify instances count against the
   host user's quota (128 by default). Where every sandbox maps to the caller's uid, one program could exhaust it
@@ -37,6 +41,7 @@ import ctypes
 import errno
 import platform
 import socket
+import struct
 
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 # syscall numbers: x86_64 from asm/unistd_64.h, aarch64 from asm-generic/unistd.h
@@ -55,14 +60,19 @@ DENIED = {
 SOCKET_CALLS = {"x86_64": {"socket": 41, "socketpair": 53}, "aarch64": {"socket": 198, "socketpair": 199}}
 SOCKET_FAMILIES = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6)  # what `socket` may make
 SOCKETPAIR_FAMILIES = (socket.AF_UNIX,)
+# calls refused for some arguments only: setsockopt(fd, SOL_SOCKET, one of these), fcntl(fd, F_SETPIPE_SZ)
+BUFFER_CALLS = {"x86_64": {"setsockopt": 54, "fcntl": 72}, "aarch64": {"setsockopt": 208, "fcntl": 25}}
+SOL_SOCKET = 1
+BUFFER_OPTIONS = {"SO_SNDBUF": 7, "SO_RCVBUF": 8, "SO_SNDBUFFORCE": 32, "SO_RCVBUFFORCE": 33}
+F_SETPIPE_SZ = 1031
 
 _X32_BIT = 0x40000000
 _RET_ALLOW, _RET_ERRNO = 0x7FFF0000, 0x00050000
 _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 22, 2
 _LD_W_ABS, _JEQ_K, _JGE_K, _RET_K = 0x20, 0x15, 0x35, 0x06
-# struct seccomp_data: nr (u32) at 0, arch (u32) at 4, instruction pointer at 8, args (u64 each) from 16. A
-# family is an int, so the kernel reads only the first argument's low 32 bits (little-endian: offset 16).
-_NR, _ARCH, _ARG0 = 0, 4, 16
+# struct seccomp_data: nr (u32) at 0, arch (u32) at 4, instruction pointer at 8, args (u64 each) from 16. The
+# arguments checked are ints, so the kernel reads only each one's low 32 bits (little-endian: its first word).
+_NR, _ARCH, _ARG0, _ARG1, _ARG2 = 0, 4, 16, 24, 32
 
 
 def program(arch: str) -> list[tuple[int, int, int, int]]:
@@ -75,13 +85,19 @@ def program(arch: str) -> list[tuple[int, int, int, int]]:
     if arch == "x86_64":
         body.append(("jge", _X32_BIT, "deny", None))
     body += [("jeq", nr, "deny", None) for nr in denied]
+    buffers = BUFFER_CALLS[arch]
     body += [("jeq", calls["socket"], "socket", None), ("jeq", calls["socketpair"], "socketpair", None),
+             ("jeq", buffers["setsockopt"], "setsockopt", None), ("jeq", buffers["fcntl"], "fcntl", None),
              ("ret", _RET_ALLOW)]
     for name, families in (("socket", SOCKET_FAMILIES), ("socketpair", SOCKETPAIR_FAMILIES)):
         body.append(("label", name))
         body.append(("ld", _ARG0))
         body += [("jeq", int(f), "allow", None) for f in families]
         body.append(("ret", deny))
+    body += [("label", "setsockopt"), ("ld", _ARG1), ("jeq", SOL_SOCKET, None, "allow"), ("ld", _ARG2)]
+    body += [("jeq", opt, "deny", None) for opt in BUFFER_OPTIONS.values()]
+    body += [("ret", _RET_ALLOW), ("label", "fcntl"), ("ld", _ARG1), ("jeq", F_SETPIPE_SZ, "deny", None),
+             ("ret", _RET_ALLOW)]
     body += [("label", "allow"), ("ret", _RET_ALLOW), ("label", "deny"), ("ret", deny)]
 
     where, n = {}, 0
@@ -108,10 +124,11 @@ def program(arch: str) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def run_program(insns: list[tuple[int, int, int, int]], nr: int, arch_id: int, arg0: int = 0) -> int:
+def run_program(insns: list[tuple[int, int, int, int]], nr: int, arch_id: int, *args: int) -> int:
     """What the filter returns for one call: a plain interpreter of the instructions `program` emits, for the
     tests (they check every denied and allowed call this way on every architecture, not only the host's)."""
-    data = {_NR: nr, _ARCH: arch_id, _ARG0: arg0 & 0xFFFFFFFF}
+    data = {_NR: nr, _ARCH: arch_id}
+    data.update({_ARG0 + 8 * i: a & 0xFFFFFFFF for i, a in enumerate(args)})
     acc, pc = 0, 0
     while True:
         code, jt, jf, k = insns[pc]
@@ -127,11 +144,19 @@ def run_program(insns: list[tuple[int, int, int, int]], nr: int, arch_id: int, a
         pc += 1
 
 
+def native_arch() -> str | None:
+    """The architecture whose tables apply to this process: platform.machine() names the kernel's, so a 32-bit
+    interpreter on a 64-bit kernel (whose calls use the other ABI and numbers) gets None, as does an
+    architecture without tables."""
+    arch = platform.machine()
+    return arch if arch in _AUDIT_ARCH and struct.calcsize("P") == 8 else None
+
+
 def install() -> bool:
     """Install the filter for this architecture (needs no_new_privs). Returns False where the architecture is
     not covered (nothing is installed then)."""
-    arch = platform.machine()
-    if arch not in _AUDIT_ARCH:
+    arch = native_arch()
+    if arch is None:
         return False
 
     class Filter(ctypes.Structure):

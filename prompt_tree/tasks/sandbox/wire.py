@@ -31,6 +31,7 @@ INT_TAG = "__int__"
 # (sys.get_int_max_str_digits), hex has no such limit, and an APPS answer may well be a 5000-digit factorial
 _BIG_INT_BITS = 14000
 _MAX_DEPTH = 400  # nesting of a value: deeper return values are refused (json itself recurses per level)
+_COLLIDING_KEYS = 64  # dicts past this size must have mostly distinct key hashes (decode_value)
 
 
 class ProtocolError(ValueError):
@@ -89,12 +90,19 @@ def recv_stamped(sock: socket.socket):
     descriptors, with the kernel's timestamp of its sending (time.time()'s clock) where `enable_timestamps`
     worked, else the time it was read here. The kernel stamps a unix-socket packet as the sender sends it, so
     a receiver that is slow to read (a busy host thread) still learns when the report was made."""
-    data, ancillary, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, socket.CMSG_SPACE(_STAMP.size))
-    sent = None
+    room = socket.CMSG_SPACE(_STAMP.size) + socket.CMSG_SPACE(MAX_FDS * 4)
+    data, ancillary, flags, _ = sock.recvmsg(MAX_MESSAGE + 1, room)
+    sent, fds = None, []
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(payload) >= _STAMP.size:
             seconds, nanoseconds = _STAMP.unpack_from(payload)
             sent = seconds + nanoseconds * 1e-9
+        elif level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(array.array("i", payload[:len(payload) - len(payload) % 4]))
+    if fds or flags & socket.MSG_CTRUNC:  # descriptors where none are expected (more than fit are closed by
+        for fd in fds:                    # the kernel): installed here, so closed here
+            _close(fd)
+        raise ProtocolError("a packet carried descriptors")
     if sent is None:
         sent = time.time()
     if not data:
@@ -150,15 +158,22 @@ def decode_value(wire, _depth: int = 0):
         except ValueError:
             raise ProtocolError("malformed big int") from None
     if isinstance(wire, dict) and list(wire) == [DICT_TAG] and isinstance(wire[DICT_TAG], list):
-        out = {}
+        pairs = []
         for pair in wire[DICT_TAG]:
             if not (isinstance(pair, list) and len(pair) == 2):
                 raise ProtocolError("malformed dict entry")
-            try:
-                out[_hashable(decode_value(pair[0], _depth + 1))] = decode_value(pair[1], _depth + 1)
-            except TypeError:
-                raise ProtocolError("unhashable dict key") from None
-        return out
+            pairs.append((decode_value(pair[0], _depth + 1), decode_value(pair[1], _depth + 1)))
+        try:
+            keys = [_hashable(k) for k, _ in pairs]
+            hashes = len({hash(k) for k in keys})
+        except TypeError:
+            raise ProtocolError("unhashable dict key") from None
+        # Keys that share a hash make each insertion scan the others: ints k * (2**61 - 1) all hash to 0, and
+        # 32,000 of them, well within a result's size cap, took 5.8 s of the host's CPU to decode. No answer
+        # needs many colliding keys, so a dict where they are most is refused before it is built.
+        if len(keys) > _COLLIDING_KEYS and hashes < len(keys) // 2:
+            raise ProtocolError(f"dict of {len(keys)} keys with only {hashes} distinct hashes")
+        return dict(zip(keys, (v for _, v in pairs)))
     raise ProtocolError(f"malformed value of JSON type {type(wire).__name__}")
 
 

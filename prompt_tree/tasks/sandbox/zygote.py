@@ -231,15 +231,16 @@ def _init(req, ctrl, source_fd, go_r, fds, cfg, names) -> None:
         if os.read(go_r, 1) != b"g":
             os._exit(status)
         os.close(go_r)
-        # A session of its own: where the kernel's autogroup is on, CPU is shared between sessions before the
-        # processes in them, so a program's busy processes (up to max_processes) share one sandbox's share. In
-        # the zygote's session, one program with 27 spinning processes made a neighbour that needs 0.5 s time
-        # out on 10 of 10 tests under a 2 s limit (2 cores); with this, it passed 10 of 10. The syscall filter
-        # keeps the program from making sessions of its own.
-        os.setsid()
         limits = req["limits"]
         warnings = []
         try:
+            # A session of its own: where the kernel's autogroup applies (it is on, and the tasks sit in the root
+            # CPU cgroup, as outside containers and cgroup-v2 systemd services), CPU is shared between sessions
+            # before the processes in them, so a program's busy processes share one sandbox's share. In the
+            # zygote's session, one program with 27 spinning processes made a neighbour that needs 0.5 s time out
+            # on 10 of 10 tests under a 2 s limit (2 cores); with this, it passed 10 of 10. The syscall filter
+            # keeps the program from making sessions of its own.
+            os.setsid()
             unmasked = seal.build_root(cfg["view"], fds, cfg["staging"], limits["tmp_mb"], limits["tmp_inodes"])
             if unmasked:
                 warnings.append(f"/proc files not masked (host state the program can read): {', '.join(unmasked)}")
@@ -252,7 +253,9 @@ def _init(req, ctrl, source_fd, go_r, fds, cfg, names) -> None:
                                 f"user namespaces of its own")
             seal.set_hostname()
             seal.apply_limits(limits, limits["nproc"])
-            seal.new_session_keyring()
+            keyring = seal.new_session_keyring()
+            if keyring:
+                warnings.append(keyring)
             seal.drop_privileges()
             if not syscall_filter.install():
                 warnings.append("no seccomp filter for this architecture: memfd_create, the SysV IPC calls, "
@@ -305,7 +308,7 @@ def _fallback_child(req, ctrl, source_fd, cfg, names) -> None:
     seal.set_subreaper()
     seal.prctl(seal.PR_SET_NO_NEW_PRIVS, 1)
     seal.prctl(seal.PR_SET_DUMPABLE, 0)
-    seal.new_session_keyring()
+    seal.new_session_keyring()  # (the fallback promises no isolation: its warnings say so already)
     syscall_filter.install()
     _minimal_environment(req["workdir"])
     source = _read_source(source_fd)
