@@ -40,6 +40,8 @@ def sandbox(request):
     ("5e0", "5", True),
     ("0.9999999999", "1", True),  # a real answer that happens to be whole: within 1e-6, absolutely
     ("0.00001", "0", False),
+    ("1.000001" + "0" * 60 + "1", "1", False),  # just past 1e-6: the bounds are exact, nothing rounds
+    ("1.000001", "1", True),
     ("1_0.0", "10", False),  # ASCII decimals only
 
     ("1000001", "1000000.5", True),  # a real answer: the tolerance, whichever token is the integer

@@ -183,6 +183,9 @@ def test_a_dict_of_colliding_keys_is_refused_before_it_is_built():
     colliding = {wire.DICT_TAG: [[k * (2**61 - 1), 0] for k in range(1, 2000)]}
     with pytest.raises(ProtocolError, match="distinct hashes"):
         decode_value(colliding)
+    half = {wire.DICT_TAG: [[k * (2**61 - 1), 0] for k in range(1, 2000)] + [[-k, 0] for k in range(3, 4000)]}
+    with pytest.raises(ProtocolError, match="distinct hashes"):
+        decode_value(half)  # mostly distinct hashes overall, but thousands collide
     few = {k * (2**61 - 1): k for k in range(1, 60)}  # a few collisions are any dict's lot
     assert decode_value(encode_value(few)) == few
     many = {k: str(k) for k in range(5000)}

@@ -34,7 +34,6 @@ FLOAT_TOLERANCE = 1e-6  # absolute-or-relative, see the module docstring
 _INT_RE = re.compile(r"[+-]?\d+\Z")
 _DECIMAL_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")  # ASCII: no "1_0", no "٥"
 _INT_TOLERANCE = decimal.Decimal("1e-6")
-_EXACT = decimal.Context(prec=50, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN, traps=[decimal.InvalidOperation])
 
 
 def tokens_match(a: str, b: str) -> bool:
@@ -44,13 +43,15 @@ def tokens_match(a: str, b: str) -> bool:
     if _INT_RE.match(b):  # an integer answer (no relative closeness for 1000000 vs 1000001)
         if _INT_RE.match(a) or not _DECIMAL_RE.match(a):
             return False
-        # exact decimal arithmetic, correctly rounded (no float: "1000000000.0" is 6 away from 1000000006, and an
-        # int() of over 4300 digits would raise); the context bounds the work of an exponent like 1e999999999
-        with decimal.localcontext(_EXACT) as ctx:
-            try:
-                return abs(ctx.subtract(decimal.Decimal(a), decimal.Decimal(b))) <= _INT_TOLERANCE
-            except decimal.DecimalException:
-                return False
+        # exact decimal bounds b -+ 1e-6 (no float: "1000000000.0" is 6 away from 1000000006, and an int() of
+        # over 4300 digits would raise); enough digits that the bounds are exact, and comparisons never round
+        ctx = decimal.Context(prec=len(b) + 10, Emax=decimal.MAX_EMAX, Emin=decimal.MIN_EMIN,
+                              traps=[decimal.InvalidOperation])
+        try:
+            x, want = decimal.Decimal(a), decimal.Decimal(b)
+            return ctx.subtract(want, _INT_TOLERANCE) <= x <= ctx.add(want, _INT_TOLERANCE)
+        except decimal.DecimalException:
+            return False
     try:
         x, y = float(a), float(b)
     except ValueError:

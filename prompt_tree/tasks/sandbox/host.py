@@ -106,7 +106,8 @@ class WarmSandbox:
         self.broken: str | None = None
         self.warnings: tuple[str, ...] = ()
         self.last_sent_at = 0.0  # time.time() when the sandbox sent the last packet read (wire.recv_stamped)
-        self._test_sent_at = 0.0  # time.time() when the current test was sent
+        self.last_read = 0.0  # time.monotonic() when that packet was read here
+        self._test_sent = (0.0, 0.0)  # (time.time(), time.monotonic()) when the current test was sent
 
     def __enter__(self) -> WarmSandbox:
         return self
@@ -162,16 +163,16 @@ class WarmSandbox:
         t_sealed = time.monotonic()
         deadline = t_sealed + COMPILE_SLACK_S + (self.timeout if self.kind == "call" else 0.0)
         msg, _ = self._recv(deadline)
-        body_at = None  # call-based: when the body started, by the kernel's stamp of the runner's "body" packet
+        body_at = None  # call-based: when the body started (the "body" packet's stamp, and when it was read)
         if self.kind == "call" and (msg or {}).get("ev") == "body":
-            body_at = self.last_sent_at
+            body_at = (self.last_sent_at, self.last_read)
             msg, _ = self._recv(deadline)
         # a module body that ran out of time: killed by its own timer (the socket closes) or silent. Either
         # way every test is -1; only the detail depends on this guess, hence the margin for message latency.
         silent = msg is None and time.monotonic() - t_sealed >= 0.9 * self.timeout
         ev = (msg or {}).get("ev")
         if ev == "ready" and self.kind == "call" and \
-                (body_at is None or self.last_sent_at - body_at > self.timeout + REPORT_SLACK_S):
+                (body_at is None or self._since(body_at) > self.timeout + REPORT_SLACK_S):
             ev = "import_timeout"  # the body outran its limit and said it did not (see REPORT_SLACK_S)
         if ev == "ready":
             return Started(True, warnings=self.warnings)
@@ -199,6 +200,7 @@ class WarmSandbox:
                 self.last_sent_at = time.time()
             else:
                 (msg, self.last_sent_at), fds = wire.recv_stamped(self.sock), []
+            self.last_read = time.monotonic()
         except socket.timeout:
             self.broken = self.broken or _SILENT
             return None, []
@@ -263,10 +265,10 @@ class WarmSandbox:
         return run
 
     def _send_test(self, index: int, timeout: float, fds: list[int]) -> bool:
-        self._test_sent_at = time.time()
         try:
             wire.send_message(self.sock, {"op": "test", "i": index, "timeout": timeout,
                                           "cpu_s": cpu_limit_for(timeout)}, fds)
+            self._test_sent = (time.time(), time.monotonic())  # after the send: a stall here only shortens it
             return True
         except OSError:
             self.broken = "the sandbox ended"
@@ -385,8 +387,14 @@ class WarmSandbox:
             self.broken = run.broken
             self._kill()
             return
-        if self.last_sent_at - self._test_sent_at > timeout + REPORT_SLACK_S:
+        if self._since(self._test_sent) > timeout + REPORT_SLACK_S:
             run.timed_out = True  # see REPORT_SLACK_S
+
+    def _since(self, then: tuple[float, float]) -> float:
+        """Seconds from `then` (time.time(), time.monotonic()) to the last packet read: the shorter of the
+        kernel's stamp of its sending (CLOCK_REALTIME, which a clock step moves) and the monotonic time it was
+        read (later than its sending when this thread is held up). Neither can be shortened by the sandbox."""
+        return min(self.last_sent_at - then[0], self.last_read - then[1])
 
     # ------------------------------------------------------------------ end
     def _kill(self, graceful: bool = False) -> None:

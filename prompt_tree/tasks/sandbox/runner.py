@@ -47,6 +47,7 @@ from prompt_tree.tasks.sandbox.wipe import empty_dir
 
 PROGRAM_NAME = "prog.py"
 _ERROR_CHARS = 300
+_WAKE_MARGIN_S = 0.1  # a child that ended this soon after its deadline, seen late, is still a pass (_wait)
 # Cleanup strategies between tests: "kill_all" = kill(-1), valid when every process this uid can signal is the
 # sandbox's (a PID namespace, or a private host uid); "group" = fallback mode sharing the caller's uid.
 CLEANUP_MODES = ("kill_all", "group")
@@ -203,9 +204,10 @@ class Runner:
                     return True, False
                 ready, _, _ = select.select([pidfd, self.sock], [], [], left)
                 if pidfd in ready:
-                    # past the deadline already: this process was held (SIGSTOP from the test's child) while the
-                    # child ran on; its end in the meantime is still a timeout
-                    return time.monotonic() > deadline, False
+                    # well past the deadline already: this process was held (SIGSTOP from the test's child) while
+                    # the child ran on, and its end in the meantime is still a timeout (the margin keeps a child
+                    # that ended just in time a pass when this process wakes a little late)
+                    return time.monotonic() > deadline + _WAKE_MARGIN_S, False
                 if self.sock in ready:
                     try:
                         msg, fds = wire.recv_message(self.sock, max_fds=0)

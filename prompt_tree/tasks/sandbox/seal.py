@@ -32,6 +32,7 @@ import os
 import platform
 import resource
 import socket
+import struct
 
 from prompt_tree.tasks.sandbox import syscall_filter
 
@@ -296,6 +297,10 @@ def drop_privileges() -> None:
 
 
 _KEYCTL_JOIN_SESSION_KEYRING = 1
+# keyctl's number by (platform.machine(), pointer size): the ABI this interpreter calls with. The seccomp
+# filter covers only the first two; elsewhere the fresh keyring is all that keeps the harness's keys away.
+_KEYCTL = {("x86_64", 8): 250, ("aarch64", 8): 219, ("riscv64", 8): 219, ("s390x", 8): 280, ("ppc64le", 8): 271,
+           ("x86_64", 4): 288, ("i686", 4): 288, ("i386", 4): 288, ("armv7l", 4): 311, ("aarch64", 4): 311}
 
 
 def new_session_keyring() -> str | None:
@@ -304,10 +309,12 @@ def new_session_keyring() -> str | None:
     what grants access to the keys in it, so a program could read what the harness's login kept there. The
     syscall filter then takes the keyring calls away (syscall_filter); this makes the sandbox possess nothing
     even where that filter is missing. Never fatal: without it the filter still refuses the calls."""
-    arch = syscall_filter.native_arch()
-    if arch is None:
-        return f"no fresh session keyring on {platform.machine()} (keyctl's number is not known here)"
-    if _libc.syscall(syscall_filter.DENIED[arch]["keyctl"], _KEYCTL_JOIN_SESSION_KEYRING, None) >= 0:
+    number = _KEYCTL.get((platform.machine(), struct.calcsize("P")))
+    filtered = syscall_filter.native_arch() is not None  # keyctl is denied to the program from here on
+    if number is None:
+        return (f"no fresh session keyring on {platform.machine()} (keyctl's number is not known here)"
+                + ("" if filtered else ": the program may read the harness's session keys"))
+    if _libc.syscall(number, _KEYCTL_JOIN_SESSION_KEYRING, None) >= 0:
         return None
     err = ctypes.get_errno()
     if err == errno.ENOSYS:  # a kernel without keys has nothing to leak
@@ -315,7 +322,8 @@ def new_session_keyring() -> str | None:
     # EPERM / EACCES: an outer seccomp profile (Docker's default) refuses keyctl, so the program cannot call it
     # either; EDQUOT: the user's key quota (200 by default) is spent, as ~200 sandboxes of one non-root user at
     # once spend it
-    return f"no fresh session keyring ({errno.errorcode.get(err, err)}): the harness's is possessed, not callable"
+    return (f"no fresh session keyring ({errno.errorcode.get(err, err)}): the harness's stays possessed"
+            + (", though keyctl is filtered" if filtered else " and keyctl callable"))
 
 
 def hold_devnull_stdio() -> None:
