@@ -41,10 +41,11 @@ RESULT_CAP = 16 << 20  # bytes of one call-based result at most (callers pass le
 # its timers and reports are the program's: a body that replaced the runner's wait loop ran a 5.5 s call to a
 # pass under a 4 s limit. A standard-input test's child runs as the runner's uid and can stop it: one that sent
 # it SIGSTOP, and SIGCONT from a grandchild once it had printed, passed after 3.4 s under 2 s. So the host also
-# times every test itself, from sending it to the kernel's timestamp of the report, and a report later than the
-# limit plus this slack is a timeout whatever it says (the slack covers the runner's kill, reap and clean-up
-# after the limit; the timestamp does not depend on how soon a busy host thread reads it). The module body is
-# timed the same way, from the runner's stamped "body" packet, sent before it runs any of the program's code.
+# times every test itself, from sending it to the report, and a report later than the limit plus this slack is
+# a timeout whatever it says (the slack covers the runner's kill, reap and clean-up after the limit). The
+# interval is the shorter of the kernel's timestamp of the report (which a busy host thread reading it late
+# does not move) and the monotonic time it was read (which a clock step does not move): `_since`. The module
+# body is timed the same way, from the runner's stamped "body" packet, sent before any of the program's code.
 REPORT_SLACK_S = 0.5
 MAX_FILE_MB = 16  # RLIMIT_FSIZE in the sandbox (the run directory's tmpfs holds several such files)
 GRACE_S = 1.0  # a healthy runner ends within milliseconds of its socket closing; past this it is killed
