@@ -89,6 +89,16 @@ def _slow_stdout_matches(actual: str, expected: str) -> bool:
     return True
 
 
+@pytest.mark.parametrize("sandbox_kind", ["warm", "per-test"])
+def test_exit_and_quit_work_as_in_python(sandbox_kind):
+    """`print(ans); exit()` is an idiom of competitive programs: the sandboxes run python -S (no site module,
+    which makes exit and quit), and it was a NameError (-1); the official harness passes it."""
+    p = Problem("x", "q", inputs=["5\n", "6\n"], outputs=["5", "6"])
+    for code in ("print(input())\nexit()\nprint('after')", "print(input())\nquit(0)"):
+        assert check(p, code, timeout=5, sandbox=sandbox_kind).results == [True, True]
+    assert check(p, "print(input())\nexit(3)", timeout=5, sandbox=sandbox_kind).results == [-1, -1]
+
+
 def test_stdout_matches_against_reference_on_random_outputs():
     rng = random.Random(0)
     tokens = ["0", "1", "-1", "12", "12.0", "12.0000001", "12.001", "0.5", "5e-1", "abc", "ABC", "1e-7", "0.0",

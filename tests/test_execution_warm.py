@@ -319,3 +319,34 @@ def test_a_fresh_session_keyring_possesses_nothing_of_the_old_one():
     if code == 3:
         pytest.skip("this kernel gives no session keyring to plant a key in")
     assert code == 0
+
+
+def test_pipes_the_host_cannot_make_fail_that_test_alone(monkeypatch):
+    """In userns mode every sandbox runs as the caller's uid and shares its pipe quota with the host: a pipe the
+    host cannot make is a -1 for that test, with nothing left open and the next test run as usual."""
+    mode = sealed_modes()[-1]
+    why = available(mode)
+    if why:
+        pytest.skip(why)
+    from prompt_tree.tasks.sandbox.host import _NO_PIPES, WarmSandbox
+
+    with WarmSandbox("print(input())", "stdin", None, 2.0, isolation=mode, config=SandboxConfig(isolation=mode)) as box:
+        assert box.start().ok
+        before = len(os.listdir("/proc/self/fd"))
+        real = os.pipe
+        calls = []
+
+        def second_fails():
+            calls.append(1)
+            if len(calls) == 2:
+                raise OSError(24, "Too many open files")
+            return real()
+
+        monkeypatch.setattr(os, "pipe", second_fails)
+        run = box.run_stdin(0, b"x\n", 2.0, lambda c: None, 1 << 20)
+        monkeypatch.setattr(os, "pipe", real)
+        assert run.broken.startswith(_NO_PIPES) and not box.broken, run
+        assert len(os.listdir("/proc/self/fd")) == before  # the memfd and the first pipe were closed
+        out = []
+        run = box.run_stdin(1, b"again\n", 2.0, out.append, 1 << 20)
+        assert run.exit_code == 0 and b"".join(out) == b"again\n"

@@ -37,6 +37,7 @@ sys.dont_write_bytecode = True  # no __pycache__ beside the candidate
 sys.path.insert(0, os.getcwd())
 import pt_preamble
 del sys.path[0]
+pt_preamble.site_builtins()
 with open("candidate.py", encoding="utf-8", errors="surrogateescape") as _f:
     _src = _f.read()
 _main = types.ModuleType("__main__")
@@ -57,6 +58,7 @@ sys.dont_write_bytecode = True  # no __pycache__ beside the candidate
 sys.path.insert(0, os.getcwd())
 import pt_preamble, pt_wire
 del sys.path[0]
+pt_preamble.site_builtins()
 
 spec = json.loads(sys.stdin.read())
 results_fd = os.dup(1)

@@ -50,6 +50,9 @@ REPORT_SLACK_S = 0.5
 MAX_FILE_MB = 16  # RLIMIT_FSIZE in the sandbox (the run directory's tmpfs holds several such files)
 GRACE_S = 1.0  # a healthy runner ends within milliseconds of its socket closing; past this it is killed
 _STDERR_TAIL = 4096
+# A test whose pipes the host cannot make fails alone (-1), rather than raising out of check(): where every
+# sandbox runs as the caller's uid (userns), programs share that uid's pipe and descriptor quotas with the host.
+_NO_PIPES = "the host could not make this test's pipes"
 _HEAD = 256
 
 
@@ -219,9 +222,10 @@ class WarmSandbox:
         stdout_cap bytes on stdout or on stderr the test is stopped (stdout_over_cap / stderr_over_cap)."""
         if self.broken:
             return TestRun(broken=self.broken)
-        stdin_fd = os.memfd_create("stdin", os.MFD_CLOEXEC)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        fds = _test_fds("stdin", 2)
+        if isinstance(fds, TestRun):
+            return fds
+        stdin_fd, (out_r, out_w), (err_r, err_w) = fds
         try:
             _write_all(stdin_fd, stdin)
             os.lseek(stdin_fd, 0, os.SEEK_SET)
@@ -246,8 +250,10 @@ class WarmSandbox:
         (stdout_over_cap): the host parses what it reads, so a program must not choose how much."""
         if self.broken:
             return TestRun(broken=self.broken)
-        args_fd = os.memfd_create("args", os.MFD_CLOEXEC)
-        res_r, res_w = os.pipe()
+        fds = _test_fds("args", 1)
+        if isinstance(fds, TestRun):
+            return fds
+        args_fd, (res_r, res_w) = fds
         try:
             _write_all(args_fd, json.dumps(args_wire).encode())
             os.lseek(args_fd, 0, os.SEEK_SET)
@@ -466,6 +472,24 @@ def _fill(run: TestRun, report: dict) -> None:
     run.max_rss_kb = int(num("rss_kb", int, 0))
     if run.exit_code is None and run.signal is None and not run.timed_out and not run.killed:
         run.broken = run.broken or "report without an exit status"
+
+
+def _test_fds(memfd_name: str, pipes: int):
+    """A test's memfd and `pipes` pipes: (memfd, (r, w), ...), or a TestRun that fails this test alone when the
+    host cannot make them (_NO_PIPES); what was made by then is closed."""
+    made: list[int] = []
+    try:
+        made.append(os.memfd_create(memfd_name, os.MFD_CLOEXEC))
+        pairs = []
+        for _ in range(pipes):
+            r, w = os.pipe()
+            made += [r, w]
+            pairs.append((r, w))
+        return (made[0], *pairs)
+    except OSError as e:
+        for fd in made:
+            os.close(fd)
+        return TestRun(broken=f"{_NO_PIPES} ({e.strerror or e})")
 
 
 def _write_all(fd: int, data: bytes) -> None:

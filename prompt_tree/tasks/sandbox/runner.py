@@ -83,6 +83,7 @@ class Runner:
         self.cleanup_mode = cleanup
         self.sys_path = list(sys_path)
         self.keep_entries: set[str] | None = None  # what the run directory holds after the start
+        self.keep_dir: tuple[int, dict] = (0o700, {})  # and its own mode and extended attributes (_dir_state)
         self.make_callable = None
         self.code = None
 
@@ -106,6 +107,7 @@ class Runner:
                 return
         self._cleanup(None)
         self.keep_entries = set(os.listdir(self.workdir))
+        self.keep_dir = _dir_state(self.workdir)
         self._send({"ev": "ready"})
         while True:
             try:
@@ -280,6 +282,7 @@ class Runner:
                     break
 
     def _wipe(self) -> None:
+        _restore_dir(self.workdir, self.keep_dir)
         extra = [n for n in os.listdir(self.workdir) if n not in self.keep_entries]
         if not extra:
             return
@@ -403,3 +406,29 @@ def _finish(code: int) -> int:
 def cpu_limit_for(timeout: float) -> int:
     """RLIMIT_CPU of a test: the timeout rounded up to whole seconds, plus one (the wall limit is precise)."""
     return int(math.ceil(timeout)) + 1
+
+
+def _dir_state(path: str) -> tuple[int, dict]:
+    """(mode, {extended attribute: value}) of a directory itself: state that emptying it leaves behind (a
+    counter kept in a user.* attribute of /tmp carried from test to test)."""
+    try:
+        names = os.listxattr(path)
+    except OSError:  # a filesystem without them
+        names = []
+    return os.stat(path).st_mode & 0o7777, {n: os.getxattr(path, n) for n in names}
+
+
+def _restore_dir(path: str, state: tuple[int, dict]) -> None:
+    """Put the directory's own mode and extended attributes back as _dir_state found them."""
+    mode, attrs = state
+    os.chmod(path, mode)
+    try:
+        now = os.listxattr(path)
+    except OSError:
+        return
+    for name in now:
+        if name not in attrs:
+            os.removexattr(path, name)
+    for name, value in attrs.items():
+        if name not in now or os.getxattr(path, name) != value:
+            os.setxattr(path, name, value)

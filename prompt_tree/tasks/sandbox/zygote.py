@@ -34,7 +34,7 @@ import traceback
 
 from prompt_tree.tasks.sandbox import seal, syscall_filter, wire
 from prompt_tree.tasks.sandbox.config import sandbox_view, world_unreachable
-from prompt_tree.tasks.sandbox.preamble import preamble_namespace
+from prompt_tree.tasks.sandbox.preamble import preamble_namespace, site_builtins
 from prompt_tree.tasks.sandbox.processes import count_own_processes
 from prompt_tree.tasks.sandbox.runner import Runner
 
@@ -61,6 +61,7 @@ def main() -> None:
 def _prepare(cfg: dict) -> dict:
     """Imports, then the view (cfg gains "view" and "sys_path"), then the uid the sandboxes start from."""
     sys.path.extend(p for p in cfg["extra_sys_path"] if p not in sys.path)
+    site_builtins()  # every sandbox forks from here, preamble or not
     names = preamble_namespace(with_numpy=cfg["numpy"])
     for name in PRELOAD:
         importlib.import_module(name)
