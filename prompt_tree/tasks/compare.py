@@ -11,11 +11,11 @@ literal, if the output token is not one but an ASCII decimal number within 1e-6 
 (|a-b| <= 1e-6*max(1, |a|, |b|), the tolerance most Codeforces / AtCoder statements set). Integer answers
 compare exactly or within that absolute 1e-6: the official np.allclose would accept 1000000 for 1000001, which
 no problem means, and a relative tolerance on a float printout of an integer answer let 1e9 pass for
-1000000006. The
-official checker also accepts outputs whose lines hold the same tokens in another order (a set comparison);
-this one does not, as that accepts wrong answers. An output token longer than max(4096, twice the longest
-expected token) never agrees (`token_limit`): no answer needs one, and the streaming form would otherwise
-carry it from chunk to chunk, copying it each time (16 MiB without a space cost 3.6 s of host CPU a test).
+1000000006. The official checker also accepts outputs whose lines hold the same tokens in another order (a set
+comparison); this one does not, as that accepts wrong answers. An output token longer than max(4096, twice the
+longest expected token) never agrees (`token_limit`): no answer needs one, and the streaming form would
+otherwise carry it from chunk to chunk, copying it each time (16 MiB without a space cost 3.6 s of host CPU a
+test).
 
 Call-based (`return_value_matches`): equal after tuples become lists (at any depth), or, when the expected
 output is a one-element list, equal to its only element (APPS wraps outputs that way). Numpy values arrive

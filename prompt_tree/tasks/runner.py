@@ -129,14 +129,20 @@ def run_apps(
             # max_new_tokens in the model's context. A prompt too long for --max-new-tokens once emptied the
             # old run before the error.
             engine = engine if engine is not None else load_engine(config)
-            everything = {}
-            for pid, i in wanted:
-                everything.setdefault(pid, []).append(i)
+            everything = by_problem(wanted)
             planned = (everything,) + plan_samples(config, params, problems, everything, engine, examples)
         return _run_locked(config, problems, by_id, from_file, wanted, params, examples, engine, check_fn, log,
                            planned)
     finally:
         run_lock.release()
+
+
+def by_problem(keys) -> dict[str, list[int]]:
+    """{problem id: [sample index, ...]} of (problem id, sample index) keys, in their order."""
+    out: dict[str, list[int]] = {}
+    for pid, i in keys:
+        out.setdefault(pid, []).append(i)
+    return out
 
 
 def plan_samples(config, params, problems, missing: dict, engine, examples) -> tuple:
@@ -209,10 +215,7 @@ def generate_missing(config, params, problems, wanted, store, executor, engine, 
                       examples=None, planned=None) -> dict:
     """Generate the samples of `wanted` that the store lacks, submitting each to the executor as it ends.
     planned: (missing, plan, keymap) built beforehand (run_apps with --force), used if it plans these samples."""
-    missing: dict[str, list[int]] = {}
-    for pid, i in wanted:
-        if (pid, i) not in store.generations:
-            missing.setdefault(pid, []).append(i)
+    missing = by_problem(key for key in wanted if key not in store.generations)
     if not missing:
         return {}
     t0 = time.perf_counter()

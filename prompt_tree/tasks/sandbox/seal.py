@@ -19,8 +19,8 @@ The steps and why each is there:
 - `drop_privileges`: capabilities (bounding, ambient, effective, permitted, inheritable) all dropped, no new
   privileges, not dumpable (no ptrace or /proc/PID/mem access between the sandbox's own processes).
 - `new_session_keyring`: a fresh session keyring (the kernel keyring is not namespaced).
-- `mask_proc`: the procfs files that show host-wide state (kernel keys, SysV IPC of the IPC namespace, kernel
-  command line, timers) are covered. Then `prompt_tree.tasks.sandbox.syscall_filter` installs the seccomp filter.
+- `mask_proc`: the procfs files that show host-wide state (kernel keys and key quotas, kernel memory, timers,
+  the scheduler's state, the kernel command line) are covered. Then `prompt_tree.tasks.sandbox.syscall_filter` installs the seccomp filter.
 
 Stdlib only (ctypes for the syscalls Python does not wrap).
 """
@@ -298,8 +298,10 @@ def drop_privileges() -> None:
 
 _KEYCTL_JOIN_SESSION_KEYRING = 1
 # keyctl's number by (platform.machine(), pointer size): the ABI this interpreter calls with. The seccomp
-# filter covers only the first two; elsewhere the fresh keyring is all that keeps the harness's keys away.
-_KEYCTL = {("x86_64", 8): 250, ("aarch64", 8): 219, ("riscv64", 8): 219, ("s390x", 8): 280, ("ppc64le", 8): 271,
+# filter's architectures take theirs from its table; on the others the fresh keyring is all that keeps the
+# harness's keys away.
+_KEYCTL = {**{(arch, 8): calls["keyctl"] for arch, calls in syscall_filter.DENIED.items()},
+           ("riscv64", 8): 219, ("s390x", 8): 280, ("ppc64le", 8): 271,
            ("x86_64", 4): 288, ("i686", 4): 288, ("i386", 4): 288, ("armv7l", 4): 311, ("aarch64", 4): 311}
 
 
